@@ -1,0 +1,109 @@
+"""Losses for training segmentation networks with and without knowledge distillation.
+
+Each loss is one self-contained function (torch only) that can be copied into another project.
+Logits are (N, C, H, W) for segmentation or (N, C) for classification; the class dimension is dim 1.
+``valid_mask`` is a boolean (N, H, W) or (N,) tensor, ``None`` meaning every pixel counts.
+"Averaged over the valid pixels": the per-class terms are summed per pixel, then averaged over the pixels where
+``valid_mask`` is True (Hinton et al. 2015 treat each sample -- here each pixel -- as one example). With no valid
+pixel the loss is a zero that still has a grad_fn. No T^2 factor is applied inside: the callers multiply by
+whatever factor their paper uses (see /work/shared/notes/distillation-losses.md).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0,
+                       valid_mask: torch.Tensor | None = None,
+                       class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy between the teacher's and the student's softened class distributions.
+
+        H(P_T^tau, P_S^tau) = -sum_c w_c p_T,c log p_S,c,   p = softmax(logits / T) over classes,
+
+    summed over classes and averaged over the valid pixels (w_c = 1 without ``class_weights``). This is the soft
+    term of source 002, 'The Distillation Procedure': L_KD = H(y_true, P_S) + lambda * H(P_T^tau, P_S^tau);
+    Hinton et al. 2015. The teacher side is detached: no gradient flows into the teacher.
+
+    ``class_weights`` (C,) is our reading of source 002's "class weights" for soft training ('Making It Work:
+    Batch Normalization & Class weights'); the source does not define it.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} differ")
+    log_p_s = F.log_softmax(student_logits / T, dim=1)
+    p_t = F.softmax(teacher_logits.detach() / T, dim=1)
+    terms = -p_t * log_p_s
+    if class_weights is not None:
+        shape = (1, -1) + (1,) * (terms.dim() - 2)
+        terms = terms * class_weights.to(terms).reshape(shape)
+    per_pixel = terms.sum(dim=1)
+    if valid_mask is None:
+        return per_pixel.mean()
+    valid_mask = valid_mask.bool()
+    if not valid_mask.any():
+        return (per_pixel * 0).sum()
+    return per_pixel[valid_mask].mean()
+
+
+def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0,
+              valid_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Kullback-Leibler divergence of the student's softened distribution from the teacher's (Hinton et al. 2015).
+
+        KL(P_T^tau || P_S^tau) = sum_c p_T,c (log p_T,c - log p_S,c),   p = softmax(logits / T) over classes,
+
+    summed over classes and averaged over the valid pixels; no T^2 inside; the teacher is detached. It differs from
+    ``soft_cross_entropy`` only by the teacher's entropy, a constant, so the gradient is the same. Both sides use
+    log_softmax: where p_T,c underflows to 0 the term is 0 * finite = 0, never NaN.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} differ")
+    log_p_s = F.log_softmax(student_logits / T, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / T, dim=1)
+    per_pixel = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+    if valid_mask is None:
+        return per_pixel.mean()
+    valid_mask = valid_mask.bool()
+    if not valid_mask.any():
+        return (per_pixel * 0).sum()
+    return per_pixel[valid_mask].mean()
+
+
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None,
+                           ignore_index: int = 255) -> torch.Tensor:
+    """Hard-label cross-entropy H(y_true, P_S) (source 002, 'Performance Metrics' and 'The Distillation Procedure').
+
+    Target is (N, H, W) or (N,) int64; pixels equal to ``ignore_index`` are excluded. Convention: the weighted mean
+
+        L = sum_i w_{y_i} * (-log p_{i, y_i}) / sum_i w_{y_i}   over the non-ignored pixels i,
+
+    exactly ``F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index)`` (w = 1 without
+    ``class_weights``, giving the plain mean). If every pixel is ignored, returns a zero with a grad_fn, not NaN.
+    """
+    if not (target != ignore_index).any():
+        return (logits * 0).sum()
+    weight = None if class_weights is None else class_weights.to(logits)
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
+
+
+def class_prior_loss(class_frequencies: Sequence[float] | np.ndarray | torch.Tensor) -> float:
+    """Cross-entropy (nats) of the constant predictor that outputs the class prior f for every pixel.
+
+    Evaluated on data with those same frequencies it equals the entropy of the prior:
+
+        H(f, f) = -sum_c f_c ln f_c      (frequencies are normalised to sum 1; 0 ln 0 = 0).
+
+    Source 002 ('Initialization Matters', Table 3) says a network stuck at this class-prior predictor has test loss
+    0.48, with the prior 0.947 / 0.053. The entropy of 0.947 / 0.053 is 0.207 nats (0.299 bits), so the source's
+    0.48 does not follow from its own prior; we compute the barrier from the data in use instead.
+    """
+    if isinstance(class_frequencies, torch.Tensor):
+        f = class_frequencies.detach().cpu().double().flatten()
+    else:
+        f = torch.as_tensor(np.asarray(class_frequencies, dtype=np.float64)).flatten()
+    if f.numel() == 0 or (f < 0).any() or f.sum() <= 0:
+        raise ValueError(f"class frequencies must be non-negative with a positive sum, got {f.tolist()}")
+    f = f / f.sum()
+    return float(-torch.xlogy(f, f).sum())

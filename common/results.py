@@ -1,0 +1,150 @@
+"""Writing results: tables in the paper's layout (Markdown + CSV, the paper's numbers beside ours),
+``results.csv`` (one row per trained model, the same shape in every script), and matplotlib figures.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common.training import atomic_write_text  # noqa: E402
+
+RESULTS_COLUMNS = ["experiment", "model", "params", "macs", "loss", "iou", "iterations", "notes"]
+
+
+@dataclass
+class Table:
+    """A table as the paper prints it. Columns holding the paper's numbers say "(paper)", ours "(ours)"."""
+
+    title: str
+    header: list[str]
+    rows: list[list] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *cells) -> None:
+        if len(cells) != len(self.header):
+            raise ValueError(f"row has {len(cells)} cells, header {len(self.header)}")
+        self.rows.append(list(cells))
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+                 "|" + "|".join("---" for _ in self.header) + "|"]
+        lines += ["| " + " | ".join(format_cell(c) for c in row) + " |" for row in self.rows]
+        if self.notes:
+            lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(self.header)
+        writer.writerows([[format_cell(c) for c in row] for row in self.rows])
+        return buf.getvalue()
+
+    def write(self, folder: Path, stem: str) -> None:
+        atomic_write_text(folder / f"{stem}.md", self.markdown())
+        atomic_write_text(folder / f"{stem}.csv", self.csv())
+
+
+def format_cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return "-"
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, (int, np.integer)):
+        return f"{value:,}"
+    return str(value)
+
+
+class ResultsCSV:
+    """``results.csv``: one row per trained model (columns RESULTS_COLUMNS), rewritten after every model."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict] = []
+
+    def add(self, **row) -> None:
+        unknown = set(row) - set(RESULTS_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown results.csv columns {sorted(unknown)}")
+        self.rows = [r for r in self.rows if (r["experiment"], r["model"]) != (row["experiment"], row["model"])]
+        self.rows.append({c: row.get(c, "") for c in RESULTS_COLUMNS})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, RESULTS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def plot_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
+                xlabel: str = "iteration", ylabel: str = "cross-entropy", hline: tuple[float, str] | None = None,
+                logy: bool = False) -> None:
+    """Line plot of named (x, y) curves, optionally with a labelled horizontal line (e.g. a loss barrier)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label, lw=1.4)
+    if hline is not None:
+        ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
+    if logy:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_panel(path: Path, rows: list[list[tuple[str, np.ndarray]]], title: str = "") -> None:
+    """A grid of images: each row a list of (caption, 2-D array); grey for images, a fixed map for masks."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.6 * n_rows), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                caption, array = row[c]
+                is_mask = np.issubdtype(array.dtype, np.integer) and array.max() < 32
+                ax.imshow(array, cmap="viridis" if is_mask else "gray", interpolation="nearest",
+                          vmin=0 if is_mask else None, vmax=1 if is_mask else None)
+                ax.set_title(caption, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_sweep(path: Path, x: Sequence[float], series: dict[str, Sequence[float]], title: str, xlabel: str,
+               ylabel: str, logx: bool = False, hline: tuple[float, str] | None = None) -> None:
+    """Markers-and-lines plot of several series over one x axis (e.g. ours vs the paper's loss over T)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, y in series.items():
+        y = np.array([np.nan if v is None else v for v in y], dtype=float)
+        ax.plot(x, y, marker="o", lw=1.2, label=label)
+    if hline is not None:
+        ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
+    if logx:
+        ax.set_xscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,296 @@
+"""Training helpers shared by the scripts: seeding, device and AMP, LR schedules, the run folder, atomic
+checkpoints with ``--resume``, weight files that know their architecture, and a resumable training loop.
+
+The loop (``fit``) takes the loss as a function of the step number, so each script writes its own objective
+(hard, soft, mixed, ...) in a few lines and the loop stays the same everywhere.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from common.errors import UserError
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> the GPU when there is one, else the CPU. Asking for a GPU that is not there is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for a GPU, but PyTorch sees none; use --device cpu (or auto).")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name!r} is not a device PyTorch knows ({e}); use auto, cpu or cuda.") from e
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on GPUs (bf16 where supported, else fp16); plain fp32 on the CPU, where it rarely helps."""
+    if not enabled or device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, iterations: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """'constant', or 'poly': lr * (1 - step / iterations) ** 0.9, stepped every iteration (004, Eq. 4.1)."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if kind == "poly":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / iterations) ** 0.9)
+    raise ValueError(f"unknown schedule {kind!r}: use 'constant' or 'poly'")
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+class RunDir:
+    """``runs/<script>/<time>/`` (or ``--out``): config.json, metrics.jsonl, checkpoints/, figures/, tables."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.figures = self.path / "figures"
+        for folder in (self.path, self.checkpoints, self.figures):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.metrics_file = self.path / "metrics.jsonl"
+
+    @classmethod
+    def create(cls, script: str, out: str | None) -> "RunDir":
+        path = Path(out) if out else Path("runs") / script / time.strftime("%Y%m%d-%H%M%S")
+        if path.exists() and any(path.iterdir()):
+            raise UserError(f"run folder {path} already holds a run; continue it with --resume {path}, "
+                            f"or choose another --out.")
+        return cls(path)
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> "RunDir":
+        if not (Path(path) / "config.json").is_file():
+            raise UserError(f"--resume {path}: no config.json there, so it is not a run folder of this repository.")
+        return cls(path)
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_text(self.path / "config.json", json.dumps(config, indent=2, sort_keys=True, default=str))
+
+    def read_config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+    def log(self, record: dict) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def forget_after(self, job: str, step: int) -> None:
+        """On resume: drop the job's log lines written after its last checkpoint, which the rerun writes again."""
+        if not self.metrics_file.exists():
+            return
+        keep = [line for line in self.metrics_file.read_text().splitlines()
+                if not ((r := json.loads(line)).get("job") == job and r.get("iteration", 0) > step)]
+        atomic_write_text(self.metrics_file, "".join(line + "\n" for line in keep))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write to ``<path>.tmp``, flush it to disk, then rename: a kill mid-write leaves the old file intact."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or not a checkpoint at all
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); it is corrupt or "
+                        f"not a PyTorch checkpoint. Delete it and train again.") from e
+
+
+def save_weights(path: str | Path, model: nn.Module, extra: dict | None = None) -> None:
+    """Model weights plus ``model.config()``, so a later load can tell the architecture apart."""
+    save_checkpoint(path, {"arch": model.config(), "model": model.state_dict(), **(extra or {})})
+
+
+def load_weights(model: nn.Module, path: str | Path, what: str = "checkpoint") -> dict:
+    """Load weights saved by ``save_weights`` into ``model``; another architecture is a clear user error."""
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{what} {path} holds no model weights (expected a file written by this repository).")
+    expected, found = model.config(), state.get("arch")
+    if found is not None and found != expected:
+        diff = ", ".join(f"{k}={found.get(k)!r} (need {v!r})" for k, v in expected.items() if found.get(k) != v)
+        raise UserError(f"{what} {path} is a different architecture: {diff}. Pass a matching checkpoint or "
+                        f"change the flags to match it.")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"{what} {path} does not fit a {expected}: {str(e).splitlines()[0]}") from e
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@dataclass
+class History:
+    """Per-iteration training losses, periodic evaluations, and whether the run diverged."""
+
+    train_loss: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    diverged: bool = False
+
+    def to_state(self) -> dict:
+        return {"train_loss": torch.tensor(self.train_loss, dtype=torch.float64),
+                "evals": json.dumps(self.evals), "diverged": self.diverged}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "History":
+        return cls(state["train_loss"].tolist(), json.loads(state["evals"]), bool(state["diverged"]))
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[int], tuple[torch.Tensor, dict]],
+        iterations: int, *, name: str, run: RunDir, device: torch.device,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        evaluate: Callable[[], dict] | None = None, eval_every: int = 100, checkpoint_every: int = 500,
+        amp: bool = False, best_key: str | None = "test_loss", diverge_above: float = 1e3,
+        progress: bool = True) -> History:
+    """Train ``model`` for ``iterations`` steps of ``loss_fn(step) -> (loss, logs)``; resumable.
+
+    - Every ``eval_every`` steps (and at the end) ``evaluate()`` returns metrics, logged with the step; the model
+      state with the lowest ``best_key`` is kept and loaded into ``model`` when training ends (source 002 reports
+      its models at the minimum of the test loss).
+    - Every ``checkpoint_every`` steps the whole state (model, optimizer, scheduler, history, best weights) goes
+      atomically to ``run/checkpoints/<name>.pt``. If that file exists, training continues from it; a finished
+      job just loads its result. Batches must be a pure function of the step (see common.datasets.random_crops)
+      for a resumed run to match an uninterrupted one exactly.
+    - A non-finite loss, or one above ``diverge_above``, stops the job and marks it diverged (Table 2's "Div.").
+    """
+    ckpt_path = run.checkpoints / f"{name}.pt"
+    history, best, step = History(), None, 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        history, best, step = History.from_state(state["history"]), state.get("best"), int(state["step"])
+        torch.set_rng_state(state["rng"])
+        if state.get("done"):
+            if best is not None:
+                model.load_state_dict(best)
+            return history
+        run.forget_after(name, step)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    best_value = min((e[best_key] for e in history.evals if best_key in e), default=math.inf)
+
+    def checkpoint(done: bool = False) -> None:
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict() if scheduler else {}, "step": step,
+                                    "history": history.to_state(), "best": best, "rng": torch.get_rng_state(),
+                                    "done": done})
+
+    def run_eval() -> None:
+        nonlocal best, best_value
+        metrics = evaluate()
+        history.evals.append({"iteration": step, **metrics})
+        run.log({"job": name, "iteration": step, **metrics})
+        if best_key and metrics.get(best_key, math.inf) < best_value:
+            best_value, best = metrics[best_key], copy.deepcopy(model.state_dict())
+
+    model.train()
+    bar = tqdm(total=iterations, initial=step, desc=name, disable=not progress, leave=False, dynamic_ncols=True,
+               file=sys.stderr)
+    while step < iterations:
+        with autocast(device, amp):
+            loss, logs = loss_fn(step)
+        value = float(loss)
+        if not math.isfinite(value) or value > diverge_above:
+            history.diverged = True
+            run.log({"job": name, "iteration": step + 1, "event": "diverged", "train_loss": value})
+            break
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        step += 1
+        history.train_loss.append(value)
+        if step % 10 == 0 or step == iterations:
+            run.log({"job": name, "iteration": step, "train_loss": value,
+                     "lr": optimizer.param_groups[0]["lr"], **{k: float(v) for k, v in logs.items()}})
+            bar.set_postfix(loss=f"{value:.4f}")
+        bar.update(1)
+        if evaluate is not None and (step % eval_every == 0 or step == iterations):
+            run_eval()
+            model.train()
+        if step % checkpoint_every == 0 and step < iterations:
+            checkpoint()
+    bar.close()
+    checkpoint(done=True)
+    if best is not None:
+        model.load_state_dict(best)
+    return history
+
+
+def moving_average_min(values: list[float], window: int) -> tuple[float, int]:
+    """min_k (1/window) sum_{i=k}^{k+window-1} values[i], and the index of the window's last element.
+
+    Source 002's averaged loss (L*_train with alpha_t; the test loss with beta_t). With fewer values than the
+    window, the mean of all of them.
+    """
+    if not values:
+        return math.nan, -1
+    if len(values) <= window:
+        return float(np.mean(values)), len(values) - 1
+    c = np.cumsum(np.insert(np.asarray(values, dtype=np.float64), 0, 0.0))
+    means = (c[window:] - c[:-window]) / window
+    k = int(np.argmin(means))
+    return float(means[k]), k + window - 1
+
+
+def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size]
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a script's ``main``; a ``UserError`` prints one line and exits with status 2, not a traceback."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue this run with --resume <run folder>", file=sys.stderr)
+        raise SystemExit(130)

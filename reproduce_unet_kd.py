@@ -1,0 +1,672 @@
+#!/usr/bin/env python
+"""Reproduce Mangalam, "Compressing U-Net using Knowledge Distillation" (EPFL semester project, 2018).
+
+Source: ../shared/seeds/002_828e021924a0a2e7.txt ("source 002"). Binary segmentation of mitochondria in electron
+microscopy slices (EPFL data, Fig. 2) with k-UNets (common/unet.py), compressed by knowledge distillation.
+
+The method ("The Distillation Procedure"):
+  1. Train the teacher from scratch on the labels (hard training).
+  2. Train the student on the teacher's softened outputs, optionally together with the labels:
+         P_T^tau = softmax(a_T / tau),  P_S^tau = softmax(a_S / tau)
+         L_KD(W_S) = H(y_true, P_S) + lambda * H(P_T^tau, P_S^tau)
+     "soft" training keeps only the second term, "mixed" both, "sequential" does soft, then hard.
+  3. Predict at tau = 1.
+
+Experiments (--experiment; "all" runs them in this order):
+  table1    student search: hard training of k-UNets, k in {128, ..., 1}              (Table 1)
+  table2    soft training of a 2-UNet from a 4-UNet over tau, divergence = "Div."    (Table 2)
+  table3    initialisation trials: three seeds per tau, runs stuck at the class prior (Table 3)
+  table4    ten reruns of vanilla 2-UNet and 1-UNet training                          (Table 4)
+  table5    mixed distillation of a 2-UNet                                            (Table 5)
+  table6    sequential distillation of a 1-UNet: soft, then hard                      (Table 6)
+  headline  "Making it work": 64-UNet teacher -> 2-UNet with BatchNorm and class weights, soft and mixed (default)
+
+Readings of the source we had to choose (each is also printed under its table):
+  * Averaged losses. L*_train = min_k (1/alpha_t) sum_{i=k}^{k+alpha_t} H(y_i, y^_i): a moving average of the
+    per-iteration training loss over alpha_t iterations, minimised over k. For the test loss we read n_t as the
+    number of test crops per evaluation (the n_test of L_test^i) and beta_t as the moving-average window over
+    successive evaluations; "Test (avg.)" = min of that average, "Test (min)" = min of the raw evaluations. (Fig. 4
+    uses beta_t = 500 "to allow a smoother graph", which fits a window length.) How often the test loss is
+    evaluated is not given: --eval-every.
+  * The soft term is multiplied by tau^2 (Hinton et al.), which is how Table 5 reports it. Optimiser, learning
+    rate, batch and crop size are not given: Adam, and the values of the presets below.
+  * The headline teacher is "64-Unet (31,042,434 parameters) [without BN]", but 31,042,434 is the count of the
+    64-UNet *with* BatchNorm (without: 31,030,658). Our headline teacher uses BatchNorm: it matches the printed
+    count, and the source's own Fig. 4 shows BN training to a lower loss. --no-teacher-bn gives the other reading.
+    Tables 1-6 precede "Working with Batch Normalization" and use no BN (--bn turns it on).
+  * "Class weights" are not given: w_c proportional to f_c^-p (f_c = training class frequency, p =
+    --class-weight-power, 0.5 by default), normalised so that sum_c f_c w_c = 1; in soft training they weight the
+    classes of the soft cross-entropy.
+  * The source's 0.48 "class-prior" barrier is not the loss of its own prior 0.947/0.053 (that is 0.207 nats); we
+    compute the barrier of the data in use and flag runs whose best test loss stays within 5% of it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.datasets import EPFLMitochondria, SyntheticEM, Volume, fixed_crops, normalize, random_crops
+from common.errors import UserError
+from common.losses import class_prior_loss, soft_cross_entropy, weighted_cross_entropy
+from common.metrics import ConfusionMatrix
+from common.profiler import count_macs, count_parameters, profile
+from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_sweep
+from common.training import (RunDir, batches, fit, load_weights, moving_average_min, pick_device, run_main,
+                             save_weights, seed_everything)
+from common.unet import UNet
+
+EXPERIMENTS = ["table1", "table2", "table3", "table4", "table5", "table6", "headline"]
+MACS_INPUT = (1, 1, 256, 256)  # the input of our MAdds and latency columns (one 256x256 grey slice)
+
+
+# =============================================================================================== configuration
+@dataclass
+class Config:
+    experiment: str = "headline"
+    preset: str = "default"
+    k: int = 2                        # student width (headline)
+    teacher: int = 64                 # teacher width (headline)
+    teacher_bn: bool = True           # headline teacher with BatchNorm (see the module docstring)
+    bn: bool = False                  # BatchNorm in Tables 1-6
+    T: float = 4.0                    # headline temperature: Table 2's best (0.104 at tau = 4)
+    lam: float = 1.0                  # lambda of the mixed loss (not given in the source)
+    class_weight_power: float = 0.5
+    ks: tuple = (128, 64, 32, 16, 8, 4, 2, 1)
+    temperatures: tuple = (0.1, 0.25, 0.5, 1, 2, 4, 5, 7, 10, 15, 20)   # Table 2
+    trial_temperatures: tuple = (1, 2, 3, 5, 6, 10, 15)                  # Table 3
+    mixed_temperatures: tuple = (2, 5, 10, 15, 20)                       # Table 5
+    reruns: int = 10                                                    # Table 4
+    # data
+    data_root: str | None = None
+    train_slices: int = 32
+    test_slices: int = 8
+    slice_size: int = 128
+    # optimisation
+    lr: float = 1e-3
+    batch_size: int = 8
+    crop: int = 64
+    teacher_iterations: int = 200     # headline teacher
+    iterations: int = 1500            # headline students
+    small_teacher_iterations: int = 1500   # the 4-UNet teacher of Tables 2, 3, 5, 6
+    sweep_iterations: int = 800            # each student of Tables 2-6
+    table1_iterations: int = 300
+    table1_batch_size: int = 4
+    table1_crop: int = 48
+    sequential_soft: tuple = ((10000, 400), (20000, 800))   # Table 6: paper's soft iterations -> ours
+    # the averaged-loss protocol
+    eval_every: int = 50
+    n_t: int = 32
+    alpha_t: int = 100
+    beta_t: int = 3
+    eval_tile: int = 128
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    online_teacher: bool = False
+    teacher_checkpoint: str | None = None
+    cache_dir: str = "runs/teacher_cache"
+    out: str | None = None
+    checkpoint_every: int = 500
+    progress: bool = True
+
+
+PRESETS = {
+    # Fits a 2-core CPU: the default command (headline) in under 10 minutes, --experiment all in under an hour.
+    "default": {},
+    # The source's settings where it gives them (alpha_t, beta_t, n_t, iteration counts); our choices elsewhere.
+    "paper": dict(train_slices=165, test_slices=165, slice_size=512, lr=1e-4, batch_size=4, crop=256,
+                  teacher_iterations=300_000, iterations=155_000, small_teacher_iterations=300_000,
+                  sweep_iterations=50_000, table1_iterations=350_000, table1_batch_size=4, table1_crop=256,
+                  sequential_soft=((10000, 10000), (20000, 20000)), eval_every=500, n_t=500, alpha_t=5000,
+                  beta_t=25, eval_tile=512, checkpoint_every=5000),
+}
+
+# The source's own numbers, shown beside ours.
+PAPER = {
+    "table1": {128: (0.1170, 0.0281, 63_000), 64: (0.1021, 0.0256, 80_000), 32: (0.0871, 0.0220, 125_000),
+               16: (0.0822, 0.0220, 150_000), 8: (0.0830, 0.0221, 280_000), 4: (0.0974, 0.0286, 300_000),
+               2: (0.8227, 0.3423, 290_000), 1: (0.8337, 0.3438, 320_000)},
+    "table2": {0.1: (None, None), 0.25: (None, None), 0.5: (None, None), 1: (0.111, 15_000), 2: (0.480, 15_000),
+               4: (0.104, 50_000), 5: (0.610, 50_000), 7: (0.481, 9000), 10: (0.480, 14_000),
+               15: (0.480, 14_500), 20: (0.134, 48_800)},
+    "table3": {1: ((0.481, 0.212, 0.483), (0.480, 0.210, 0.480)), 2: ((0.488, 0.488, 0.485), (0.480, 0.480, 0.480)),
+               3: ((0.482, 0.482, 0.223), (0.480, 0.480, 0.215)), 5: ((0.123, 0.482, 0.489), (0.097, 0.480, 0.480)),
+               6: ((0.151, 0.525, 0.482), (0.126, 0.496, 0.480)), 10: ((0.120, 0.482, 0.482), (0.093, 0.480, 0.480)),
+               15: ((0.209, 0.482, 0.491), (0.201, 0.480, 0.480))},
+    "table4": {2: (0.156, 0.142, 1.371, 0.138, 1.376, 1.379, 1.380, 1.381, 0.223, 1.384),
+               1: (1.37, 1.35, 1.36, 1.33, 1.38, 1.38, 1.36, 1.33, 1.30, 1.31)},
+    "table5": {2: (0.490, 0.480, 0.268, 0.167), 5: (0.505, 0.481, 0.267, 0.239), 10: (0.506, 0.480, 0.268, 0.305),
+               15: (0.507, 0.479, 0.270, 0.326), 20: (0.507, 0.480, 0.271, 0.334)},
+    "table6": [(10000, 5, 0.48, 0.883), (20000, 5, 0.48, 0.595), (20000, 10, 0.550, 0.497),
+               (10000, 20, 0.480, 0.590), (20000, 20, 0.480, 0.498)],
+    "headline": {"teacher_params": 31_042_434, "student_params": 30_902, "soft": (0.134, 0.752, 100_000),
+                 "mixed": (0.135, 0.759, 155_000)},
+    "barrier": 0.48,
+}
+
+
+# =============================================================================================== data
+def load_data(cfg: Config) -> tuple[Volume, Volume]:
+    """The EPFL stacks with --data-root; otherwise the deterministic synthetic EM slices."""
+    if cfg.data_root:
+        return EPFLMitochondria(cfg.data_root, "train").volume, EPFLMitochondria(cfg.data_root, "test").volume
+    size = (cfg.slice_size, cfg.slice_size)
+    return (SyntheticEM("train", cfg.train_slices, size, seed=cfg.seed).volume,
+            SyntheticEM("test", cfg.test_slices, size, seed=cfg.seed).volume)
+
+
+def class_weights(train: Volume, power: float) -> torch.Tensor:
+    """w_c ~ f_c^-power, normalised so that the mean weight over training pixels is 1 (our reading)."""
+    f = torch.as_tensor(train.class_frequencies(2), dtype=torch.float32).clamp_min(1e-6)
+    w = f ** -power
+    return w / (f * w).sum()
+
+
+# =============================================================================================== evaluation
+@torch.no_grad()
+def predict_tiled(model: torch.nn.Module, images: np.ndarray, device: torch.device, tile: int,
+                  margin: int = 16) -> torch.Tensor:
+    """Logits (N, C, H, W) for whole slices: overlapping ``tile`` windows, the centre of each kept.
+
+    Slices are reflect-padded, so any slice size works and no tile sees an artificial border in its kept centre.
+    """
+    model.eval()
+    core = tile - 2 * margin
+    outputs = []
+    for image in images:
+        h, w = image.shape
+        ph, pw = -h % core, -w % core
+        x = normalize(image)[None, None].to(device)
+        mode = "reflect" if max(margin + ph, margin + pw) < min(h, w) else "replicate"
+        x = F.pad(x, (margin, margin + pw, margin, margin + ph), mode=mode)
+        out = None
+        for y0 in range(0, h + ph, core):
+            for x0 in range(0, w + pw, core):
+                logits = model(x[..., y0:y0 + tile, x0:x0 + tile]).float()
+                if out is None:
+                    out = torch.empty(1, logits.shape[1], h + ph, w + pw, device=device)
+                out[..., y0:y0 + core, x0:x0 + core] = logits[..., margin:margin + core, margin:margin + core]
+        outputs.append(out[..., :h, :w].cpu())
+    return torch.cat(outputs)
+
+
+def crops_loss(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> float:
+    """Mean cross-entropy over fixed test crops: one evaluation L_test^i of the averaged test loss."""
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for x, y in zip(batches(images, 16), batches(masks, 16)):
+            total += F.cross_entropy(model(x.to(device)).float(), y.to(device), reduction="sum").item()
+    return total / masks.numel()
+
+
+def evaluate_slices(model: torch.nn.Module, volume: Volume, cfg: Config, device: torch.device) -> dict:
+    """Cross-entropy and foreground IoU on the whole test slices (tiled), at tau = 1."""
+    logits = predict_tiled(model, volume.images, device, cfg.eval_tile)
+    target = torch.as_tensor(volume.masks).long()
+    conf = ConfusionMatrix(2)
+    conf.update(logits.argmax(1), target)
+    loss = F.cross_entropy(logits, target).item()
+    return {"loss": loss, "iou": conf.foreground_iou, "pixel_accuracy": conf.pixel_accuracy,
+            "prediction": logits.argmax(1).numpy().astype(np.uint8)}
+
+
+# =============================================================================================== training
+@dataclass
+class Trained:
+    name: str
+    model: UNet
+    history: object
+    test: dict           # evaluate_slices of the best state
+    summary: dict        # averaged-loss protocol
+
+
+class Lab:
+    """Everything the experiments share: config, data, device, run folder, results, and the cached teachers."""
+
+    def __init__(self, cfg: Config, run: RunDir) -> None:
+        self.cfg, self.run = cfg, run
+        self.device = pick_device(cfg.device)
+        self.train, self.test = load_data(cfg)
+        self.test_crops = fixed_crops(self.test, cfg.n_t, cfg.crop)
+        self.weights = class_weights(self.train, cfg.class_weight_power)
+        self.barrier = class_prior_loss(self.test.class_frequencies(2))
+        self.results = ResultsCSV(run.path / "results.csv")
+        self._soft_targets: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ one model
+    def train_model(self, name: str, k: int, objective: str, *, bn: bool, iterations: int,
+                    teacher: UNet | None = None, T: float = 1.0, lam: float = 0.0, seed: int | None = None,
+                    weighted: bool = False, init: UNet | None = None, batch_size: int | None = None,
+                    crop: int | None = None) -> Trained:
+        """Train one k-UNet with objective 'hard', 'soft' or 'mixed' (the L_KD of 'The Distillation Procedure')."""
+        cfg, device = self.cfg, self.device
+        seed = cfg.seed if seed is None else seed
+        batch_size, crop = batch_size or cfg.batch_size, crop or cfg.crop
+        seed_everything(seed)
+        model = UNet(k, batch_norm=bn).to(device)
+        if init is not None:
+            model.load_state_dict(init.state_dict())
+        w = self.weights.to(device) if weighted else None
+        targets = None if teacher is None or cfg.online_teacher else self.soft_targets(teacher)
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+            x, y, *t = random_crops(self.train, batch_size, crop, seed, step, extra=targets)
+            x, y = x.to(device), y.to(device)
+            student = model(x)
+            logs: dict = {}
+            loss = student.new_zeros(())
+            if objective in ("hard", "mixed"):                   # H(y_true, P_S)
+                hard = weighted_cross_entropy(student, y, w)
+                loss, logs["train_hard"] = loss + hard, hard.detach()
+            if objective in ("soft", "mixed"):                   # lambda * tau^2 * H(P_T^tau, P_S^tau)
+                if t:
+                    teacher_logits = t[0].to(device)
+                else:
+                    with torch.no_grad():
+                        teacher_logits = teacher.eval()(x)
+                soft = T * T * soft_cross_entropy(student, teacher_logits, T, class_weights=w)
+                loss, logs["train_soft"] = loss + (lam if objective == "mixed" else 1.0) * soft, soft.detach()
+            return loss, logs
+
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        images, masks = self.test_crops
+        history = fit(model, optimizer, loss_fn, iterations, name=name, run=self.run, device=device,
+                      evaluate=lambda: {"test_loss": crops_loss(model, images, masks, device)},
+                      eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, amp=cfg.amp,
+                      progress=cfg.progress)
+        test = evaluate_slices(model, self.test, cfg, device)
+        summary = self.averaged_losses(history)
+        self.run.log({"job": name, "event": "final", **{k_: v for k_, v in test.items() if k_ != "prediction"},
+                      **summary})
+        return Trained(name, model, history, test, summary)
+
+    def averaged_losses(self, history) -> dict:
+        """The source's protocol: L*_train (window alpha_t), test loss averaged over beta_t evaluations, raw min."""
+        cfg = self.cfg
+        train_avg, _ = moving_average_min(history.train_loss, cfg.alpha_t)
+        test_losses = [e["test_loss"] for e in history.evals]
+        test_avg, i_avg = moving_average_min(test_losses, cfg.beta_t)
+        test_min = min(test_losses, default=math.nan)
+        at = history.evals[i_avg]["iteration"] if i_avg >= 0 else 0
+        return {"train_loss_avg": train_avg, "test_loss_avg": test_avg, "test_loss_min": test_min,
+                "iteration_at_min": at, "iterations_run": len(history.train_loss), "diverged": history.diverged,
+                "stuck": bool(test_min >= 0.95 * self.barrier)}
+
+    # ------------------------------------------------------------------ teachers
+    def teacher(self, k: int, bn: bool, iterations: int, checkpoint: str | None = None) -> Trained:
+        """A hard-trained k-UNet teacher: from --teacher-checkpoint, from the cache, or trained now and cached.
+
+        The cache key is the teacher's whole configuration, so sweeps and later runs reuse it.
+        """
+        cfg = self.cfg
+        model = UNet(k, batch_norm=bn).to(self.device)
+        if checkpoint:
+            load_weights(model, checkpoint, what="--teacher-checkpoint")
+            return Trained(f"teacher_k{k}", model, None, evaluate_slices(model, self.test, cfg, self.device), {})
+        key = {"k": k, "bn": bn, "iterations": iterations, "lr": cfg.lr, "batch": cfg.batch_size, "crop": cfg.crop,
+               "seed": cfg.seed, "data": self.train.name, "data_root": str(Path(cfg.data_root).resolve())
+               if cfg.data_root else None}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        path = Path(cfg.cache_dir) / f"unet_k{k}_{'bn' if bn else 'nobn'}_{digest}.pt"
+        if path.exists():
+            state = load_weights(model, path, what="cached teacher")
+            print(f"teacher {k}-UNet: reusing {path}")
+            return Trained(f"teacher_k{k}", model, None, evaluate_slices(model, self.test, cfg, self.device),
+                           json.loads(state["summary"]))
+        trained = self.train_model(f"teacher_k{k}{'_bn' if bn else ''}", k, "hard", bn=bn, iterations=iterations)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(path, trained.model, {"summary": json.dumps(trained.summary), "key": json.dumps(key)})
+        print(f"teacher {k}-UNet: trained and cached in {path}")
+        return trained
+
+    def soft_targets(self, teacher: UNet) -> torch.Tensor:
+        """The teacher's logits on every training slice, computed once (fp16, CPU) and cropped with each batch.
+
+        Same soft targets as running the teacher on each crop, except at crop borders, where the whole-slice
+        prediction has more context; --online-teacher runs the teacher on every batch instead.
+        """
+        key = f"{id(teacher)}"
+        if key not in self._soft_targets:
+            self._soft_targets[key] = predict_tiled(teacher, self.train.images, self.device,
+                                                    self.cfg.eval_tile).half()
+        return self._soft_targets[key]
+
+    def record(self, experiment: str, trained: Trained, label: str) -> None:
+        self.results.add(experiment=experiment, model=label, params=count_parameters(trained.model),
+                         macs=count_macs(trained.model, MACS_INPUT), loss=round(trained.test["loss"], 5),
+                         iou=round(trained.test["iou"], 5), iterations=trained.summary.get("iterations_run", ""),
+                         notes="diverged" if trained.summary.get("diverged") else
+                         ("stuck at class prior" if trained.summary.get("stuck") else ""))
+
+
+# =============================================================================================== experiments
+def protocol_notes(lab: Lab) -> list[str]:
+    c = lab.cfg
+    return [f"ours: {lab.train.name} / {lab.test.name}, preset '{c.preset}', batch {c.batch_size}, crop {c.crop}, "
+            f"Adam lr {c.lr}; averaged losses alpha_t={c.alpha_t}, beta_t={c.beta_t}, n_t={c.n_t} test crops, "
+            f"test loss every {c.eval_every} iterations (paper: alpha_t=5000, beta_t=25, n_t=500).",
+            "paper columns: the source's printed numbers (EPFL data, Titan X); ours: measured by this run."]
+
+
+def run_table1(lab: Lab) -> None:
+    """Table 1: hard training of k-UNets; test loss, train loss and the iteration of the test-loss minimum."""
+    c = lab.cfg
+    table = Table("Table 1. Student search: hard training of k-UNets",
+                  ["k", "params", "Test loss (paper)", "Test loss (ours)", "Train loss (paper)", "Train loss (ours)",
+                   "#Iterations (paper)", "#Iterations (ours)", "fg IoU (ours)"],
+                  notes=protocol_notes(lab) + [f"ours: {c.table1_iterations} iterations per k, batch "
+                                               f"{c.table1_batch_size}, crop {c.table1_crop}, "
+                                               f"{'with' if c.bn else 'without'} BatchNorm."])
+    curves = {}
+    for k in c.ks:
+        t = lab.train_model(f"table1_k{k}", k, "hard", bn=c.bn, iterations=c.table1_iterations,
+                            batch_size=c.table1_batch_size, crop=c.table1_crop)
+        lab.record("table1", t, f"{k}-UNet hard")
+        paper = PAPER["table1"].get(k, (None, None, None))
+        table.add(k, count_parameters(t.model), paper[0], t.summary["test_loss_avg"], paper[1],
+                  t.summary["train_loss_avg"], paper[2], t.summary["iteration_at_min"], t.test["iou"])
+        curves[f"{k}-UNet"] = ([e["iteration"] for e in t.history.evals], [e["test_loss"] for e in t.history.evals])
+    finish_table(lab, table, "table1")
+    plot_curves(lab.run.figures / "table1_test_loss.png", curves, "Table 1: test loss of k-UNets (hard training)",
+                hline=(lab.barrier, "class-prior barrier (our data)"), logy=True)
+
+
+def small_teacher(lab: Lab) -> Trained:
+    """The 4-UNet teacher of Tables 2, 3, 5 and 6 (source: 300,000 iterations, test loss 0.0910)."""
+    return lab.teacher(4, lab.cfg.bn, lab.cfg.small_teacher_iterations)
+
+
+def run_table2(lab: Lab) -> None:
+    """Table 2: soft training of a 2-UNet from a 4-UNet over tau; "Div." when training diverges."""
+    c = lab.cfg
+    teacher = small_teacher(lab)
+    temps = list(c.temperatures)
+    losses, its = [], []
+    for T in temps:
+        t = lab.train_model(f"table2_T{T}", 2, "soft", bn=c.bn, iterations=c.sweep_iterations,
+                            teacher=teacher.model, T=T)
+        lab.record("table2", t, f"2-UNet soft T={T}")
+        losses.append("Div." if t.summary["diverged"] else t.summary["test_loss_min"])
+        its.append("-" if t.summary["diverged"] else t.summary["iteration_at_min"])
+    paper = [PAPER["table2"].get(T, (None, None)) for T in temps]
+    table = Table("Table 2. Soft training of a 2-UNet from a 4-UNet teacher", ["T_transfer"] + [str(T) for T in temps],
+                  notes=protocol_notes(lab) + [
+                      f"teacher: 4-UNet, {c.small_teacher_iterations} iterations, test loss "
+                      f"{teacher.test['loss']:.4f} (paper: 300,000 iterations, 0.0910).",
+                      "test loss = minimum of the raw test-loss evaluations (no averaging), as in the source.",
+                      "Div. = a non-finite training loss, or one above 1e3 (our definition; the source gives none)."])
+    table.add("Test loss (paper)", *["Div." if p[0] is None else p[0] for p in paper])
+    table.add("Test loss (ours)", *losses)
+    table.add("#Iterations (paper)", *["-" if p[1] is None else p[1] for p in paper])
+    table.add("#Iterations (ours)", *its)
+    finish_table(lab, table, "table2")
+    plot_sweep(lab.run.figures / "table2_temperature.png", temps,
+               {"ours": [None if isinstance(v, str) else v for v in losses],
+                "paper": [p[0] for p in paper]}, "Table 2: soft training of 2-UNet", "T_transfer", "test loss",
+               logx=True, hline=(lab.barrier, "class-prior barrier (our data)"))
+
+
+def run_table3(lab: Lab) -> None:
+    """Table 3: three initialisations per tau; which runs break the class-prior barrier."""
+    c = lab.cfg
+    teacher = small_teacher(lab)
+    table = Table("Table 3. Three trials of soft distillation into a 2-UNet",
+                  ["T"] + [f"avg trial {i} ({w})" for i in (1, 2, 3) for w in ("paper", "ours")]
+                  + [f"min trial {i} ({w})" for i in (1, 2, 3) for w in ("paper", "ours")] + ["stuck (ours)"],
+                  notes=protocol_notes(lab) + [
+                      f"class-prior barrier of our test data: {lab.barrier:.4f} (the loss of predicting the class "
+                      f"frequencies everywhere; paper: 0.48, though its stated prior 0.947/0.053 gives 0.207).",
+                      "stuck = best test loss within 5% of the barrier; trials differ in the student's seed."])
+    for T in c.trial_temperatures:
+        avg, mins, stuck = [], [], []
+        for trial in (1, 2, 3):
+            t = lab.train_model(f"table3_T{T}_trial{trial}", 2, "soft", bn=c.bn, iterations=c.sweep_iterations,
+                                teacher=teacher.model, T=T, seed=c.seed + trial)
+            lab.record("table3", t, f"2-UNet soft T={T} trial {trial}")
+            avg.append(t.summary["test_loss_avg"])
+            mins.append(t.summary["test_loss_min"])
+            if t.summary["stuck"]:
+                stuck.append(str(trial))
+        paper = PAPER["table3"].get(T, ((None,) * 3, (None,) * 3))
+        table.add(T, *[v for i in range(3) for v in (paper[0][i], avg[i])],
+                  *[v for i in range(3) for v in (paper[1][i], mins[i])], ",".join(stuck) or "none")
+    finish_table(lab, table, "table3")
+
+
+def run_table4(lab: Lab) -> None:
+    """Table 4: reruns of vanilla (hard) training of 2-UNet and 1-UNet with different seeds."""
+    c = lab.cfg
+    trials = list(range(1, c.reruns + 1))
+    table = Table("Table 4. Reruns of vanilla training (averaged test loss)", ["Trial"] + [str(i) for i in trials],
+                  notes=protocol_notes(lab) + ["each trial is another seed (initialisation and batches)."])
+    for k in (2, 1):
+        ours = []
+        for trial in trials:
+            t = lab.train_model(f"table4_k{k}_trial{trial}", k, "hard", bn=c.bn, iterations=c.sweep_iterations,
+                                seed=c.seed + trial)
+            lab.record("table4", t, f"{k}-UNet hard trial {trial}")
+            ours.append(t.summary["test_loss_avg"])
+        paper = list(PAPER["table4"][k]) + [None] * max(0, len(trials) - 10)
+        table.add(f"{k}-Unet (paper)", *paper[:len(trials)])
+        table.add(f"{k}-Unet (ours)", *ours)
+    finish_table(lab, table, "table4")
+
+
+def run_table5(lab: Lab) -> None:
+    """Table 5: mixed distillation (hard + lambda * soft) of a 2-UNet from the 4-UNet."""
+    c = lab.cfg
+    teacher = small_teacher(lab)
+    table = Table("Table 5. Mixed distillation of a 2-UNet (soft and hard labels)",
+                  ["T", "Test avg (paper)", "Test avg (ours)", "Test min (paper)", "Test min (ours)",
+                   "Train hard (paper)", "Train hard (ours)", "Train soft x T^2 (paper)", "Train soft x T^2 (ours)"],
+                  notes=protocol_notes(lab) + [f"lambda = {c.lam} (not given in the source); training losses are "
+                                               f"the last {c.alpha_t}-iteration means."])
+    for T in c.mixed_temperatures:
+        t = lab.train_model(f"table5_T{T}", 2, "mixed", bn=c.bn, iterations=c.sweep_iterations,
+                            teacher=teacher.model, T=T, lam=c.lam)
+        lab.record("table5", t, f"2-UNet mixed T={T}")
+        hard, soft = last_mean(lab, t.name, "train_hard"), last_mean(lab, t.name, "train_soft")
+        p = PAPER["table5"].get(T, (None,) * 4)
+        table.add(T, p[0], t.summary["test_loss_avg"], p[1], t.summary["test_loss_min"], p[2], hard, p[3], soft)
+    finish_table(lab, table, "table5")
+
+
+def run_table6(lab: Lab) -> None:
+    """Table 6: sequential distillation of a 1-UNet: soft training at tau, then hard training from there."""
+    c = lab.cfg
+    teacher = small_teacher(lab)
+    soft_its = dict(c.sequential_soft)
+    table = Table("Table 6. Sequential distillation of a 1-UNet (soft, then hard)",
+                  ["Soft #Iterations (paper)", "Soft #Iterations (ours)", "T_transfer", "Start loss (paper)",
+                   "Start loss (ours)", "Test loss (paper)", "Test loss (ours)"],
+                  notes=protocol_notes(lab) + [f"start loss: averaged test loss of the soft-trained 1-UNet; test loss: "
+                                               f"averaged test loss over {c.sweep_iterations} iterations of hard "
+                                               f"training that follow (the source does not give their number)."])
+    curves = {}
+    for paper_its, T, paper_start, paper_test in PAPER["table6"]:
+        soft = lab.train_model(f"table6_soft{paper_its}_T{T}", 1, "soft", bn=c.bn, iterations=soft_its[paper_its],
+                               teacher=teacher.model, T=T)
+        hard = lab.train_model(f"table6_soft{paper_its}_T{T}_hard", 1, "hard", bn=c.bn,
+                               iterations=c.sweep_iterations, init=soft.model)
+        lab.record("table6", hard, f"1-UNet soft {soft_its[paper_its]} it T={T}, then hard")
+        table.add(paper_its, soft_its[paper_its], T, paper_start, soft.summary["test_loss_avg"], paper_test,
+                  hard.summary["test_loss_avg"])
+        curves[f"T={T}, soft {soft_its[paper_its]} it"] = (
+            [e["iteration"] for e in soft.history.evals] + [soft_its[paper_its] + e["iteration"]
+                                                            for e in hard.history.evals],
+            [e["test_loss"] for e in soft.history.evals + hard.history.evals])
+    finish_table(lab, table, "table6")
+    plot_curves(lab.run.figures / "table6_sequential.png", curves, "Table 6: soft, then hard training (1-UNet)",
+                hline=(lab.barrier, "class-prior barrier (our data)"))
+
+
+def run_headline(lab: Lab) -> None:
+    """'Making it work': 64-UNet teacher -> 2-UNet with BatchNorm and class weights, soft and mixed."""
+    c = lab.cfg
+    teacher = lab.teacher(c.teacher, c.teacher_bn, c.teacher_iterations, c.teacher_checkpoint)
+    common = dict(bn=True, iterations=c.iterations, weighted=True)
+    alone = lab.train_model(f"headline_k{c.k}_alone", c.k, "hard", **common)
+    soft = lab.train_model(f"headline_k{c.k}_soft", c.k, "soft", teacher=teacher.model, T=c.T, **common)
+    mixed = lab.train_model(f"headline_k{c.k}_mixed", c.k, "mixed", teacher=teacher.model, T=c.T, lam=c.lam,
+                            **common)
+    t_params = count_parameters(teacher.model)
+    rows = [("teacher", teacher, f"{c.teacher}-UNet {'with' if c.teacher_bn else 'without'} BN, hard", None),
+            ("alone", alone, f"{c.k}-UNet BN+CW, hard (no teacher)", None),
+            ("soft", soft, f"{c.k}-UNet BN+CW, soft T={c.T}", PAPER["headline"]["soft"]),
+            ("mixed", mixed, f"{c.k}-UNet BN+CW, mixed T={c.T} lambda={c.lam}", PAPER["headline"]["mixed"])]
+    table = Table("Making it work: BatchNorm and class weights (64-UNet -> 2-UNet)",
+                  ["model", "params", "compression", "CE (paper)", "CE (ours)", "IoU (paper)", "IoU (ours)",
+                   "#Iterations (paper)", "#Iterations (ours)"],
+                  notes=protocol_notes(lab) + [
+                      "ours: cross-entropy and foreground IoU on the whole test slices, at the evaluation with the "
+                      "lowest test loss (the source reports minima of the test loss).",
+                      f"paper teacher: 64-UNet with {PAPER['headline']['teacher_params']:,} parameters, labelled "
+                      f"'without BN' (that count is the with-BN layout); ours: {t_params:,} parameters.",
+                      f"class weights (ours): {[round(float(v), 3) for v in lab.weights]} for background, "
+                      f"mitochondria (power {c.class_weight_power})."])
+    for key, t, label, paper in rows:
+        params = count_parameters(t.model)
+        lab.record("headline", t, label)
+        table.add(label, params, f"{t_params / params:.0f}x", paper[0] if paper else None, t.test["loss"],
+                  paper[1] if paper else None, t.test["iou"], paper[2] if paper else None,
+                  t.summary.get("iterations_run", c.teacher_iterations))
+    finish_table(lab, table, "headline")
+    cost = Table("Model cost (common/profiler.py)", ["model", "params", "MAdds (1x256x256)", "latency (ms)",
+                                                    "weights (bytes)"],
+                 notes=[f"latency: median forward time on {lab.device} ({torch.get_num_threads()} threads)."])
+    for label, m in ((f"{c.teacher}-UNet teacher", teacher.model), (f"{c.k}-UNet student", soft.model)):
+        p = profile(m, MACS_INPUT, lab.device)
+        cost.add(label, p["params"], p["macs"], p["latency_s"] * 1e3, p["size_bytes"])
+    cost.write(lab.run.path, "cost")
+    print(cost.markdown())
+    curves = {t.name: ([e["iteration"] for e in t.history.evals], [e["test_loss"] for e in t.history.evals])
+              for _, t, _, _ in rows if t.history is not None}
+    plot_curves(lab.run.figures / "headline_test_loss.png", curves, "Test loss (headline)",
+                hline=(lab.barrier, "class-prior barrier (our data)"), logy=True)
+    panel = []
+    for i in range(min(3, len(lab.test))):
+        panel.append([("image", lab.test.images[i]), ("ground truth", lab.test.masks[i])]
+                     + [(f"{key} IoU {t.test['iou']:.2f}", t.test["prediction"][i]) for key, t, _, _ in rows])
+    plot_panel(lab.run.figures / "headline_predictions.png", panel, "image | ground truth | teacher | students")
+    print(f"\nforeground IoU on the test slices: teacher {teacher.test['iou']:.3f} | {c.k}-UNet alone "
+          f"{alone.test['iou']:.3f} | distilled soft {soft.test['iou']:.3f} | distilled mixed {mixed.test['iou']:.3f}"
+          f"  (compression {t_params / count_parameters(soft.model):.0f}x)")
+
+
+def last_mean(lab: Lab, job: str, key: str) -> float:
+    """Mean of a logged training quantity over the job's last alpha_t iterations (from metrics.jsonl)."""
+    values = [r[key] for r in map(json.loads, lab.run.metrics_file.read_text().splitlines())
+              if r.get("job") == job and key in r]
+    window = max(1, lab.cfg.alpha_t // 10)  # one log line per 10 iterations
+    return float(np.mean(values[-window:])) if values else math.nan
+
+
+def finish_table(lab: Lab, table: Table, stem: str) -> None:
+    table.write(lab.run.path, stem)
+    print("\n" + table.markdown())
+
+
+RUNNERS = {"table1": run_table1, "table2": run_table2, "table3": run_table3, "table4": run_table4,
+           "table5": run_table5, "table6": run_table6, "headline": run_headline}
+
+
+# =============================================================================================== command line
+def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    p = argparse.ArgumentParser(
+        description="Reproduce Mangalam (2018), 'Compressing U-Net using Knowledge Distillation': k-UNets on "
+                    "mitochondria EM segmentation, distilled from a wider U-Net. Without --data-root it runs on "
+                    "built-in synthetic EM slices; everything goes to a run folder (see README).",
+        epilog="examples:\n  python reproduce_unet_kd.py --k 2 --teacher 64\n"
+               "  python reproduce_unet_kd.py --experiment table2\n"
+               "  python reproduce_unet_kd.py --experiment all --preset paper --data-root data/epfl\n"
+               "  python reproduce_unet_kd.py --resume runs/reproduce_unet_kd/20261121-120000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", choices=EXPERIMENTS + ["all"], help="which table to reproduce (default: headline)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="default: reduced scale for a CPU; paper: the source's iteration counts and averaging")
+    p.add_argument("--k", type=int, help="student width k of the k-UNet (headline; default 2)")
+    p.add_argument("--teacher", type=int, help="teacher width (headline; default 64)")
+    p.add_argument("--no-teacher-bn", dest="teacher_bn", action="store_const", const=False,
+                   help="headline teacher without BatchNorm (the source's label; see --help text of the module)")
+    p.add_argument("--bn", action="store_const", const=True, help="BatchNorm in the Tables 1-6 U-Nets too")
+    p.add_argument("--T", type=float, help="distillation temperature tau of the headline (default 4)")
+    p.add_argument("--lambda", dest="lam", type=float, help="weight lambda of the soft term in mixed training (default 1)")
+    p.add_argument("--iterations", type=int, help="training iterations of each headline student")
+    p.add_argument("--teacher-iterations", type=int, help="training iterations of the headline teacher")
+    p.add_argument("--batch-size", type=int, help="crops per training batch")
+    p.add_argument("--crop", type=int, help="training crop side (a multiple of 16)")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--seed", type=int, help="random seed (data, initialisation, batches)")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
+    p.add_argument("--data-root", help="folder with the EPFL stacks training.tif, training_groundtruth.tif, "
+                                       "testing.tif, testing_groundtruth.tif (default: synthetic data)")
+    p.add_argument("--teacher-checkpoint", help="use this teacher weights file (from a run or the cache)")
+    p.add_argument("--online-teacher", action="store_const", const=True,
+                   help="run the teacher on every batch instead of once per training slice")
+    p.add_argument("--cache-dir", help="where trained teachers are cached (default runs/teacher_cache)")
+    p.add_argument("--out", help="run folder (default runs/reproduce_unet_kd/<time>)")
+    p.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run with its saved config")
+    p.add_argument("--eval-every", type=int, help="iterations between test-loss evaluations")
+    p.add_argument("--class-weight-power", type=float, help="class weights ~ frequency^-p (default 0.5)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+    args = p.parse_args(argv)
+    cfg = Config(**{**asdict(Config()), **PRESETS[args.preset], "preset": args.preset})
+    names = {f.name for f in fields(Config)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset" and v is not None}
+    cfg = Config(**{**asdict(cfg), **overrides})
+    return cfg, args
+
+
+def check_config(cfg: Config) -> None:
+    """Impossible flag combinations are user errors, reported before any work starts."""
+    if cfg.k < 1 or cfg.teacher < 1:
+        raise UserError(f"--k and --teacher must be >= 1 (got {cfg.k}, {cfg.teacher}).")
+    if cfg.crop % 16 or cfg.table1_crop % 16:
+        raise UserError(f"--crop must be a multiple of 16 (the U-Net pools four times); got {cfg.crop}.")
+    if cfg.T <= 0:
+        raise UserError(f"--T must be positive (got {cfg.T}).")
+    if min(cfg.iterations, cfg.teacher_iterations, cfg.batch_size, cfg.eval_every) < 1:
+        raise UserError("--iterations, --teacher-iterations, --batch-size and --eval-every must be >= 1.")
+    if cfg.teacher_checkpoint and cfg.experiment not in ("headline", "all"):
+        raise UserError("--teacher-checkpoint sets the headline teacher; use it with --experiment headline or all.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = parse_args(argv)
+    if args.resume:
+        run = RunDir.open_existing(args.resume)
+        cfg = Config(**{**asdict(Config()), **{k: tuple(v) if isinstance(v, list) else v
+                                               for k, v in run.read_config().items()}})
+        cfg.progress = args.progress if args.progress is not None else cfg.progress
+        print(f"resuming {run.path} with its saved config")
+    else:
+        cfg.experiment = cfg.experiment or "headline"
+        check_config(cfg)
+        run = RunDir.create("reproduce_unet_kd", cfg.out)
+        run.write_config(asdict(cfg))
+    print(f"run folder: {run.path}")
+    start = time.time()
+    lab = Lab(cfg, run)
+    print(f"data: {lab.train.name} ({len(lab.train)} slices) / {lab.test.name} ({len(lab.test)} slices); "
+          f"foreground {lab.train.class_frequencies()[1]:.3f} of training pixels; class-prior barrier "
+          f"{lab.barrier:.4f} (paper: {PAPER['barrier']}); device {lab.device}")
+    for name in (EXPERIMENTS if cfg.experiment == "all" else [cfg.experiment]):
+        RUNNERS[name](lab)
+    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} (results.csv, tables, figures/)")
+
+
+if __name__ == "__main__":
+    run_main(main)

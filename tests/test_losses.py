@@ -1,0 +1,169 @@
+"""Tests for common/losses.py against hand-computed values."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weighted_cross_entropy
+
+LN3 = math.log(3.0)
+
+
+def t(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+# ---- soft_cross_entropy ---------------------------------------------------------------------------------------
+
+def test_soft_ce_hand_value():
+    # teacher [0, ln 3] -> p_T = [1/4, 3/4]; student [0, 0] -> p_S = [1/2, 1/2]; H = -(1/4 + 3/4) ln(1/2) = ln 2
+    loss = soft_cross_entropy(t([[0.0, 0.0]]), t([[0.0, LN3]]))
+    assert loss.item() == pytest.approx(math.log(2.0), abs=1e-6)
+
+
+def test_soft_ce_temperature_divides_logits():
+    # at T = 2: teacher [0, 2 ln 3] -> [0, ln 3] -> p_T = [1/4, 3/4]; student [0, 2] -> [0, 1]
+    # -> p_S = [1/(1+e), e/(1+e)]; H = -(1/4 ln(1/(1+e)) + 3/4 ln(e/(1+e))) = ln(1+e) - 3/4
+    loss = soft_cross_entropy(t([[0.0, 2.0]]), t([[0.0, 2 * LN3]]), T=2.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.e) - 0.75, abs=1e-6)
+    # and at T = 1 the same logits give a different value: -(1/10 ln(1/(1+e^2)) + 9/10 ln(e^2/(1+e^2)))
+    loss1 = soft_cross_entropy(t([[0.0, 2.0]]), t([[0.0, 2 * LN3]]), T=1.0)
+    assert loss1.item() == pytest.approx(math.log(1 + math.e ** 2) - 0.9 * 2, abs=1e-6)
+
+
+def _two_pixel_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    # (N=1, C=2, H=1, W=2): pixel 0 is the ln 2 example, pixel 1 is wildly different (loss ~ 200)
+    student = t([[[[0.0, 100.0]], [[0.0, -100.0]]]])
+    teacher = t([[[[0.0, -50.0]], [[LN3, 50.0]]]])
+    return student, teacher
+
+
+def test_soft_ce_valid_mask_excludes_pixels():
+    student, teacher = _two_pixel_pair()
+    masked = soft_cross_entropy(student, teacher, valid_mask=torch.tensor([[[True, False]]]))
+    assert masked.item() == pytest.approx(math.log(2.0), abs=1e-5)
+    # pixel 1 alone: p_T ~ [e^-100, 1], log p_S = [0, -200] -> H ~ 200; unmasked mean = (ln 2 + 200) / 2
+    unmasked = soft_cross_entropy(student, teacher)
+    assert unmasked.item() == pytest.approx((math.log(2.0) + 200.0) / 2, rel=1e-5)
+
+
+def test_soft_ce_no_valid_pixel_is_zero_with_grad():
+    student, teacher = _two_pixel_pair()
+    student.requires_grad_(True)
+    loss = soft_cross_entropy(student, teacher, valid_mask=torch.zeros(1, 1, 2, dtype=torch.bool))
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()
+    assert torch.count_nonzero(student.grad) == 0
+
+
+def test_soft_ce_class_weights():
+    # -(2 * 1/4 ln(1/2) + 4 * 3/4 ln(1/2)) = 3.5 ln 2
+    loss = soft_cross_entropy(t([[0.0, 0.0]]), t([[0.0, LN3]]), class_weights=t([2.0, 4.0]))
+    assert loss.item() == pytest.approx(3.5 * math.log(2.0), abs=1e-6)
+
+
+def test_soft_ce_no_gradient_into_teacher():
+    student = t([[0.3, -0.2], [1.0, 0.5]]).requires_grad_(True)
+    teacher = t([[0.0, LN3], [2.0, 0.0]]).requires_grad_(True)
+    soft_cross_entropy(student, teacher, T=2.0).backward()
+    assert teacher.grad is None
+    assert student.grad is not None and torch.count_nonzero(student.grad) > 0
+
+
+# ---- kd_kl_div ------------------------------------------------------------------------------------------------
+
+def test_kl_hand_value():
+    # KL([1/4, 3/4] || [1/2, 1/2]) = 1/4 ln(1/2) + 3/4 ln(3/2) = ln 2 - H([1/4, 3/4])
+    kl = kd_kl_div(t([[0.0, 0.0]]), t([[0.0, LN3]]))
+    expected = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert kl.item() == pytest.approx(expected, abs=1e-6)
+    teacher_entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert expected == pytest.approx(math.log(2.0) - teacher_entropy)
+
+
+def test_kl_is_soft_ce_minus_teacher_entropy():
+    torch.manual_seed(0)
+    s, te = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    p_t = torch.softmax(te / 3.0, dim=1)
+    entropy = -(p_t * p_t.log()).sum(dim=1).mean()
+    expected = soft_cross_entropy(s, te, T=3.0) - entropy
+    assert kd_kl_div(s, te, T=3.0).item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_kl_zero_for_identical_logits():
+    x = torch.randn(2, 3, 4, 4)
+    assert kd_kl_div(x, x.clone(), T=4.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_finite_when_teacher_probability_underflows():
+    # p_T = [e^-200 -> 0 in float32, 1]; KL = 1 * (0 - ln 1/2) = ln 2
+    student = t([[0.0, 0.0]]).requires_grad_(True)
+    kl = kd_kl_div(student, t([[0.0, 200.0]]))
+    assert math.isfinite(kl.item()) and kl.item() == pytest.approx(math.log(2.0), abs=1e-6)
+    kl.backward()
+    assert torch.isfinite(student.grad).all()
+    assert student.grad[0].tolist() == pytest.approx([0.5, -0.5], abs=1e-6)  # (p_S - p_T) / N
+
+
+def test_kl_matches_torch_kl_div_per_pixel():
+    torch.manual_seed(1)
+    s, te, T = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5), 3.0
+    ref = F.kl_div(F.log_softmax(s / T, dim=1), F.log_softmax(te / T, dim=1), log_target=True,
+                   reduction="sum") / (2 * 4 * 5)
+    assert kd_kl_div(s, te, T=T).item() == pytest.approx(ref.item(), abs=1e-6)
+
+
+def test_kl_valid_mask():
+    student, teacher = _two_pixel_pair()
+    kl = kd_kl_div(student, teacher, valid_mask=torch.tensor([[[True, False]]]))
+    assert kl.item() == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-5)
+
+
+# ---- weighted_cross_entropy -----------------------------------------------------------------------------------
+
+def _ce_example() -> tuple[torch.Tensor, torch.Tensor]:
+    # (1, 2, 1, 3): pixel 0 logits [0, ln 3], target 1 -> -ln(3/4); pixel 1 [0, 0], target 0 -> ln 2;
+    # pixel 2 ignored
+    logits = t([[[[0.0, 0.0, 5.0]], [[LN3, 0.0, -5.0]]]])
+    target = torch.tensor([[[1, 0, 255]]])
+    return logits, target
+
+
+def test_weighted_ce_hand_value_with_ignore():
+    logits, target = _ce_example()
+    plain = weighted_cross_entropy(logits, target)
+    assert plain.item() == pytest.approx((-math.log(0.75) + math.log(2.0)) / 2, abs=1e-6)
+    weighted = weighted_cross_entropy(logits, target, class_weights=t([1.0, 3.0]))
+    expected = (3 * -math.log(0.75) + 1 * math.log(2.0)) / (3 + 1)
+    assert weighted.item() == pytest.approx(expected, abs=1e-6)
+    ref = F.cross_entropy(logits, target, weight=t([1.0, 3.0]), ignore_index=255)
+    assert ref.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_weighted_ce_all_ignored_is_zero_not_nan():
+    logits, _ = _ce_example()
+    logits.requires_grad_(True)
+    loss = weighted_cross_entropy(logits, torch.full((1, 1, 3), 255), class_weights=t([1.0, 3.0]))
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()
+    assert torch.count_nonzero(logits.grad) == 0
+
+
+# ---- class_prior_loss -----------------------------------------------------------------------------------------
+
+def test_class_prior_loss_source_prior():
+    expected = -(0.947 * math.log(0.947) + 0.053 * math.log(0.053))
+    assert class_prior_loss([0.947, 0.053]) == pytest.approx(expected, rel=1e-12)
+    assert class_prior_loss([0.947, 0.053]) == pytest.approx(0.2073, abs=1e-4)  # not the source's 0.48
+
+
+def test_class_prior_loss_normalises_and_accepts_types():
+    assert class_prior_loss(np.array([5, 5])) == pytest.approx(math.log(2.0))
+    assert class_prior_loss(torch.tensor([3.0, 1.0])) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert class_prior_loss([1.0, 0.0]) == 0.0
+    with pytest.raises(ValueError):
+        class_prior_loss([0.5, -0.1])
