@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from common.datasets import EPFLMitochondria, SyntheticEM, Volume, fixed_crops, normalize, random_crops
 from common.errors import UserError
-from common.losses import class_prior_loss, soft_cross_entropy, weighted_cross_entropy
+from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_sweep
@@ -235,10 +235,9 @@ class Trained:
 class Lab:
     """Everything the experiments share: config, data, device, run folder, results, and the cached teachers."""
 
-    def __init__(self, cfg: Config, run: RunDir) -> None:
-        self.cfg, self.run = cfg, run
+    def __init__(self, cfg: Config, run: RunDir, train: Volume, test: Volume) -> None:
+        self.cfg, self.run, self.train, self.test = cfg, run, train, test
         self.device = pick_device(cfg.device)
-        self.train, self.test = load_data(cfg)
         self.test_crops = fixed_crops(self.test, cfg.n_t, cfg.crop)
         self.weights = class_weights(self.train, cfg.class_weight_power)
         self.barrier = class_prior_loss(self.test.class_frequencies(2))
@@ -278,6 +277,8 @@ class Lab:
                         teacher_logits = teacher.eval()(x)
                 soft = T * T * soft_cross_entropy(student, teacher_logits, T, class_weights=w)
                 loss, logs["train_soft"] = loss + (lam if objective == "mixed" else 1.0) * soft, soft.detach()
+                # KL = H - H(P_T): same gradient, without the teacher's entropy (logged for Table 5)
+                logs["train_soft_kl"] = T * T * kd_kl_div(student.detach(), teacher_logits, T)
             return loss, logs
 
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -385,7 +386,9 @@ def run_table1(lab: Lab) -> None:
 
 def small_teacher(lab: Lab) -> Trained:
     """The 4-UNet teacher of Tables 2, 3, 5 and 6 (source: 300,000 iterations, test loss 0.0910)."""
-    return lab.teacher(4, lab.cfg.bn, lab.cfg.small_teacher_iterations)
+    teacher = lab.teacher(4, lab.cfg.bn, lab.cfg.small_teacher_iterations)
+    lab.record("tables2-6", teacher, "4-UNet teacher, hard")
+    return teacher
 
 
 def run_table2(lab: Lab) -> None:
@@ -470,16 +473,21 @@ def run_table5(lab: Lab) -> None:
     teacher = small_teacher(lab)
     table = Table("Table 5. Mixed distillation of a 2-UNet (soft and hard labels)",
                   ["T", "Test avg (paper)", "Test avg (ours)", "Test min (paper)", "Test min (ours)",
-                   "Train hard (paper)", "Train hard (ours)", "Train soft x T^2 (paper)", "Train soft x T^2 (ours)"],
-                  notes=protocol_notes(lab) + [f"lambda = {c.lam} (not given in the source); training losses are "
-                                               f"the last {c.alpha_t}-iteration means."])
+                   "Train hard (paper)", "Train hard (ours)", "Train soft x T^2 (paper)", "Train soft H x T^2 (ours)",
+                   "Train soft KL x T^2 (ours)"],
+                  notes=protocol_notes(lab) + [
+                      f"lambda = {c.lam} (not given in the source); training losses are the last "
+                      f"{c.alpha_t}-iteration means.",
+                      "H x T^2 is the soft term as trained; it contains T^2 times the teacher's entropy, a floor far "
+                      "above the paper's soft losses, so we also give KL x T^2 (same gradient, no floor). Which one "
+                      "the source printed is not stated."])
     for T in c.mixed_temperatures:
         t = lab.train_model(f"table5_T{T}", 2, "mixed", bn=c.bn, iterations=c.sweep_iterations,
                             teacher=teacher.model, T=T, lam=c.lam)
         lab.record("table5", t, f"2-UNet mixed T={T}")
-        hard, soft = last_mean(lab, t.name, "train_hard"), last_mean(lab, t.name, "train_soft")
+        hard, soft, kl = (last_mean(lab, t.name, key) for key in ("train_hard", "train_soft", "train_soft_kl"))
         p = PAPER["table5"].get(T, (None,) * 4)
-        table.add(T, p[0], t.summary["test_loss_avg"], p[1], t.summary["test_loss_min"], p[2], hard, p[3], soft)
+        table.add(T, p[0], t.summary["test_loss_avg"], p[1], t.summary["test_loss_min"], p[2], hard, p[3], soft, kl)
     finish_table(lab, table, "table5")
 
 
@@ -526,7 +534,7 @@ def run_headline(lab: Lab) -> None:
             ("alone", alone, f"{c.k}-UNet BN+CW, hard (no teacher)", None),
             ("soft", soft, f"{c.k}-UNet BN+CW, soft T={c.T}", PAPER["headline"]["soft"]),
             ("mixed", mixed, f"{c.k}-UNet BN+CW, mixed T={c.T} lambda={c.lam}", PAPER["headline"]["mixed"])]
-    table = Table("Making it work: BatchNorm and class weights (64-UNet -> 2-UNet)",
+    table = Table(f"Making it work: BatchNorm and class weights ({c.teacher}-UNet -> {c.k}-UNet)",
                   ["model", "params", "compression", "CE (paper)", "CE (ours)", "IoU (paper)", "IoU (ours)",
                    "#Iterations (paper)", "#Iterations (ours)"],
                   notes=protocol_notes(lab) + [
@@ -541,14 +549,14 @@ def run_headline(lab: Lab) -> None:
         lab.record("headline", t, label)
         table.add(label, params, f"{t_params / params:.0f}x", paper[0] if paper else None, t.test["loss"],
                   paper[1] if paper else None, t.test["iou"], paper[2] if paper else None,
-                  t.summary.get("iterations_run", c.teacher_iterations))
+                  t.summary.get("iterations_run"))
     finish_table(lab, table, "headline")
     cost = Table("Model cost (common/profiler.py)", ["model", "params", "MAdds (1x256x256)", "latency (ms)",
                                                     "weights (bytes)"],
                  notes=[f"latency: median forward time on {lab.device} ({torch.get_num_threads()} threads)."])
     for label, m in ((f"{c.teacher}-UNet teacher", teacher.model), (f"{c.k}-UNet student", soft.model)):
         p = profile(m, MACS_INPUT, lab.device)
-        cost.add(label, p["params"], p["macs"], p["latency_s"] * 1e3, p["size_bytes"])
+        cost.add(label, p["params"], p["macs"], f"{p['latency_s'] * 1e3:.1f}", p["size_bytes"])
     cost.write(lab.run.path, "cost")
     print(cost.markdown())
     curves = {t.name: ([e["iteration"] for e in t.history.evals], [e["test_loss"] for e in t.history.evals])
@@ -647,19 +655,23 @@ def check_config(cfg: Config) -> None:
 def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
     if args.resume:
-        run = RunDir.open_existing(args.resume)
+        run: RunDir | None = RunDir.open_existing(args.resume)
         cfg = Config(**{**asdict(Config()), **{k: tuple(v) if isinstance(v, list) else v
                                                for k, v in run.read_config().items()}})
         cfg.progress = args.progress if args.progress is not None else cfg.progress
         print(f"resuming {run.path} with its saved config")
     else:
+        run = None
         cfg.experiment = cfg.experiment or "headline"
         check_config(cfg)
+    pick_device(cfg.device)
+    train, test = load_data(cfg)        # bad data stops us before a run folder exists
+    if run is None:
         run = RunDir.create("reproduce_unet_kd", cfg.out)
         run.write_config(asdict(cfg))
     print(f"run folder: {run.path}")
     start = time.time()
-    lab = Lab(cfg, run)
+    lab = Lab(cfg, run, train, test)
     print(f"data: {lab.train.name} ({len(lab.train)} slices) / {lab.test.name} ({len(lab.test)} slices); "
           f"foreground {lab.train.class_frequencies()[1]:.3f} of training pixels; class-prior barrier "
           f"{lab.barrier:.4f} (paper: {PAPER['barrier']}); device {lab.device}")

@@ -61,7 +61,7 @@ class SyntheticEM:
 
     SPLITS = {"train": 0, "test": 1}
 
-    def __init__(self, split: str = "train", num_slices: int = 32, size: tuple[int, int] = (128, 128),
+    def __init__(self, split: str = "train", num_slices: int = 32, size: tuple[int, int] = (192, 192),
                  seed: int = 0, foreground_fraction: float = 0.053) -> None:
         if split not in self.SPLITS:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -75,21 +75,22 @@ class SyntheticEM:
         rng = np.random.default_rng([self.SPLITS[self.split], self.seed, index])
         h, w = self.size
         img = 0.62 + 0.08 * _smooth_noise(rng, (h, w), sigma=6.0) + 0.04 * _smooth_noise(rng, (h, w), sigma=1.2)
-        img -= 0.30 * _cell_membranes(rng, (h, w), cell_size=48.0)
+        img -= 0.30 * _cell_membranes(rng, (h, w), cell_size=64.0)
         mask = np.zeros((h, w), dtype=bool)
         occupied = np.zeros((h, w), dtype=bool)
         target = self.foreground_fraction * rng.uniform(0.7, 1.3) * h * w
-        for _ in range(200):  # mitochondria until the foreground target is met
-            if mask.sum() >= target:
+        half_mitochondrion = 0.5 * np.pi * 17.5 * 7.5   # half the mean area: stop as near the target as we can
+        for _ in range(200):  # mitochondria until the foreground target is met; at least one per slice
+            if mask.sum() >= target or (mask.any() and mask.sum() + half_mitochondrion >= target):
                 break
             _place(rng, img, mask, occupied, kind="mitochondrion")
         area = h * w
-        for kind, per_pixel in (("sac", 3e-4), ("dark_body", 2.5e-4), ("vesicle", 1.2e-3)):
+        for kind, per_pixel in (("sac", 1.5e-4), ("dark_body", 1.2e-4), ("vesicle", 8e-4)):
             for _ in range(rng.poisson(per_pixel * area)):
                 _place(rng, img, None, occupied, kind=kind)
         img = ndimage.gaussian_filter(img, 0.7)
         img = (img - img.mean()) * rng.uniform(0.8, 1.2) + img.mean() + rng.uniform(-0.05, 0.05)
-        img += rng.normal(0.0, 0.07, size=img.shape)
+        img += rng.normal(0.0, 0.05, size=img.shape)
         return np.clip(img * 255, 0, 255).astype(np.uint8), mask.astype(np.uint8)
 
 
@@ -114,12 +115,12 @@ def _place(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray | None, o
     """Draw one organelle at a free random position (up to 20 tries); mitochondria also go into ``mask``."""
     h, w = img.shape
     if kind == "mitochondrion" or kind == "sac":
-        a, b = rng.uniform(7, 15), rng.uniform(3.5, 6)           # semi-axes, pixels
+        a, b = rng.uniform(11, 24), rng.uniform(6, 9)            # semi-axes, pixels
     elif kind == "dark_body":
-        a = rng.uniform(4, 8)
+        a = rng.uniform(6, 11)
         b = a * rng.uniform(0.6, 1.0)
     else:  # vesicle
-        a = b = rng.uniform(2.0, 3.5)
+        a = b = rng.uniform(2.5, 4.5)
     angle = rng.uniform(0, np.pi)
     r = int(np.ceil(a)) + 3
     for _ in range(20):
@@ -137,8 +138,8 @@ def _place(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray | None, o
         ring = lambda d0: np.exp(-((depth - d0) / 0.55) ** 2)            # noqa: E731  a membrane at depth d0
         if kind == "mitochondrion":
             cristae = 0.5 + 0.5 * np.cos(2 * np.pi * u / rng.uniform(2.8, 3.8) + rng.uniform(0, 2 * np.pi))
-            patch -= inside * (0.10 + 0.16 * cristae * (depth > 1.6))
-            patch -= 0.32 * (ring(0.0) + ring(1.5))                       # the double membrane
+            patch -= inside * (0.08 + 0.26 * cristae * (depth > 2.2))
+            patch -= 0.40 * (ring(0.0) + ring(2.0))                       # the double membrane
             mask[y0:y1, x0:x1] |= inside
         elif kind == "sac":
             patch -= inside * 0.06 + 0.30 * ring(0.0)                     # single membrane, smooth lumen
@@ -188,13 +189,17 @@ def read_tiff_stack(path: Path) -> np.ndarray:
         raise UserError(f"missing {path}. The EPFL mitochondria data set ({EPFL_URL}) has four TIFF stacks: "
                         f"{', '.join(EPFL_FILES['train'] + EPFL_FILES['test'])}; put them in one folder and pass it "
                         f"as --data-root.")
+    import warnings
+
     pages = []
-    try:
-        with Image.open(path) as tif:
+    try:  # Pillow's warnings on a damaged file ("Corrupt EXIF data") would precede our one-line error
+        with warnings.catch_warnings(), Image.open(path) as tif:
+            warnings.simplefilter("ignore")
             for i in range(getattr(tif, "n_frames", 1)):
                 tif.seek(i)
                 pages.append(np.array(tif))
-    except (UnidentifiedImageError, OSError, EOFError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError, TypeError,
+            Image.DecompressionBombError) as e:  # a truncated stack raises TypeError('Missing dimensions')
         raise UserError(f"{path} is not a readable TIFF stack ({e}); re-download it from {EPFL_URL}.") from e
     shapes = {p.shape for p in pages}
     if len(shapes) != 1 or pages[0].ndim != 2 or pages[0].dtype != np.uint8:

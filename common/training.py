@@ -233,7 +233,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
     while step < iterations:
         with autocast(device, amp):
             loss, logs = loss_fn(step)
-        value = float(loss)
+        value = loss.detach().item()
         if not math.isfinite(value) or value > diverge_above:
             history.diverged = True
             run.log({"job": name, "iteration": step + 1, "event": "diverged", "train_loss": value})

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Training throughput of reproduce_unet_kd.py's models on this machine, and what distillation costs.
+
+Prints images/s for one training step (forward, backward, Adam) of the teacher and of the student, and the
+student's distillation step in two forms: with the teacher run on every batch (--online-teacher) and with the
+teacher's logits cached once per slice (the script's default). Speeds are measurements, not tests.
+
+    python benchmarks/unet_kd_throughput.py                  # CPU or the GPU if there is one
+    python benchmarks/unet_kd_throughput.py --threads 2 --crop 64 --batch-size 8
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.losses import soft_cross_entropy, weighted_cross_entropy  # noqa: E402
+from common.training import autocast, pick_device  # noqa: E402
+from common.unet import UNet  # noqa: E402
+
+
+def time_steps(step, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds of one call of ``step`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool,
+              teacher: UNet | None = None, cached: torch.Tensor | None = None, T: float = 4.0):
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with autocast(device, amp):
+            s = student(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    t = teacher(x)
+                loss = T * T * soft_cross_entropy(s, t, T)
+            elif cached is not None:
+                loss = T * T * soft_cross_entropy(s, cached, T)
+            else:
+                loss = weighted_cross_entropy(s, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", type=int, default=64, help="teacher width k")
+    p.add_argument("--k", type=int, default=2, help="student width k")
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--no-amp", action="store_true")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    amp = not args.no_amp and device.type == "cuda"
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 1, args.crop, args.crop, device=device)
+    y = torch.randint(0, 2, (args.batch_size, args.crop, args.crop), device=device)
+    teacher = UNet(args.teacher).to(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
+    print(f"device: {device} ({name}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}, AMP {'on' if amp else 'off'}; batch {args.batch_size} x 1 x {args.crop} x {args.crop}")
+
+    rows = []
+    teacher_step = make_step(teacher, x, y, device, amp)
+    rows.append((f"teacher {args.teacher}-UNet, hard step", time_steps(teacher_step, device, 2, max(3, args.repeats // 3))))
+    student = UNet(args.k).to(device)
+    rows.append((f"student {args.k}-UNet, hard step", time_steps(make_step(student, x, y, device, amp), device, 3,
+                                                                  args.repeats)))
+    teacher.eval()
+    with torch.no_grad():
+        cached = teacher(x)
+    rows.append((f"student, soft step, cached teacher logits", time_steps(
+        make_step(student, x, y, device, amp, cached=cached), device, 3, args.repeats)))
+    rows.append((f"student, soft step, teacher forward each batch", time_steps(
+        make_step(student, x, y, device, amp, teacher=teacher), device, 2, args.repeats)))
+    base = rows[1][1]
+    print(f"{'step':48s} {'ms/step':>9s} {'images/s':>9s} {'vs hard student':>16s}")
+    for label, sec in rows:
+        print(f"{label:48s} {sec * 1e3:9.1f} {args.batch_size / sec:9.1f} {sec / base:15.1f}x")
+
+
+if __name__ == "__main__":
+    main()

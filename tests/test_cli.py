@@ -1,0 +1,133 @@
+"""The command line of reproduce_unet_kd.py: user mistakes end with status 2 and one ``error:`` line, no traceback.
+
+Every case fails before any training starts, so each subprocess takes a few seconds (mostly importing torch).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = "reproduce_unet_kd.py"
+
+
+def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, "--no-progress", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """Status 2 and exactly one stderr line ``error: ...`` that contains every needle; returns that line."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    line = lines[0]
+    assert line.startswith("error:"), line
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+def write_stack(path: Path, pages: np.ndarray) -> None:
+    first, *rest = [Image.fromarray(p) for p in pages]
+    first.save(path, save_all=True, append_images=rest)
+
+
+def write_epfl(root: Path, mask_values: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for images, masks in (("training.tif", "training_groundtruth.tif"), ("testing.tif", "testing_groundtruth.tif")):
+        write_stack(root / images, rng.integers(0, 256, (2, 32, 32), dtype=np.uint8))
+        write_stack(root / masks, np.asarray(mask_values, np.uint8)[rng.integers(0, len(mask_values), (2, 32, 32))])
+
+
+def test_help():
+    result = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--data-root" in result.stdout and "--preset" in result.stdout and "--resume" in result.stdout
+
+
+def test_missing_data_root(tmp_path):
+    missing = tmp_path / "no_epfl_here"
+    result = run_script("--data-root", str(missing), "--out", str(tmp_path / "run"), "--cache-dir",
+                        str(tmp_path / "cache"))
+    assert_user_error(result, str(missing), "not a folder")
+
+
+def test_data_root_with_wrong_label_values(tmp_path):
+    write_epfl(tmp_path / "epfl", (1, 2))
+    result = run_script("--data-root", str(tmp_path / "epfl"), "--out", str(tmp_path / "run"), "--cache-dir",
+                        str(tmp_path / "cache"))
+    assert_user_error(result, "training_groundtruth.tif", "label values", "[1, 2]")
+
+
+def test_data_root_with_truncated_stack(tmp_path):
+    write_epfl(tmp_path / "epfl", (0, 255))
+    stack = tmp_path / "epfl" / "training.tif"
+    data = stack.read_bytes()
+    stack.write_bytes(data[:len(data) // 2])
+    result = run_script("--data-root", str(tmp_path / "epfl"), "--out", str(tmp_path / "run"), "--cache-dir",
+                        str(tmp_path / "cache"))
+    assert_user_error(result, str(stack), "not a readable TIFF")
+
+
+def test_crop_not_a_multiple_of_16(tmp_path):
+    result = run_script("--crop", "50", "--out", str(tmp_path / "run"))
+    assert_user_error(result, "multiple of 16", "50")
+    assert not (tmp_path / "run").exists()  # rejected before the run folder is made
+
+
+def test_teacher_checkpoint_of_another_width(tmp_path):
+    import torch  # noqa: F401  (the test process writes the file with the repository's own helper)
+
+    from common.training import save_weights
+    from common.unet import UNet
+
+    checkpoint = tmp_path / "teacher_k2.pt"
+    save_weights(checkpoint, UNet(k=2))
+    result = run_script("--teacher-checkpoint", str(checkpoint), "--iterations", "1", "--teacher-iterations", "1",
+                        "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu")
+    line = assert_user_error(result, str(checkpoint), "k=2", "64")
+    assert "different architecture" in line
+
+
+def test_resume_folder_without_config(tmp_path):
+    (tmp_path / "not_a_run").mkdir()
+    (tmp_path / "not_a_run" / "notes.txt").write_text("hello")
+    result = run_script("--resume", str(tmp_path / "not_a_run"))
+    assert_user_error(result, "config.json", str(tmp_path / "not_a_run"))
+
+
+def test_out_folder_that_already_holds_files(tmp_path):
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    result = run_script("--out", str(out), "--cache-dir", str(tmp_path / "cache"))
+    assert_user_error(result, str(out), "--resume")
+    assert (out / "metrics.jsonl").read_text() == "{}\n"  # nothing overwritten
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+
+
+@pytest.mark.parametrize("args, needle", [(("--k", "0"), "--k"), (("--T", "0"), "--T"),
+                                          (("--iterations", "0"), "--iterations"),
+                                          (("--experiment", "table2", "--teacher-checkpoint", "x.pt"),
+                                           "--teacher-checkpoint")])
+def test_impossible_flags_in_process(tmp_path, args, needle, capsys):
+    # the same checks in-process (fast): main() raises UserError before making the run folder
+    sys.path.insert(0, str(ROOT))
+    try:
+        import reproduce_unet_kd as script
+    finally:
+        sys.path.remove(str(ROOT))
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match=needle):
+        script.main([*args, "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
