@@ -74,7 +74,7 @@ class SyntheticEM:
     def make_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.SPLITS[self.split], self.seed, index])
         h, w = self.size
-        img = 0.62 + 0.08 * _smooth_noise(rng, (h, w), sigma=6.0) + 0.04 * _smooth_noise(rng, (h, w), sigma=1.2)
+        img = 0.62 + 0.08 * _smooth_noise(rng, (h, w), sigma=6.0) + 0.03 * _smooth_noise(rng, (h, w), sigma=1.2)
         img -= 0.30 * _cell_membranes(rng, (h, w), cell_size=64.0)
         mask = np.zeros((h, w), dtype=bool)
         occupied = np.zeros((h, w), dtype=bool)
@@ -90,7 +90,7 @@ class SyntheticEM:
                 _place(rng, img, None, occupied, kind=kind)
         img = ndimage.gaussian_filter(img, 0.7)
         img = (img - img.mean()) * rng.uniform(0.8, 1.2) + img.mean() + rng.uniform(-0.05, 0.05)
-        img += rng.normal(0.0, 0.05, size=img.shape)
+        img += rng.normal(0.0, 0.04, size=img.shape)
         return np.clip(img * 255, 0, 255).astype(np.uint8), mask.astype(np.uint8)
 
 
@@ -138,7 +138,7 @@ def _place(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray | None, o
         ring = lambda d0: np.exp(-((depth - d0) / 0.55) ** 2)            # noqa: E731  a membrane at depth d0
         if kind == "mitochondrion":
             cristae = 0.5 + 0.5 * np.cos(2 * np.pi * u / rng.uniform(2.8, 3.8) + rng.uniform(0, 2 * np.pi))
-            patch -= inside * (0.08 + 0.26 * cristae * (depth > 2.2))
+            patch -= inside * (0.12 + 0.30 * cristae * (depth > 2.2))
             patch -= 0.40 * (ring(0.0) + ring(2.0))                       # the double membrane
             mask[y0:y1, x0:x1] |= inside
         elif kind == "sac":
