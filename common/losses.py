@@ -6,7 +6,7 @@ Logits are (N, C, H, W) for segmentation or (N, C) for classification; the class
 "Averaged over the valid pixels": the per-class terms are summed per pixel, then averaged over the pixels where
 ``valid_mask`` is True (Hinton et al. 2015 treat each sample -- here each pixel -- as one example). With no valid
 pixel the loss is a zero that still has a grad_fn. No T^2 factor is applied inside: the callers multiply by
-whatever factor their paper uses (see /work/shared/notes/distillation-losses.md).
+whatever factor their paper uses: Hinton et al. multiply by T^2 (source 001, 002); source 004 by 2 alpha T^2.
 """
 from __future__ import annotations
 

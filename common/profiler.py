@@ -1,6 +1,6 @@
 """Model cost: parameters, multiply-adds, latency and weights-file size.
 
-MAdds follow the convention of source 004's tables (see /work/shared/notes/deeplabv3plus.md, "Counting"):
+MAdds follow the convention of source 004's tables (the project notes on DeepLabV3+, "Counting"):
 ptflops's "Mac" count with module hooks only. 1 MAC = 1 multiply + 1 add. What ptflops 0.7.5 counts:
 conv k*k*cin/groups*cout per output position, + 1 per output element with bias (transposed conv: per *input*
 position); BatchNorm 2 per element (1 without affine); ReLU 1 per element; pooling its input size.
