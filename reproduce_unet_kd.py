@@ -253,7 +253,8 @@ class Lab:
         self.weights = class_weights(self.train, cfg.class_weight_power)
         self.barrier = class_prior_loss(self.test.class_frequencies(2))
         self.results = ResultsCSV(run.path / "results.csv")
-        self._soft_targets: dict[str, torch.Tensor] = {}
+        self._teachers: dict[Path, Trained] = {}            # loaded or trained once per run
+        self._soft_targets: dict[int, torch.Tensor] = {}    # keyed by id() of a teacher held in _teachers
 
     # ------------------------------------------------------------------ one model
     def train_model(self, name: str, k: int, objective: str, *, bn: bool, iterations: int,
@@ -330,16 +331,22 @@ class Lab:
         The cache key is the teacher's whole configuration, so sweeps and later runs reuse it.
         """
         cfg = self.cfg
-        model = UNet(k, batch_norm=bn).to(self.device)
         if checkpoint:
+            model = UNet(k, batch_norm=bn).to(self.device)
             load_weights(model, checkpoint, what="--teacher-checkpoint")
             return Trained(f"teacher_k{k}", model, None, evaluate_slices(model, self.test, cfg, self.device), {})
         key = {"k": k, "bn": bn, "iterations": iterations, "lr": self.lr_for(k), "schedule": cfg.schedule,
-               "batch": cfg.batch_size, "crop": cfg.crop,
-               "seed": cfg.seed, "data": self.train.name, "data_root": str(Path(cfg.data_root).resolve())
-               if cfg.data_root else None}
+               "batch": cfg.batch_size, "crop": cfg.crop, "seed": cfg.seed, "data": self.train.name,
+               "data_root": str(Path(cfg.data_root).resolve()) if cfg.data_root else None}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         path = Path(cfg.cache_dir) / f"unet_k{k}_{'bn' if bn else 'nobn'}_{digest}.pt"
+        if path not in self._teachers:
+            self._teachers[path] = self._load_or_train_teacher(path, key, k, bn, iterations)
+        return self._teachers[path]
+
+    def _load_or_train_teacher(self, path: Path, key: dict, k: int, bn: bool, iterations: int) -> Trained:
+        cfg = self.cfg
+        model = UNet(k, batch_norm=bn).to(self.device)
         if path.exists():
             state = load_weights(model, path, what="cached teacher")
             print(f"teacher {k}-UNet: reusing {path}")
@@ -357,11 +364,10 @@ class Lab:
         Same soft targets as running the teacher on each crop, except at crop borders, where the whole-slice
         prediction has more context; --online-teacher runs the teacher on every batch instead.
         """
-        key = f"{id(teacher)}"
-        if key not in self._soft_targets:
-            self._soft_targets[key] = predict_tiled(teacher, self.train.images, self.device,
-                                                    self.cfg.eval_tile).half()
-        return self._soft_targets[key]
+        if id(teacher) not in self._soft_targets:
+            self._soft_targets[id(teacher)] = predict_tiled(teacher, self.train.images, self.device,
+                                                            self.cfg.eval_tile).half()
+        return self._soft_targets[id(teacher)]
 
     def record(self, experiment: str, trained: Trained, label: str) -> None:
         self.results.add(experiment=experiment, model=label, params=count_parameters(trained.model),
@@ -627,31 +633,33 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p.add_argument("--k", type=int, help="student width k of the k-UNet (headline; default 2)")
     p.add_argument("--teacher", type=int, help="teacher width (headline; default 64)")
     p.add_argument("--no-teacher-bn", dest="teacher_bn", action="store_const", const=False,
-                   help="headline teacher without BatchNorm (the source's label; see --help text of the module)")
+                   help="headline teacher without BatchNorm: the source labels its teacher so, but prints the "
+                        "with-BN parameter count, which our default teacher matches")
     p.add_argument("--bn", action="store_const", const=True, help="BatchNorm in the Tables 1-6 U-Nets too")
     p.add_argument("--T", type=float, help="distillation temperature tau of the headline (default 4)")
     p.add_argument("--lambda", dest="lam", type=float, help="weight lambda of the soft term in mixed training (default 1)")
-    p.add_argument("--iterations", type=int, help="training iterations of each headline student")
-    p.add_argument("--teacher-iterations", type=int, help="training iterations of the headline teacher")
-    p.add_argument("--batch-size", type=int, help="crops per training batch")
-    p.add_argument("--crop", type=int, help="training crop side (a multiple of 16)")
+    p.add_argument("--iterations", type=int, metavar="N", help="training iterations of each headline student")
+    p.add_argument("--teacher-iterations", type=int, metavar="N", help="training iterations of the headline teacher")
+    p.add_argument("--batch-size", type=int, metavar="N", help="crops per training batch")
+    p.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side (a multiple of 16)")
     p.add_argument("--lr", type=float, help="Adam learning rate of U-Nets with k < 16, the students (default 3e-3)")
-    p.add_argument("--teacher-lr", type=float, help="Adam learning rate of U-Nets with k >= 16 (default 1e-3)")
+    p.add_argument("--teacher-lr", type=float, metavar="LR", help="Adam learning rate of U-Nets with k >= 16 (default 1e-3)")
     p.add_argument("--schedule", choices=["poly", "constant"], help="learning-rate schedule (default poly)")
     p.add_argument("--seed", type=int, help="random seed (data, initialisation, batches)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
-    p.add_argument("--data-root", help="folder with the EPFL stacks training.tif, training_groundtruth.tif, "
+    p.add_argument("--data-root", metavar="FOLDER", help="folder with the EPFL stacks training.tif, training_groundtruth.tif, "
                                        "testing.tif, testing_groundtruth.tif (default: synthetic data)")
-    p.add_argument("--teacher-checkpoint", help="use this teacher weights file (from a run or the cache)")
+    p.add_argument("--teacher-checkpoint", metavar="FILE",
+                   help="headline teacher weights to use instead of training one (a file from --cache-dir)")
     p.add_argument("--online-teacher", action="store_const", const=True,
                    help="run the teacher on every batch instead of once per training slice")
-    p.add_argument("--cache-dir", help="where trained teachers are cached (default runs/teacher_cache)")
-    p.add_argument("--out", help="run folder (default runs/reproduce_unet_kd/<time>)")
+    p.add_argument("--cache-dir", metavar="FOLDER", help="where trained teachers are cached (default runs/teacher_cache)")
+    p.add_argument("--out", metavar="FOLDER", help="run folder (default runs/reproduce_unet_kd/<time>)")
     p.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run with its saved config")
-    p.add_argument("--eval-every", type=int, help="iterations between test-loss evaluations")
-    p.add_argument("--checkpoint-every", type=int, help="iterations between resumable checkpoints")
-    p.add_argument("--class-weight-power", type=float, help="class weights ~ frequency^-p (default 0.5)")
+    p.add_argument("--eval-every", type=int, metavar="N", help="iterations between test-loss evaluations")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="iterations between resumable checkpoints")
+    p.add_argument("--class-weight-power", type=float, metavar="P", help="class weights ~ frequency^-p (default 0.5)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
     args = p.parse_args(argv)
     cfg = Config(**{**asdict(Config()), **PRESETS[args.preset], "preset": args.preset})
