@@ -89,17 +89,19 @@ class ResultsCSV:
 
 
 # ------------------------------------------------------------------------------------------------ figures
-def plot_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
+def plot_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float | None]]], title: str,
                 xlabel: str = "iteration", ylabel: str = "cross-entropy", hline: tuple[float, str] | None = None,
-                logy: bool = False) -> None:
-    """Line plot of named (x, y) curves, optionally with a labelled horizontal line (e.g. a loss barrier)."""
+                logx: bool = False, logy: bool = False, marker: str | None = None) -> None:
+    """Line plot of named (x, y) curves (None in y leaves a gap), optionally with a labelled horizontal line
+    such as a loss barrier. With ``marker="o"`` it serves sweeps, e.g. ours against the paper's loss over T."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, (x, y) in curves.items():
-        ax.plot(x, y, label=label, lw=1.4)
+        ax.plot(x, np.array([np.nan if v is None else v for v in y], dtype=float), label=label, lw=1.4,
+                marker=marker)
     if hline is not None:
         ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
-    if logy:
-        ax.set_yscale("log")
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -122,23 +124,6 @@ def plot_panel(path: Path, rows: list[list[tuple[str, np.ndarray]]], title: str 
                 ax.set_title(caption, fontsize=9)
     if title:
         fig.suptitle(title)
-    _save(fig, path)
-
-
-def plot_sweep(path: Path, x: Sequence[float], series: dict[str, Sequence[float]], title: str, xlabel: str,
-               ylabel: str, logx: bool = False, hline: tuple[float, str] | None = None) -> None:
-    """Markers-and-lines plot of several series over one x axis (e.g. ours vs the paper's loss over T)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, y in series.items():
-        y = np.array([np.nan if v is None else v for v in y], dtype=float)
-        ax.plot(x, y, marker="o", lw=1.2, label=label)
-    if hline is not None:
-        ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
-    if logx:
-        ax.set_xscale("log")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     _save(fig, path)
 
 
