@@ -131,3 +131,15 @@ def test_impossible_flags_in_process(tmp_path, args, needle, capsys):
     with pytest.raises(UserError, match=needle):
         script.main([*args, "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
+
+
+def test_paper_preset_carries_the_sources_averaging_and_flags_override_presets():
+    from reproduce_unet_kd import parse_args
+
+    cfg, _ = parse_args(["--preset", "paper"])
+    assert (cfg.alpha_t, cfg.beta_t, cfg.n_t) == (5000, 25, 500)   # Table 1's caption
+    assert cfg.small_teacher_iterations == 300_000                  # Table 2's caption: 4-Unet, 300,000 iterations
+    cfg, _ = parse_args(["--preset", "paper", "--iterations", "7", "--T", "2"])
+    assert (cfg.iterations, cfg.T, cfg.alpha_t) == (7, 2.0, 5000)
+    default, _ = parse_args([])
+    assert (default.k, default.teacher, default.teacher_bn, default.experiment) == (2, 64, True, "headline")
