@@ -319,9 +319,11 @@ class Lab:
         test_losses = [e["test_loss"] for e in history.evals]
         test_avg, i_avg = moving_average_min(test_losses, cfg.beta_t)
         test_min = min(test_losses, default=math.nan)
-        at = history.evals[i_avg]["iteration"] if i_avg >= 0 else 0
+        at_avg = history.evals[i_avg]["iteration"] if i_avg >= 0 else 0
+        at_min = history.evals[int(np.argmin(test_losses))]["iteration"] if test_losses else 0
         return {"train_loss_avg": train_avg, "test_loss_avg": test_avg, "test_loss_min": test_min,
-                "iteration_at_min": at, "iterations_run": len(history.train_loss), "diverged": history.diverged,
+                "iteration_at_min": at_avg, "iteration_at_raw_min": at_min,
+                "iterations_run": len(history.train_loss), "diverged": history.diverged,
                 "stuck": bool(test_min >= 0.95 * self.barrier)}
 
     # ------------------------------------------------------------------ teachers
@@ -428,7 +430,7 @@ def run_table2(lab: Lab) -> None:
                             teacher=teacher.model, T=T)
         lab.record("table2", t, f"2-UNet soft T={T}")
         losses.append("Div." if t.summary["diverged"] else t.summary["test_loss_min"])
-        its.append("-" if t.summary["diverged"] else t.summary["iteration_at_min"])
+        its.append("-" if t.summary["diverged"] else t.summary["iteration_at_raw_min"])
     paper = [PAPER["table2"].get(T, (None, None)) for T in temps]
     table = Table("Table 2. Soft training of a 2-UNet from a 4-UNet teacher", ["T_transfer"] + [str(T) for T in temps],
                   notes=protocol_notes(lab) + [
