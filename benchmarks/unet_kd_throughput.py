@@ -42,6 +42,14 @@ def time_steps(step, device: torch.device, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "CPU"
+
+
 def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool,
               teacher: UNet | None = None, cached: torch.Tensor | None = None, T: float = 4.0):
     opt = torch.optim.Adam(student.parameters(), lr=1e-4)
@@ -68,7 +76,7 @@ def main() -> None:
     p.add_argument("--teacher", type=int, default=64, help="teacher width k")
     p.add_argument("--k", type=int, default=2, help="student width k")
     p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=4, help="default: the default preset's batch")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--repeats", type=int, default=10)
@@ -82,7 +90,7 @@ def main() -> None:
     x = torch.randn(args.batch_size, 1, args.crop, args.crop, device=device)
     y = torch.randint(0, 2, (args.batch_size, args.crop, args.crop), device=device)
     teacher = UNet(args.teacher).to(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"device: {device} ({name}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, AMP {'on' if amp else 'off'}; batch {args.batch_size} x 1 x {args.crop} x {args.crop}")
 
