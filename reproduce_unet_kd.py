@@ -631,7 +631,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_unet_kd.py --resume runs/reproduce_unet_kd/20261121-120000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", choices=EXPERIMENTS + ["all"], help="which table to reproduce (default: headline)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+    p.add_argument("--preset", choices=sorted(PRESETS),
                    help="default: reduced scale for a CPU; paper: the source's iteration counts and averaging")
     p.add_argument("--k", type=int, help="student width k of the k-UNet (headline; default 2)")
     p.add_argument("--teacher", type=int, help="teacher width (headline; default 64)")
@@ -640,24 +640,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                         "with-BN parameter count, which our default teacher matches")
     p.add_argument("--bn", action="store_const", const=True, help="BatchNorm in the Tables 1-6 U-Nets too")
     p.add_argument("--T", type=float, help="distillation temperature tau of the headline (default 4)")
-    p.add_argument("--lambda", dest="lam", type=float, help="weight lambda of the soft term in mixed training (default 1)")
+    p.add_argument("--lambda", dest="lam", type=float,
+                   help="weight lambda of the soft term in mixed training (default 1)")
     p.add_argument("--iterations", type=int, metavar="N", help="training iterations of each headline student")
     p.add_argument("--teacher-iterations", type=int, metavar="N", help="training iterations of the headline teacher")
     p.add_argument("--batch-size", type=int, metavar="N", help="crops per training batch")
     p.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side (a multiple of 16)")
     p.add_argument("--lr", type=float, help="Adam learning rate of U-Nets with k < 16, the students (default 3e-3)")
-    p.add_argument("--teacher-lr", type=float, metavar="LR", help="Adam learning rate of U-Nets with k >= 16 (default 1e-3)")
+    p.add_argument("--teacher-lr", type=float, metavar="LR",
+                   help="Adam learning rate of U-Nets with k >= 16 (default 1e-3)")
     p.add_argument("--schedule", choices=["poly", "constant"], help="learning-rate schedule (default poly)")
     p.add_argument("--seed", type=int, help="random seed (data, initialisation, batches)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
-    p.add_argument("--data-root", metavar="FOLDER", help="folder with the EPFL stacks training.tif, training_groundtruth.tif, "
+    p.add_argument("--data-root", metavar="FOLDER",
+                   help="folder with the EPFL stacks training.tif, training_groundtruth.tif, "
                                        "testing.tif, testing_groundtruth.tif (default: synthetic data)")
     p.add_argument("--teacher-checkpoint", metavar="FILE",
                    help="headline teacher weights to use instead of training one (a file from --cache-dir)")
     p.add_argument("--online-teacher", action="store_const", const=True,
                    help="run the teacher on every batch instead of once per training slice")
-    p.add_argument("--cache-dir", metavar="FOLDER", help="where trained teachers are cached (default runs/teacher_cache)")
+    p.add_argument("--cache-dir", metavar="FOLDER",
+                   help="where trained teachers are cached (default runs/teacher_cache)")
     p.add_argument("--out", metavar="FOLDER", help="run folder (default runs/reproduce_unet_kd/<time>)")
     p.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run with its saved config")
     p.add_argument("--eval-every", type=int, metavar="N", help="iterations between test-loss evaluations")
@@ -665,7 +669,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p.add_argument("--class-weight-power", type=float, metavar="P", help="class weights ~ frequency^-p (default 0.5)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
     args = p.parse_args(argv)
-    cfg = Config(**{**asdict(Config()), **PRESETS[args.preset], "preset": args.preset})
+    preset = args.preset or "default"
+    cfg = Config(**{**asdict(Config()), **PRESETS[preset], "preset": preset})
     names = {f.name for f in fields(Config)}
     overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset" and v is not None}
     cfg = Config(**{**asdict(cfg), **overrides})
@@ -687,17 +692,28 @@ def check_config(cfg: Config) -> None:
         raise UserError("--teacher-checkpoint sets the headline teacher; use it with --experiment headline or all.")
 
 
+def saved_config(run: RunDir) -> Config:
+    saved = run.read_config()
+    unknown = set(saved) - {f.name for f in fields(Config)}
+    if unknown:
+        raise UserError(f"{run.path}/config.json has settings this version does not know ({', '.join(sorted(unknown))})"
+                        f"; resume it with the version of the script that started it.")
+    return Config(**{**asdict(Config()), **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}})
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
     if args.resume:
+        given = [k for k, v in vars(args).items() if v is not None and k not in ("resume", "progress")]
+        if given:
+            raise UserError(f"--resume continues a run with its saved config; drop the other settings "
+                            f"({', '.join('--' + k.replace('_', '-') for k in given)}) or start a new run.")
         run: RunDir | None = RunDir.open_existing(args.resume)
-        cfg = Config(**{**asdict(Config()), **{k: tuple(v) if isinstance(v, list) else v
-                                               for k, v in run.read_config().items()}})
+        cfg = saved_config(run)
         cfg.progress = args.progress if args.progress is not None else cfg.progress
         print(f"resuming {run.path} with its saved config")
     else:
         run = None
-        cfg.experiment = cfg.experiment or "headline"
         check_config(cfg)
     pick_device(cfg.device)
     train, test = load_data(cfg)        # bad data stops us before a run folder exists

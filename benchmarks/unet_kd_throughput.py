@@ -96,7 +96,8 @@ def main() -> None:
 
     rows = []
     teacher_step = make_step(teacher, x, y, device, amp)
-    rows.append((f"teacher {args.teacher}-UNet, hard step", time_steps(teacher_step, device, 2, max(3, args.repeats // 3))))
+    rows.append((f"teacher {args.teacher}-UNet, hard step",
+                 time_steps(teacher_step, device, 2, max(3, args.repeats // 3))))
     student = UNet(args.k).to(device)
     rows.append((f"student {args.k}-UNet, hard step", time_steps(make_step(student, x, y, device, amp), device, 3,
                                                                   args.repeats)))

@@ -168,7 +168,8 @@ class EPFLMitochondria:
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"data root {root} is not a folder. Download the EPFL mitochondria stacks from "
-                            f"{EPFL_URL} and pass the folder holding {', '.join(EPFL_FILES['train'] + EPFL_FILES['test'])}.")
+                            f"{EPFL_URL} and pass the folder holding "
+                            f"{', '.join(EPFL_FILES['train'] + EPFL_FILES['test'])}.")
         image_file, mask_file = (root / name for name in EPFL_FILES[split])
         images, masks = read_tiff_stack(image_file), read_tiff_stack(mask_file)
         if images.shape != masks.shape:

@@ -53,7 +53,8 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, iterations: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str,
+                   iterations: int) -> torch.optim.lr_scheduler.LRScheduler:
     """'constant', or 'poly': lr * (1 - step / iterations) ** 0.9, stepped every iteration (004, Eq. 4.1)."""
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

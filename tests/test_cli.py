@@ -143,3 +143,18 @@ def test_paper_preset_carries_the_sources_averaging_and_flags_override_presets()
     assert (cfg.iterations, cfg.T, cfg.alpha_t) == (7, 2.0, 5000)
     default, _ = parse_args([])
     assert (default.k, default.teacher, default.teacher_bn, default.experiment) == (2, 64, True, "headline")
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    line = assert_user_error(run_script("--resume", str(folder), "--iterations", "5"), "--iterations")
+    assert "saved config" in line
+
+
+def test_resume_of_a_config_from_another_version_is_a_clear_error(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"k": 2, "warp_factor": 9}')
+    assert_user_error(run_script("--resume", str(folder)), "warp_factor")
