@@ -655,7 +655,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
     p.add_argument("--data-root", metavar="FOLDER",
                    help="folder with the EPFL stacks training.tif, training_groundtruth.tif, "
-                                       "testing.tif, testing_groundtruth.tif (default: synthetic data)")
+                        "testing.tif, testing_groundtruth.tif (default: synthetic data)")
     p.add_argument("--teacher-checkpoint", metavar="FILE",
                    help="headline teacher weights to use instead of training one (a file from --cache-dir)")
     p.add_argument("--online-teacher", action="store_const", const=True,
