@@ -63,7 +63,7 @@ from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weigh
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
-from common.training import (RunDir, batches, fit, load_weights, make_scheduler, moving_average_min, pick_device,
+from common.training import (History, RunDir, batches, fit, load_weights, make_scheduler, moving_average_min, pick_device,
                              run_main, save_weights, seed_everything)
 from common.unet import UNet
 
@@ -238,7 +238,7 @@ def evaluate_slices(model: torch.nn.Module, volume: Volume, cfg: Config, device:
 class Trained:
     name: str
     model: UNet
-    history: object
+    history: History | None   # None for a teacher loaded from a file
     test: dict           # evaluate_slices of the best state
     summary: dict        # averaged-loss protocol
 
