@@ -63,8 +63,8 @@ from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weigh
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
-from common.training import (History, RunDir, batches, fit, load_weights, make_scheduler, moving_average_min, pick_device,
-                             run_main, save_weights, seed_everything)
+from common.training import (History, RunDir, batches, fit, load_weights, make_scheduler, moving_average_min,
+                             pick_device, run_main, save_weights, seed_everything)
 from common.unet import UNet
 
 EXPERIMENTS = ["table1", "table2", "table3", "table4", "table5", "table6", "headline"]
