@@ -7,6 +7,9 @@ Logits are (N, C, H, W) for segmentation or (N, C) for classification; the class
 ``valid_mask`` is True (Hinton et al. 2015 treat each sample -- here each pixel -- as one example). With no valid
 pixel the loss is a zero that still has a grad_fn. No T^2 factor is applied inside: the callers multiply by
 whatever factor their paper uses: Hinton et al. multiply by T^2 (source 001, 002); source 004 by 2 alpha T^2.
+
+Attention transfer (source 004, Eq. 4.7-4.9; Zagoruyko & Komodakis 2017) works on feature maps, not logits:
+``attention_map`` and ``attention_transfer_loss`` below.
 """
 from __future__ import annotations
 
@@ -107,3 +110,51 @@ def class_prior_loss(class_frequencies: Sequence[float] | np.ndarray | torch.Ten
         raise ValueError(f"class frequencies must be non-negative with a positive sum, got {f.tolist()}")
     f = f / f.sum()
     return float(-torch.xlogy(f, f).sum())
+
+
+def attention_map(feat: torch.Tensor) -> torch.Tensor:
+    """Spatial attention map of an activation A (N, C, H, W): source 004, Eq. 4.7,
+
+        f(A) = (1 / C) sum_c A_c^2          -> (N, H, W),
+
+    the mean over channels of the squared activations (Eq. 2.2 with p = 2, divided by the channel count). Not
+    normalised here: ``attention_transfer_loss`` normalises it (Eq. 4.8); figures (004, Figure 5.2) show it raw.
+    """
+    if feat.dim() != 4:
+        raise ValueError(f"attention_map expects (N, C, H, W) features, got shape {tuple(feat.shape)}")
+    return feat.pow(2).mean(dim=1)
+
+
+def attention_transfer_loss(student_feats: Sequence[torch.Tensor],
+                            teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Attention-transfer distance between paired layers of a student and a teacher: source 004, Eq. 4.8,
+
+        L_A = sum_i || f(A_i^t) / ||f(A_i^t)||_2  -  f(A_i^s) / ||f(A_i^s)||_2 ||_2 ,
+
+    f = ``attention_map`` (Eq. 4.7), each map flattened per image and L2-normalised, the L2 norm (not squared) of
+    the difference taken per image, summed over the N_L layer pairs and averaged over the batch ("averaged across
+    all data items", Eq. 4.9). The student's loss is then L_AT = L_S + beta * L_A with beta = 1000 (Eq. 4.9).
+
+    - Channel counts of a pair may differ: the maps average over channels.
+    - Where a pair's spatial sizes differ (e.g. teacher at output stride 16, student at 32), the teacher's map is
+      bilinearly resized to the student's size (004, Section 4.2.2), before normalising.
+    - The teacher side is detached: no gradient flows into the teacher.
+    - Moonshine's code (Crowley et al. 2019), which 004 adopted, takes the mean of the *squared* difference over
+      positions instead; this function follows the thesis's equation.
+    """
+    if len(student_feats) != len(teacher_feats) or len(student_feats) == 0:
+        raise ValueError(f"need the same, non-zero number of student and teacher layers, "
+                         f"got {len(student_feats)} and {len(teacher_feats)}")
+    total = student_feats[0].new_zeros(())
+    for s_feat, t_feat in zip(student_feats, teacher_feats):
+        if s_feat.shape[0] != t_feat.shape[0]:
+            raise ValueError(f"batch sizes differ: student {s_feat.shape[0]}, teacher {t_feat.shape[0]}")
+        s_map = attention_map(s_feat)
+        t_map = attention_map(t_feat.detach())
+        if t_map.shape[-2:] != s_map.shape[-2:]:
+            t_map = F.interpolate(t_map[:, None], size=s_map.shape[-2:], mode="bilinear",
+                                  align_corners=False)[:, 0]
+        s_vec = F.normalize(s_map.flatten(1), p=2, dim=1)
+        t_vec = F.normalize(t_map.flatten(1), p=2, dim=1)
+        total = total + (s_vec - t_vec).norm(p=2, dim=1).mean()
+    return total

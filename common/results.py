@@ -108,8 +108,10 @@ def plot_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[fl
     _save(fig, path)
 
 
-def plot_panel(path: Path, rows: list[list[tuple[str, np.ndarray]]], title: str = "") -> None:
-    """A grid of images: each row a list of (caption, 2-D array); grey for images, a fixed map for masks."""
+def plot_panel(path: Path, rows: list[list[tuple[str, np.ndarray]]], title: str = "", cmap: str = "gray") -> None:
+    """A grid of images: each row a list of (caption, array). (H, W, 3) arrays are shown in colour (images,
+    colourised masks); small-integer (H, W) arrays as masks in a fixed map; other (H, W) arrays in ``cmap``, each
+    with its own scale (grey images, or heat maps such as attention maps with ``cmap="magma"``)."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.6 * n_rows), squeeze=False)
     for r, row in enumerate(rows):
@@ -118,9 +120,12 @@ def plot_panel(path: Path, rows: list[list[tuple[str, np.ndarray]]], title: str 
             ax.axis("off")
             if c < len(row):
                 caption, array = row[c]
-                is_mask = np.issubdtype(array.dtype, np.integer) and array.max() < 32
-                ax.imshow(array, cmap="viridis" if is_mask else "gray", interpolation="nearest",
-                          vmin=0 if is_mask else None, vmax=1 if is_mask else None)
+                if array.ndim == 3:
+                    ax.imshow(array, interpolation="nearest")
+                else:
+                    is_mask = np.issubdtype(array.dtype, np.integer) and array.max() < 32
+                    ax.imshow(array, cmap="viridis" if is_mask else cmap, interpolation="nearest",
+                              vmin=0 if is_mask else None, vmax=1 if is_mask else None)
                 ax.set_title(caption, fontsize=9)
     if title:
         fig.suptitle(title)
@@ -133,3 +138,17 @@ def _save(fig: plt.Figure, path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def plot_scatter(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[str]]],
+                 title: str, xlabel: str, ylabel: str) -> None:
+    """Named point sets (x, y, point labels), each point annotated with its label: e.g. IoU against MAdds."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for (name, (xs, ys, labels)), marker in zip(series.items(), "osD^v"):
+        ax.scatter(xs, ys, label=name, marker=marker, s=28)
+        for x, y, text in zip(xs, ys, labels):
+            ax.annotate(text, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -63,6 +63,82 @@ def make_scheduler(optimizer: torch.optim.Optimizer, kind: str,
     raise ValueError(f"unknown schedule {kind!r}: use 'constant' or 'poly'")
 
 
+# ------------------------------------------------------------------------------------------------ several processes
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in a ``torchrun`` job; the defaults describe a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes files, logs and progress bars."""
+        return self.rank == 0
+
+
+def init_distributed(device_name: str = "auto") -> tuple[Distributed, torch.device]:
+    """Join the process group that ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK), or run alone.
+
+    On GPUs each process takes ``cuda:LOCAL_RANK`` and talks NCCL; on the CPU (or ``--device cpu``) it talks gloo.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(), pick_device(device_name)
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun started more processes per node than there are GPUs "
+                            f"({torch.cuda.device_count()}); use --nproc_per_node={torch.cuda.device_count()}.")
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    return Distributed(rank, world_size, local_rank), device
+
+
+def all_reduce_sum(tensor: torch.Tensor, ddp: Distributed) -> torch.Tensor:
+    """Sum ``tensor`` over all processes, in place (nothing to do in a single-process run)."""
+    if ddp.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(ddp: Distributed) -> None:
+    if ddp.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_from_main(value, ddp: Distributed):
+    """Rank 0's ``value`` (any picklable object) on every rank, e.g. the run folder's name."""
+    if not ddp.enabled:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 # ------------------------------------------------------------------------------------------------ run folder
 class RunDir:
     """``runs/<script>/<time>/`` (or ``--out``): config.json, metrics.jsonl, checkpoints/, figures/, tables."""
@@ -118,6 +194,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write to ``<path>.tmp``, flush it to disk, then rename: a kill mid-write leaves the old file intact."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         torch.save(state, f)
@@ -183,7 +260,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         evaluate: Callable[[], dict] | None = None, eval_every: int = 100, checkpoint_every: int = 500,
         amp: bool = False, best_key: str | None = "test_loss", diverge_above: float = 1e3,
-        progress: bool = True) -> History:
+        progress: bool = True, ddp: Distributed = Distributed()) -> History:
     """Train ``model`` for ``iterations`` steps of ``loss_fn(step) -> (loss, logs)``; resumable.
 
     - Every ``eval_every`` steps (and at the end) ``evaluate()`` returns metrics, logged with the step; the model
@@ -194,7 +271,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
       job just loads its result. Batches must be a pure function of the step (see common.datasets.random_crops)
       for a resumed run to match an uninterrupted one exactly.
     - A non-finite loss, or one above ``diverge_above``, stops the job and marks it diverged (Table 2's "Div.").
+    - Under ``torchrun`` (``ddp.enabled``) every rank runs this loop on its share of each batch, ``loss_fn``
+      using the DistributedDataParallel wrapper of ``model``; the logged loss is the mean over ranks, and rank 0
+      alone writes logs, checkpoints and the progress bar. ``evaluate`` runs on every rank and must return the
+      same metrics on all of them (e.g. confusion matrices summed with ``all_reduce_sum``).
     """
+    log = run.log if ddp.is_main else (lambda record: None)
     ckpt_path = run.checkpoints / f"{name}.pt"
     history, best, step = History(), None, 0
     if ckpt_path.exists():
@@ -209,35 +291,40 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
             if best is not None:
                 model.load_state_dict(best)
             return history
-        run.forget_after(name, step)
+        if ddp.is_main:
+            run.forget_after(name, step)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
     best_value = min((e[best_key] for e in history.evals if best_key in e), default=math.inf)
 
     def checkpoint(done: bool = False) -> None:
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict() if scheduler else {}, "step": step,
-                                    "history": history.to_state(), "best": best, "rng": torch.get_rng_state(),
-                                    "done": done})
+        if ddp.is_main:
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict() if scheduler else {}, "step": step,
+                                        "history": history.to_state(), "best": best,
+                                        "rng": torch.get_rng_state(), "done": done})
+        barrier(ddp)
 
     def run_eval() -> None:
         nonlocal best, best_value
         metrics = evaluate()
         history.evals.append({"iteration": step, **metrics})
-        run.log({"job": name, "iteration": step, **metrics})
+        log({"job": name, "iteration": step, **metrics})
         if best_key and metrics.get(best_key, math.inf) < best_value:
             best_value, best = metrics[best_key], copy.deepcopy(model.state_dict())
 
     model.train()
-    bar = tqdm(total=iterations, initial=step, desc=name, disable=not progress, leave=False, dynamic_ncols=True,
+    bar = tqdm(total=iterations, initial=step, desc=name, disable=not (progress and ddp.is_main), leave=False,
+               dynamic_ncols=True,
                file=sys.stderr)
     while step < iterations:
         with autocast(device, amp):
             loss, logs = loss_fn(step)
-        value = loss.detach().item()
-        if not math.isfinite(value) or value > diverge_above:
+        value = loss.detach().item() if not ddp.enabled else \
+            all_reduce_sum(loss.detach().float().reshape(1).clone(), ddp).item() / ddp.world_size
+        if not math.isfinite(value) or value > diverge_above:  # the same decision on every rank
             history.diverged = True
-            run.log({"job": name, "iteration": step + 1, "event": "diverged", "train_loss": value})
+            log({"job": name, "iteration": step + 1, "event": "diverged", "train_loss": value})
             break
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -248,7 +335,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
         step += 1
         history.train_loss.append(value)
         if step % 10 == 0 or step == iterations:
-            run.log({"job": name, "iteration": step, "train_loss": value,
+            log({"job": name, "iteration": step, "train_loss": value,
                      "lr": optimizer.param_groups[0]["lr"], **{k: float(v) for k, v in logs.items()}})
             bar.set_postfix(loss=f"{value:.4f}")
         bar.update(1)
@@ -262,6 +349,65 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
     if best is not None:
         model.load_state_dict(best)
     return history
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is this process's share of training batch ``step``: a pure function of (seed, step).
+
+    The global batch of a step takes ``batch_size`` items from a per-epoch random permutation of the data set, and
+    draws each item's augmentation from a generator seeded by (seed, step, position in the batch). So a resumed
+    run sees exactly the batches an uninterrupted one would, and N processes under ``torchrun`` together see the
+    same samples as one process (each takes a contiguous ``batch_size / N`` of them). ``load(index, generator)``
+    returns one sample as a tuple of tensors; it must be picklable (a top-level function or a
+    ``functools.partial`` of one) for ``BatchStream``'s worker processes.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int,
+                 load: Callable[[int, torch.Generator], tuple[torch.Tensor, ...]],
+                 ddp: Distributed = Distributed()) -> None:
+        if num_items < batch_size:
+            raise UserError(f"the training set has {num_items} items, fewer than one batch of {batch_size}; "
+                            f"lower --batch-size.")
+        if batch_size % ddp.world_size:
+            raise UserError(f"--batch-size {batch_size} does not split evenly over {ddp.world_size} processes; "
+                            f"use a multiple of {ddp.world_size}.")
+        self.num_items, self.batch_size, self.seed, self.load, self.ddp = num_items, batch_size, seed, load, ddp
+
+    def global_indices(self, step: int) -> list[int]:
+        per_epoch = self.num_items // self.batch_size  # drop the last incomplete batch of each epoch
+        epoch, k = divmod(step, per_epoch)
+        order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        return order[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, ...]:
+        indices = self.global_indices(step)
+        share = self.batch_size // self.ddp.world_size
+        samples = []
+        for position in range(self.ddp.rank * share, (self.ddp.rank + 1) * share):
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 4099 + position)
+            samples.append(self.load(indices[position], generator))
+        return tuple(torch.stack(parts) for parts in zip(*samples))
+
+
+class BatchStream:
+    """``stream(step)`` returns ``batches[step]``; with ``workers > 0`` later steps are prepared ahead of time in
+    DataLoader worker processes (decoding and augmenting VOC images keeps a GPU waiting otherwise)."""
+
+    def __init__(self, batches: StepBatches, iterations: int, workers: int = 0, pin_memory: bool = False) -> None:
+        self.batches, self.iterations, self.workers, self.pin_memory = batches, iterations, workers, pin_memory
+        self._iterator: Iterator | None = None
+        self._next = -1
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, ...]:
+        if self.workers == 0:
+            return self.batches[step]
+        if self._iterator is None or step != self._next:  # first call, or a resumed job starting mid-way
+            loader = torch.utils.data.DataLoader(self.batches, batch_size=None,
+                                                 sampler=range(step, self.iterations),
+                                                 num_workers=self.workers, pin_memory=self.pin_memory)
+            self._iterator = iter(loader)
+        self._next = step + 1
+        return next(self._iterator)
 
 
 def moving_average_min(values: list[float], window: int) -> tuple[float, int]:

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weighted_cross_entropy
+from common.losses import (attention_map, attention_transfer_loss, class_prior_loss, kd_kl_div, soft_cross_entropy,
+                           weighted_cross_entropy)
 
 LN3 = math.log(3.0)
 
@@ -167,3 +168,62 @@ def test_class_prior_loss_normalises_and_accepts_types():
     assert class_prior_loss([1.0, 0.0]) == 0.0
     with pytest.raises(ValueError):
         class_prior_loss([0.5, -0.1])
+
+
+# ---- attention transfer (source 004, Eq. 4.7-4.8) -------------------------------------------------------------
+
+def test_attention_map_is_the_channel_mean_of_squares():
+    # Eq. 4.7 with C = 2: f = (a_1^2 + a_2^2) / 2 at each position
+    feat = t([[[[1, 2], [3, 4]], [[1, 0], [1, 0]]]])
+    assert torch.equal(attention_map(feat), t([[[1, 2], [5, 8]]]))
+
+
+def test_attention_loss_hand_value_sums_layers_and_averages_the_batch():
+    # image 0, layer 1: student map [1,0,0,0], teacher map [0,4,0,0] -> unit vectors e1, e2 -> ||e1 - e2|| = sqrt 2
+    # image 1, layer 1 and both images, layer 2: identical maps -> 0.  Sum over layers, mean over 2 images: sqrt2/2
+    s1 = t([[[[1, 0], [0, 0]]], [[[1, 1], [1, 1]]]])
+    t1 = t([[[[0, 2], [0, 0]]], [[[5, 5], [5, 5]]]])
+    same = torch.rand(2, 3, 2, 2)
+    loss = attention_transfer_loss([s1, same], [t1, same.clone()])
+    assert loss.item() == pytest.approx(math.sqrt(2) / 2, abs=1e-6)
+
+
+def test_attention_loss_is_a_norm_not_a_squared_norm():
+    # maps [1, 0] and [0.6, 0.8] (unit): difference (0.4, -0.8), norm sqrt(0.8); squared would be 0.8
+    s = t([[[[1.0, 0.0]]]])
+    teacher = t([[[[math.sqrt(0.6), math.sqrt(0.8)]]]])
+    assert attention_transfer_loss([s], [teacher]).item() == pytest.approx(math.sqrt(0.8), abs=1e-6)
+
+
+def test_attention_loss_ignores_scale_and_channel_count():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 8, 5, 5), torch.randn(2, 32, 5, 5)
+    base = attention_transfer_loss([student], [teacher])
+    assert attention_transfer_loss([3 * student], [0.5 * teacher]).item() == pytest.approx(base.item(), rel=1e-5)
+    # a teacher with the same attention in 4x as many channels (the map is a channel mean) gives zero
+    assert attention_transfer_loss([student], [student.repeat(1, 4, 1, 1)]).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_attention_loss_resizes_the_teacher_bilinearly_to_the_student():
+    # teacher at 4x4 (output stride 16), student at 2x2 (output stride 32)
+    torch.manual_seed(0)
+    teacher = torch.rand(1, 4, 4, 4)
+    resized = F.interpolate(attention_map(teacher)[:, None], size=(2, 2), mode="bilinear", align_corners=False)
+    student = resized.sqrt()  # one channel whose attention map equals the resized teacher map
+    assert attention_transfer_loss([student], [teacher]).item() == pytest.approx(0, abs=1e-6)
+    assert attention_transfer_loss([torch.rand(1, 4, 2, 2)], [teacher]).item() > 0.01
+
+
+def test_attention_loss_gradient_reaches_the_student_only_and_is_finite_at_zero():
+    student = torch.rand(2, 4, 3, 3, requires_grad=True)
+    teacher = torch.rand(2, 6, 3, 3, requires_grad=True)
+    attention_transfer_loss([student], [teacher]).backward()
+    assert teacher.grad is None and student.grad is not None and student.grad.abs().sum() > 0
+    same = torch.rand(1, 2, 3, 3, requires_grad=True)
+    attention_transfer_loss([same], [same.detach().clone()]).backward()
+    assert torch.isfinite(same.grad).all()
+
+
+def test_attention_loss_rejects_unpaired_layers():
+    with pytest.raises(ValueError):
+        attention_transfer_loss([torch.rand(1, 2, 3, 3)], [])

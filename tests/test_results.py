@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from common.results import RESULTS_COLUMNS, ResultsCSV, Table, format_cell, plot_curves, plot_panel
+from common.results import RESULTS_COLUMNS, ResultsCSV, Table, format_cell, plot_curves, plot_panel, plot_scatter
 
 
 def test_table_markdown_and_csv_hold_the_same_cells(tmp_path):
@@ -54,5 +54,10 @@ def test_figures_are_written(tmp_path):
                 hline=(0.2, "barrier"))
     plot_panel(tmp_path / "p.png", [[("image", np.zeros((8, 8), np.uint8) + 100),
                                      ("mask", np.eye(8, dtype=np.uint8))]])
-    assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "p.png").stat().st_size > 1000
+    # colour images and colourised masks (H, W, 3), heat maps (float H, W); IoU against MAdds
+    plot_panel(tmp_path / "h.png", [[("rgb", np.zeros((8, 8, 3), np.uint8)), ("heat", np.random.rand(8, 8))]],
+               cmap="magma")
+    plot_scatter(tmp_path / "s.png", {"ours": ([1.0, 2.0], [30.0, 40.0], ["a", "b"])}, "IoU", "GMAdds", "IoU")
+    for name in ("c.png", "p.png", "h.png", "s.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
     assert not list(tmp_path.glob("*.tmp*"))

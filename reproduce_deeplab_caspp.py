@@ -1,0 +1,879 @@
+#!/usr/bin/env python
+"""Reproduce Kowalski, "Efficient compression of semantic segmentation neural networks" (Edinburgh MInf, 2021).
+
+Source: ../shared/seeds/004_aec6fe3e1fb53c58.txt ("the thesis"). DeepLabV3+ (common/deeplab.py) on PASCAL VOC 2012
+aug, compressed three ways:
+
+  1. Cheap convolutions in the ASPP and decoder (Section 4.2.1): depthwise-separable (DS) or bottleneck (BTN)
+     blocks instead of the standard 3x3 atrous convolutions (ST), with or without Kernel-Sharing Atrous
+     Convolution (KSAC, Section 2.2.5), at output stride 16 or 32.                        Tables 5.1, A.1
+  2. Distillation (Section 4.2.2) from the thesis's best model, ResNet-50 / OS16 / KSAC / ST (74.38 IoU):
+         KD (Eq. 4.6):  L_KD = (1 - alpha) L_S + 2 alpha T^2 L_T,   L_T = CE(softmax(t/T), softmax(s/T)),
+                        alpha = 0.9, T = 4;
+         AT (Eq. 4.9):  L_AT = L_S + beta L_A,  L_A = Eq. 4.8 over the chosen layers, beta = 1000;
+                        "Output" = the ASPP output, "Atrous" = each atrous branch, "All" = both.   Tables 5.2, 5.3
+  3. Compressed ASPP (Section 4.2.3, 5.3.1): CASPP-n, a chain of n bottleneck blocks per atrous rate.
+                                                                                          Tables 5.4, A.2
+
+The recipe (Section 4.1.1): SGD, lr 0.01 (backbone 0.001 when pre-trained), the "poly" schedule of Eq. 4.1 stepped
+every iteration; normalisation, random scale [0.5, 2], horizontal flip, random 256 crop (common/voc.py); every
+experiment run twice and the better model kept (Chapter 5): --repeats 2. IoU = 100 x mIoU over the 21 classes
+(Eq. 3.1), on whole validation images at a single scale. Params and MAdds as the thesis counts them (Section 4.3:
+flops-counter.pytorch, i.e. ptflops, on a 1x3x256x256 input; common/profiler.py); latency is ours.
+
+Readings of the thesis we had to choose (each is also printed under its table):
+  * Batch size, iteration count, momentum and weight decay are not given. Paper preset: batch 16, 30,000
+    iterations (about 45 epochs of the 10,582 trainaug images), momentum 0.9, weight decay 1e-4 (the defaults of
+    the reference code, Fang 2019, that the thesis built on).
+  * Which model the table reports (last epoch or best validation epoch) is not said; we report the final model,
+    since picking the best epoch on the validation set would overstate the validation IoU.
+  * KD: L_S and L_T are averaged over the labelled pixels (255 excluded in both); the thesis adopts Moonshine's
+    code, whose KL reduction divides by batch x classes instead, a 21x smaller effective weight.
+  * AT: Eq. 4.8 as printed (the L2 norm of the difference, not Moonshine's mean of squares), beta = 1000;
+    attention of "Atrous" pairs each of the student's three branches with the teacher's branch of the same rate.
+  * ImageNet weights cannot be downloaded on the machines this default runs on. The default preset therefore
+    starts every row from one backbone trained once on the synthetic training scenes (cached), a stand-in for the
+    shared ImageNet backbone: as in the thesis, every row shares the same starting backbone and trains it at the
+    lower rate. --backbone-init imagenet (the default with --data-root) uses torchvision's ImageNet weights, or
+    --backbone-weights FILE. To fit a CPU, the default preset also sets that lower rate to 0 (the backbone,
+    trained on these very scenes, stays fixed: same training without the backbone's backward pass, 2-3x faster
+    per step), so each head trains 250 iterations; the paper preset uses the thesis's 0.001.
+  * Table 5.2 prints identical KD columns for its OS16 and OS32 halves (and so does Table 5.3 nearly); we print
+    them as given.
+
+Scale: one process on a CPU or a GPU (AMP on GPUs), or several GPUs with
+    torchrun --nproc_per_node=N reproduce_deeplab_caspp.py ...      (DistributedDataParallel; --sync-bn)
+Rows are independent runs, so a sweep can also run as one job per row (--rows K; see README for a Slurm array).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.deeplab import ASPP_KINDS, BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, build_deeplabv3plus
+from common.errors import UserError
+from common.losses import attention_map, attention_transfer_loss, soft_cross_entropy, weighted_cross_entropy
+from common.metrics import ConfusionMatrix
+from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
+from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_scatter
+from common.training import (BatchStream, Distributed, RunDir, StepBatches, all_reduce_sum, autocast, barrier,
+                             broadcast_from_main, fit, init_distributed, load_weights, make_scheduler, run_main,
+                             save_weights, seed_everything, shutdown_distributed)
+from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
+
+MACS_INPUT = (1, 3, 256, 256)  # the thesis's training crop: the input of its Params/MAdds columns (Section 4.3)
+METHODS = ("none", "at-output", "at-atrous", "at-all", "kd")
+METHOD_COLUMNS = {"none": "None", "at-output": "AT Output", "at-atrous": "AT Atrous", "at-all": "AT All",
+                  "kd": "KD"}
+
+
+# =============================================================================================== the tables
+@dataclass(frozen=True)
+class Row:
+    """One architecture of a table: backbone, output stride, ASPP block, kernel sharing."""
+
+    backbone: str
+    output_stride: int
+    aspp: str
+    ksac: bool
+
+    @property
+    def label(self) -> str:
+        short = {"resnet50": "R50", "resnet101": "R101", "mobilenet_v2": "MNv2"}[self.backbone]
+        return f"{short} OS{self.output_stride} {'KSAC ' if self.ksac else ''}{self.aspp}"
+
+    @property
+    def slug(self) -> str:
+        return self.label.lower().replace(" ", "_").replace("-", "")
+
+
+# The thesis's rows, in its order, with its printed numbers: (OS, KSAC, block, IoU, Params M, MAdds G).
+# Tables 5.1 / A.1 name the block by the columns ST, DS, BTN; Tables 5.4 / A.2 by the decoder name, where ASPP is ST.
+_T51 = [(16, 1, "ST", 74.38, 30.32, 14.94), (16, 0, "ST", 73.99, 39.63, 14.94), (16, 1, "DS", 73.81, 25.53, 9.21),
+        (16, 0, "DS", 73.88, 26.61, 9.21), (16, 1, "BTN", 73.48, 25.09, 8.72), (16, 0, "BTN", 73.21, 25.39, 8.72),
+        (32, 1, "ST", 73.14, 30.32, 9.29), (32, 0, "ST", 72.89, 39.63, 9.29), (32, 1, "DS", 72.21, 25.53, 5.95),
+        (32, 0, "DS", 72.26, 26.61, 5.95), (32, 1, "BTN", 71.75, 25.09, 5.69), (32, 0, "BTN", 71.63, 25.39, 5.69)]
+_TA1 = [(16, 1, "ST", 69.17, 3.75, 4.29), (16, 0, "ST", 69.34, 5.23, 4.29), (16, 1, "DS", 67.73, 2.48, 1.25),
+        (16, 0, "DS", 68.12, 2.65, 1.25), (16, 1, "BTN", 67.64, 2.39, 1.03), (16, 0, "BTN", 68.15, 2.46, 1.03),
+        (32, 1, "ST", 68.00, 3.75, 3.50), (32, 0, "ST", 68.20, 5.23, 3.50), (32, 1, "DS", 66.38, 2.48, 0.83),
+        (32, 0, "DS", 66.44, 2.65, 0.83), (32, 1, "BTN", 66.31, 2.39, 0.64), (32, 0, "BTN", 66.41, 2.46, 0.64)]
+_T54 = [(16, 1, "ST", 74.38, 30.32, 14.94), (16, 0, "ST", 73.99, 39.76, 14.94),
+        (16, 1, "CASPP-1", 73.48, 25.09, 8.72), (16, 0, "CASPP-1", 73.21, 25.39, 8.72),
+        (16, 1, "CASPP-2", 73.42, 25.43, 8.89), (16, 0, "CASPP-2", 74.25, 26.08, 8.89),
+        (16, 1, "CASPP-3", 73.49, 26.49, 9.40), (16, 0, "CASPP-3", 73.48, 28.07, 9.40),
+        (16, 1, "CASPP-4", 73.79, 26.59, 9.43), (16, 0, "CASPP-4", 73.64, 28.17, 9.43),
+        (32, 1, "ST", 73.14, 30.32, 9.29), (32, 0, "ST", 72.89, 39.76, 9.29),
+        (32, 1, "CASPP-1", 71.75, 25.09, 5.69), (32, 0, "CASPP-1", 71.63, 25.39, 5.69),
+        (32, 1, "CASPP-2", 72.13, 25.43, 5.74), (32, 0, "CASPP-2", 72.29, 26.08, 5.74),
+        (32, 1, "CASPP-3", 72.16, 26.49, 5.86), (32, 0, "CASPP-3", 71.85, 28.07, 5.86),
+        (32, 1, "CASPP-4", 71.52, 26.59, 5.87), (32, 0, "CASPP-4", 71.57, 28.17, 5.87)]
+_TA2 = [(16, 1, "ST", 69.17, 3.75, 4.29), (16, 0, "ST", 69.34, 5.23, 4.29),
+        (16, 1, "CASPP-1", 67.64, 2.39, 1.03), (16, 0, "CASPP-1", 68.15, 2.46, 1.03),
+        (16, 1, "CASPP-2", 68.41, 2.61, 1.12), (16, 0, "CASPP-2", 68.75, 2.83, 1.12),
+        (16, 1, "CASPP-3", 68.73, 3.45, 1.46), (16, 0, "CASPP-3", 68.63, 4.15, 1.46),
+        (16, 1, "CASPP-4", 67.65, 3.55, 1.49), (16, 0, "CASPP-4", 68.09, 4.25, 1.49),
+        (32, 1, "ST", 68.00, 3.75, 3.50), (32, 0, "ST", 68.20, 5.23, 3.50),
+        (32, 1, "CASPP-1", 66.31, 2.39, 0.64), (32, 0, "CASPP-1", 66.41, 2.46, 0.64),
+        (32, 1, "CASPP-2", 67.39, 2.61, 0.67), (32, 0, "CASPP-2", 67.68, 2.83, 0.67),
+        (32, 1, "CASPP-3", 67.59, 3.45, 0.75), (32, 0, "CASPP-3", 67.65, 4.15, 0.75),
+        (32, 1, "CASPP-4", 66.10, 3.55, 0.76), (32, 0, "CASPP-4", 66.06, 4.25, 0.76)]
+# Tables 5.2 / 5.3: the student rows of 5.1 / A.1 and the IoU of None, AT Output, AT Atrous, AT All, KD.
+_T52 = [(74.38, 74.45, 74.16, 74.33, 70.46), (73.99, 74.36, 74.18, 74.28, 70.39), (73.81, 74.05, 73.90, 73.96, 68.25),
+        (73.88, 74.12, 74.08, 74.22, 68.14), (73.48, 73.49, 73.63, 73.57, 68.45), (73.21, 73.49, 73.71, 73.91, 68.15),
+        (73.14, 72.04, 72.78, 72.69, 70.46), (72.89, 72.12, 73.08, 72.84, 70.39), (72.21, 72.00, 72.57, 72.45, 68.25),
+        (72.26, 72.05, 72.37, 72.36, 68.14), (71.75, 71.81, 72.02, 71.72, 68.45), (71.63, 71.66, 72.25, 72.07, 68.15)]
+_T53 = [(69.17, 69.19, 69.38, 69.55, 65.84), (69.34, 69.32, 69.24, 69.28, 65.83), (67.73, 67.65, 68.32, 67.82, 64.34),
+        (68.12, 67.79, 68.20, 67.77, 64.12), (67.64, 67.94, 68.42, 68.74, 63.91), (68.15, 67.65, 68.23, 68.08, 64.02),
+        (68.00, 66.99, 66.92, 67.26, 64.89), (68.20, 66.47, 67.29, 67.36, 64.99), (66.38, 65.60, 66.37, 66.20, 63.12),
+        (66.44, 65.45, 66.04, 66.17, 62.92), (66.31, 65.64, 66.12, 66.27, 62.59), (66.41, 65.97, 66.32, 66.55, 62.78)]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str                 # "5.1"
+    title: str
+    backbone: str
+    rows: list                # (OS, KSAC, block, IoU, Params M, MAdds G) as printed
+    block_header: str         # "columns" (ST / DS / BTN check marks) or "Decoder" (Tables 5.4, A.2)
+    distill: list | None = None   # Tables 5.2, 5.3: the printed IoU per method
+
+    def architectures(self) -> list[Row]:
+        return [Row(self.backbone, os_, block, bool(ksac)) for os_, ksac, block, *_ in self.rows]
+
+
+TABLES = {
+    "5.1": TableSpec("5.1", "Table 5.1: DeepLabV3+ with the ResNet50 backbone", "resnet50", _T51, "columns"),
+    "A.1": TableSpec("A.1", "Table A.1: DeepLabV3+ with the MobileNetV2 backbone", "mobilenet_v2", _TA1, "columns"),
+    "5.4": TableSpec("5.4", "Table 5.4: ResNet50 backbone and variable ASPP modules", "resnet50", _T54, "Decoder"),
+    "A.2": TableSpec("A.2", "Table A.2: MobileNetV2 backbone and variable ASPP modules", "mobilenet_v2", _TA2,
+                     "Decoder"),
+    "5.2": TableSpec("5.2", "Table 5.2: distilled DeepLabV3+ students with the ResNet50 backbone", "resnet50", _T51,
+                     "columns", _T52),
+    "5.3": TableSpec("5.3", "Table 5.3: distilled DeepLabV3+ students with the MobileNetV2 backbone",
+                     "mobilenet_v2", _TA1, "columns", _T53),
+}
+TEACHER = Row("resnet50", 16, "ST", True)   # Section 5.2: "ResNet50, output stride 16, KSAC, standard ASPP"
+PAPER_TEACHER_IOU = 74.38
+MISPRINTS = {("5.1", 16, False, "ST"): "39.63M is a misprint of 39.76M (Table 5.4 prints 39.76M for this model)",
+             ("5.1", 32, False, "ST"): "39.63M is a misprint of 39.76M (Table 5.4 prints 39.76M for this model)",
+             ("5.1", 16, True, "DS"): "9.21G: this model computes to 9.198G (the reference code agrees)",
+             ("5.1", 16, False, "DS"): "9.21G: this model computes to 9.198G (the reference code agrees)"}
+
+
+# =============================================================================================== configuration
+@dataclass
+class Config:
+    preset: str = "default"
+    table: str = "5.1"
+    rows: tuple = ()                  # 1-based row numbers of the table; () = all rows
+    # one model instead of a table (--backbone/--output-stride/--aspp/--ksac/--method)
+    backbone: str | None = None
+    output_stride: int = 16
+    aspp: str = "ST"
+    ksac: bool = False
+    method: str = "none"
+    profile_only: bool = False
+    # distillation (Section 4.2.2)
+    alpha: float = 0.9
+    T: float = 4.0
+    beta: float = 1000.0
+    # data
+    data_root: str | None = None
+    train_images: int = 384           # synthetic scenes (VOC: 10,582 trainaug)
+    val_images: int = 48              # synthetic scenes (VOC: 1,449 val)
+    image_size: int = 128             # synthetic scene side (VOC images are about 500 x 375)
+    crop: int = 64                    # thesis: 256 (Section 4.1.1)
+    scale: tuple = (0.5, 2.0)
+    # optimisation (Section 4.1.1)
+    batch_size: int = 8
+    iterations: int = 250
+    lr: float = 0.01
+    backbone_lr: float = 0.0          # for a pre-trained backbone; thesis 0.001 (paper preset); 0 = frozen
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    backbone_init: str = "auto"       # imagenet | synthetic (stand-in, see the docstring) | scratch | auto:
+    #                                   synthetic on the synthetic scenes, imagenet with --data-root
+    backbone_weights: str | None = None
+    pretrain_iterations: int = 300    # the synthetic stand-in's backbone training
+    repeats: int = 1                  # thesis: 2 ("run twice, keep the better")
+    teacher_checkpoint: str | None = None
+    # evaluation and cost
+    eval_every: int = 0               # 0: evaluate once, at the end
+    latency_repeats: int = 3
+    panel_images: int = 4
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    sync_bn: bool = False
+    workers: int = 0
+    cache_dir: str = "runs/teacher_cache"
+    out: str | None = None
+    checkpoint_every: int = 200
+    progress: bool = True
+
+
+PRESETS = {
+    # A 2-core CPU: the 12 rows of Table 5.1 at a quarter of the thesis's resolution (crop 64 for 256, scenes of
+    # 128 px for VOC's ~500), heads trained on a fixed backbone (see the docstring), in about 12 minutes.
+    "default": {},
+    # The thesis's settings where it gives them; batch, iterations, weight decay are our choices (docstring).
+    "paper": dict(crop=256, batch_size=16, iterations=30_000, backbone_init="imagenet", backbone_lr=0.001, repeats=2,
+                  eval_every=2_000, checkpoint_every=1_000, latency_repeats=10, workers=8),
+}
+
+
+# =============================================================================================== data
+def load_data(cfg: Config) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, str]:
+    """(training set, validation set, description): VOC 2012 trainaug / val with --data-root, else the synthetic
+    21-class scenes (common/voc.py)."""
+    if cfg.data_root:
+        return voc_dataset(cfg.data_root, "trainaug"), voc_dataset(cfg.data_root, "val"), "VOC 2012 trainaug / val"
+    train = SyntheticScenes("train", cfg.train_images, cfg.image_size, cfg.seed)
+    val = SyntheticScenes("val", cfg.val_images, cfg.image_size, cfg.seed)
+    return train, val, f"synthetic scenes {cfg.image_size}x{cfg.image_size} ({cfg.train_images} / {cfg.val_images})"
+
+
+def augmented_sample(dataset, crop: int, scale: tuple, index: int,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training sample, augmented as Section 4.1.1 says (a top-level function so DataLoader workers can
+    pickle it)."""
+    image, mask = dataset[index]
+    return augment(image, mask, generator, crop=crop, scale=tuple(scale))
+
+
+# =============================================================================================== models
+def build(row: Row) -> DeepLabV3Plus:
+    return build_deeplabv3plus(row.backbone, NUM_CLASSES, row.output_stride, row.aspp, row.ksac)
+
+
+def features_for(method: str, features: dict) -> list[torch.Tensor]:
+    """The layers attention transfer compares (Section 5.2.1): Output = the ASPP output, Atrous = each atrous
+    branch, All = both."""
+    if method == "at-output":
+        return [features["aspp"]]
+    if method == "at-atrous":
+        return list(features["atrous"])
+    return [*features["atrous"], features["aspp"]]
+
+
+@dataclass
+class Trained:
+    name: str
+    row: Row
+    method: str
+    model: DeepLabV3Plus
+    metrics: dict                      # miou, val_loss, pixel_accuracy, iou_<class>
+    train_loss: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    diverged: bool = False
+
+
+# =============================================================================================== the lab
+class Lab:
+    """What the experiments share: config, data, device, processes, run folder, results, teachers."""
+
+    def __init__(self, cfg: Config, run: RunDir, train, val, data_name: str, ddp: Distributed,
+                 device: torch.device) -> None:
+        self.cfg, self.run, self.train, self.val, self.data_name = cfg, run, train, val, data_name
+        self.ddp, self.device = ddp, device
+        self.results = ResultsCSV(run.path / "results.csv")
+        self.trained: list[Trained] = []
+        self._teacher: Trained | None = None
+        self._backbones: dict[str, dict] = {}
+
+    def say(self, text: str) -> None:
+        if self.ddp.is_main:
+            print(text, flush=True)
+
+    # ------------------------------------------------------------------ evaluation (whole images, single scale)
+    @torch.no_grad()
+    def evaluate(self, model: DeepLabV3Plus) -> dict:
+        """mIoU (Eq. 3.1) and cross-entropy over the whole validation images; under torchrun each process takes
+        every N-th image and the confusion matrices are summed."""
+        was_training = model.training
+        model.eval()
+        cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+        loss_sum = torch.zeros(2, dtype=torch.float64)
+        for i in range(self.ddp.rank, len(self.val), self.ddp.world_size):
+            image, mask = self.val[i]
+            x, y = normalize(image)[None].to(self.device), mask[None].to(self.device)
+            with autocast(self.device, self.cfg.amp):
+                logits = model(x).float()
+            loss_sum[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").item()
+            loss_sum[1] += (y != IGNORE_INDEX).sum().item()
+            cm.update(logits.argmax(1), y)
+        totals = all_reduce_sum(torch.cat([cm.matrix.flatten().double(), loss_sum]).to(self.device), self.ddp).cpu()
+        cm.matrix = totals[:-2].round().long().reshape(NUM_CLASSES, NUM_CLASSES)
+        model.train(was_training)
+        per_class = cm.iou_per_class()
+        return {"miou": cm.miou, "val_loss": float(totals[-2] / max(totals[-1], 1)),
+                "pixel_accuracy": cm.pixel_accuracy,
+                **{f"iou_{c}": float(v) for c, v in enumerate(per_class.tolist()) if not math.isnan(v)}}
+
+    # ------------------------------------------------------------------ one model
+    def train_row(self, row: Row, method: str = "none", tag: str = "") -> Trained:
+        """Train ``row`` with the thesis's recipe (Section 4.1.1) and objective ``method``; with --repeats R, R
+        runs with seeds seed, seed+1, ... and keep the one with the higher validation mIoU (Chapter 5)."""
+        runs = [self._train_once(row, method, self.cfg.seed + r, f"{tag}{row.slug}_{method}"
+                                 + (f"_r{r + 1}" if self.cfg.repeats > 1 else ""))
+                for r in range(self.cfg.repeats)]
+        best = max(runs, key=lambda t: t.metrics["miou"])
+        self.trained.append(best)
+        return best
+
+    def _train_once(self, row: Row, method: str, seed: int, name: str) -> Trained:
+        cfg, device, ddp = self.cfg, self.device, self.ddp
+        seed_everything(seed)
+        model = build(row).to(device)
+        pretrained = self.init_backbone(model)
+        teacher = self.teacher().model if method != "none" else None
+        net = self.wrap(model)
+        stream = self.batch_stream(seed)
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+            x, y = (t.to(device, non_blocking=True) for t in stream(step))
+            if method.startswith("at"):
+                logits, feats = net(x, return_features=True)
+            else:
+                logits, feats = net(x), None
+            hard = weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)       # L_S, Eq. 4.4
+            if method == "none":
+                return hard, {}
+            with torch.no_grad():
+                t_logits, t_feats = teacher(x, return_features=True)
+            if method == "kd":   # Eq. 4.6 with L_T = CE(t/T, s/T) (Eq. 4.5) over the labelled pixels
+                soft = soft_cross_entropy(logits.float(), t_logits.float(), cfg.T, valid_mask=y != IGNORE_INDEX)
+                loss = (1 - cfg.alpha) * hard + 2 * cfg.alpha * cfg.T ** 2 * soft
+                return loss, {"train_hard": hard.detach(), "train_soft": soft.detach()}
+            at = attention_transfer_loss([f.float() for f in features_for(method, feats)],      # Eq. 4.8
+                                         [f.float() for f in features_for(method, t_feats)])
+            return hard + cfg.beta * at, {"train_hard": hard.detach(), "train_at": at.detach()}   # Eq. 4.9
+
+        head_lr, backbone_lr = cfg.lr, (cfg.backbone_lr if pretrained else cfg.lr)
+        groups = [{"params": model.head_parameters(), "lr": head_lr}]
+        if backbone_lr > 0:
+            groups.append({"params": model.backbone.parameters(), "lr": backbone_lr})
+        else:  # lr 0: the same training without the backbone's backward pass (BatchNorm still uses batch stats)
+            model.backbone.requires_grad_(False)
+        optimizer = torch.optim.SGD(groups, lr=head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        scheduler = make_scheduler(optimizer, "poly", cfg.iterations)     # Eq. 4.1, every iteration
+        history = fit(model, optimizer, loss_fn, cfg.iterations, name=name, run=self.run, device=device,
+                      scheduler=scheduler, evaluate=lambda: self.evaluate(model),
+                      eval_every=cfg.eval_every or cfg.iterations, checkpoint_every=cfg.checkpoint_every,
+                      amp=cfg.amp, best_key=None, progress=cfg.progress, ddp=ddp)
+        metrics = history.evals[-1] if history.evals else self.evaluate(model)
+        metrics = {k: v for k, v in metrics.items() if k != "iteration"}
+        if ddp.is_main:
+            self.run.log({"job": name, "event": "final", **metrics})
+        self.say(f"  {name}: IoU {100 * metrics['miou']:.2f}  (val loss {metrics['val_loss']:.3f})")
+        if history.diverged:
+            self.say(f"  {name}: the loss became non-finite or exploded at iteration {len(history.train_loss) + 1}; "
+                     f"its row is marked 'diverged' (try a lower --lr)")
+        return Trained(name, row, method, model, metrics, history.train_loss, history.evals, history.diverged)
+
+    def wrap(self, model: DeepLabV3Plus) -> torch.nn.Module:
+        """DistributedDataParallel under torchrun (SyncBatchNorm with --sync-bn), else the model itself."""
+        if not self.ddp.enabled:
+            return model
+        if self.cfg.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def batch_stream(self, seed: int) -> BatchStream:
+        cfg = self.cfg
+        load = functools.partial(augmented_sample, self.train, cfg.crop, tuple(cfg.scale))
+        batches = StepBatches(len(self.train), cfg.batch_size, seed, load, self.ddp)
+        return BatchStream(batches, cfg.iterations, cfg.workers, pin_memory=self.device.type == "cuda")
+
+    # ------------------------------------------------------------------ backbone initialisation
+    def init_backbone(self, model: DeepLabV3Plus) -> bool:
+        """Load the starting backbone; True if it is pre-trained (then it trains at --backbone-lr, Section 4.1.1)."""
+        cfg = self.cfg
+        if cfg.backbone_weights:
+            from common.deeplab import load_backbone_weights
+            load_backbone_weights(model, cfg.backbone_weights)
+            return True
+        if cfg.backbone_init == "scratch":
+            return False
+        name = model.config()["backbone"]
+        if name not in self._backbones:   # the same starting weights for every row (loaded once)
+            self._backbones[name] = (self.imagenet_backbone(name) if cfg.backbone_init == "imagenet"
+                                     else self.synthetic_backbone(name))
+        model.backbone.load_state_dict(self._backbones[name])
+        return True
+
+    def imagenet_backbone(self, backbone: str) -> dict:
+        """torchvision's ImageNet weights (Section 2.2.2), through common.deeplab's clear download errors."""
+        return build_deeplabv3plus(backbone, NUM_CLASSES, 16, "DS", pretrained_backbone=True).backbone.state_dict()
+
+    def synthetic_backbone(self, backbone: str) -> dict:
+        """The stand-in for ImageNet weights: a backbone trained once on the synthetic training scenes inside a
+        DeepLabV3+ (OS16, DS; our choice), cached under --cache-dir by its whole configuration."""
+        cfg = self.cfg
+        key = {"what": "synthetic backbone", "backbone": backbone, "iterations": cfg.pretrain_iterations,
+               "data": self.data_name, "crop": cfg.crop, "batch": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
+        path = self.cache_path(f"backbone_{backbone}", key)
+        model = build(Row(backbone, 16, "DS", False)).to(self.device)
+        if not path.exists():
+            self.say(f"pre-training the {backbone} backbone on the synthetic scenes ({cfg.pretrain_iterations} "
+                     f"iterations; cached in {path})")
+            sub = replace(cfg, iterations=cfg.pretrain_iterations, backbone_init="scratch", backbone_weights=None,
+                          repeats=1)
+            lab = Lab(sub, self.run, self.train, self.val, self.data_name, self.ddp, self.device)
+            trained = lab._train_once(Row(backbone, 16, "DS", False), "none", cfg.seed + 1000,
+                                      f"pretrain_{backbone}_backbone")
+            if self.ddp.is_main:
+                save_weights(path, trained.model, {"key": json.dumps(key)})
+            barrier(self.ddp)
+        load_weights(model, path, what="cached backbone")
+        return model.backbone.state_dict()
+
+    def cache_path(self, stem: str, key: dict) -> Path:
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        return Path(self.cfg.cache_dir) / f"deeplab_{stem}_{digest}.pt"
+
+    # ------------------------------------------------------------------ the teacher (Section 5.2)
+    def teacher(self) -> Trained:
+        """ResNet-50 / OS16 / KSAC / ST: from --teacher-checkpoint, from the cache, or trained now (as a Table 5.1
+        row, with the same recipe and repeats) and cached."""
+        if self._teacher is not None:
+            return self._teacher
+        cfg = self.cfg
+        model = build(TEACHER).to(self.device)
+        if cfg.teacher_checkpoint:
+            load_weights(model, cfg.teacher_checkpoint, what="--teacher-checkpoint")
+            source = cfg.teacher_checkpoint
+        else:
+            key = {"what": "teacher", "row": asdict(TEACHER), "iterations": cfg.iterations, "data": self.data_name,
+                   "crop": cfg.crop, "batch": cfg.batch_size, "lr": cfg.lr, "backbone_lr": cfg.backbone_lr,
+                   "init": cfg.backbone_init, "weights": cfg.backbone_weights, "repeats": cfg.repeats,
+                   "pretrain": cfg.pretrain_iterations, "seed": cfg.seed}
+            path = self.cache_path("teacher", key)
+            if not path.exists():
+                self.say(f"training the teacher {TEACHER.label} (cached in {path})")
+                trained = self.train_row(TEACHER, "none", tag="teacher_")
+                self.trained.remove(trained)
+                if self.ddp.is_main:
+                    save_weights(path, trained.model)
+                barrier(self.ddp)
+            load_weights(model, path, what="cached teacher")
+            source = str(path)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._teacher = Trained("teacher", TEACHER, "none", model, self.evaluate(model))
+        self.say(f"teacher {TEACHER.label} from {source}: IoU {100 * self._teacher.metrics['miou']:.2f} "
+                 f"(thesis: {PAPER_TEACHER_IOU})")
+        return self._teacher
+
+    # ------------------------------------------------------------------ cost (Section 4.3) and records
+    def cost(self, row: Row, model: DeepLabV3Plus | None = None) -> dict:
+        model = model if model is not None else build(row)
+        return {"params": count_parameters(model), "macs": count_macs(model, MACS_INPUT),
+                "latency_s": measure_latency(model, MACS_INPUT, self.device, warmup=1,
+                                             repeats=self.cfg.latency_repeats),
+                "size_bytes": weights_size_bytes(model)}
+
+    def record(self, experiment: str, trained: Trained, cost: dict) -> None:
+        if self.ddp.is_main:
+            self.results.add(experiment=experiment, model=f"{trained.row.label} {METHOD_COLUMNS[trained.method]}",
+                             params=cost["params"], macs=cost["macs"], loss=round(trained.metrics["val_loss"], 5),
+                             iou=round(trained.metrics["miou"], 5), iterations=len(trained.train_loss),
+                             notes=f"best of {self.cfg.repeats}" + ("; diverged" if trained.diverged else ""))
+
+
+# =============================================================================================== experiments
+def selected(spec: TableSpec, cfg: Config) -> list[tuple[int, tuple]]:
+    """(1-based row number, printed row) of the rows --rows selects (all by default)."""
+    numbered = list(enumerate(spec.rows, start=1))
+    if not cfg.rows:
+        return numbered
+    return [(i, r) for i, r in numbered if i in cfg.rows]
+
+
+def cell_cols(spec: TableSpec, row: Row) -> list:
+    """The architecture columns as the thesis prints them."""
+    tick = lambda b: "✓" if b else ""  # noqa: E731
+    if spec.block_header == "Decoder":
+        return [row.output_stride, tick(row.ksac), "ASPP" if row.aspp == "ST" else row.aspp]
+    return [row.output_stride, tick(row.ksac), tick(row.aspp == "ST"), tick(row.aspp == "DS"),
+            tick(row.aspp == "BTN")]
+
+
+def arch_header(spec: TableSpec) -> list[str]:
+    return ["OS", "KSAC", "Decoder"] if spec.block_header == "Decoder" else ["OS", "KSAC", "ST", "DS", "BTN"]
+
+
+def fmt_m(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def fmt_g(n: int) -> str:
+    return f"{n / 1e9:.2f}G"
+
+
+def protocol_notes(lab: Lab, trained: bool = True, paper: bool = True) -> list[str]:
+    c = lab.cfg
+    notes = ["paper columns: the thesis's printed numbers (PASCAL VOC 2012 val, ImageNet backbone, 256 crops); "
+             "ours: measured by this run."] if paper else []
+    notes.append("Params and MAdds: ptflops on 1x3x256x256 (Section 4.3); latency: ours, median of "
+                 f"{c.latency_repeats} forward passes of one 256x256 image on {lab.device}"
+                 f"{f' ({torch.get_num_threads()} threads)' if lab.device.type == 'cpu' else ''}.")
+    if trained:
+        notes.append(f"ours: {lab.data_name}, preset '{c.preset}', batch {c.batch_size}, crop {c.crop}, scale "
+                     f"{tuple(c.scale)}, {c.iterations} iterations, SGD lr {c.lr} (backbone {c.backbone_lr} when "
+                     f"pre-trained{'; 0 = frozen' if c.backbone_lr == 0 else ''}), momentum {c.momentum}, "
+                     f"weight decay {c.weight_decay}, poly (Eq. 4.1); backbone "
+                     f"init '{c.backbone_init}'; best of {c.repeats} run(s); final model; IoU on whole validation "
+                     f"images at a single scale (100 x mIoU, 21 classes).")
+    if c.backbone_init == "synthetic" and trained:
+        notes.append("backbone: trained once on the synthetic training scenes and shared by every row, a stand-in "
+                     "for the thesis's ImageNet weights (which cannot be downloaded here).")
+    return notes
+
+
+def run_architecture_table(lab: Lab, spec: TableSpec) -> None:
+    """Tables 5.1, A.1, 5.4, A.2: train each architecture; IoU, Params, MAdds beside the thesis's."""
+    cfg = lab.cfg
+    table = Table(spec.title, arch_header(spec) + ["IoU (paper)", "IoU (ours)", "Params (paper)", "Params (ours)",
+                                                   "MAdds (paper)", "MAdds (ours)", "latency ms (ours)"])
+    points = []
+    for number, (os_, ksac, block, iou, params, madds) in selected(spec, cfg):
+        row = Row(spec.backbone, os_, block, bool(ksac))
+        trained = None if cfg.profile_only else lab.train_row(row)
+        cost = lab.cost(row, trained.model if trained else None)
+        if trained:
+            lab.record(f"table{spec.name}", trained, cost)
+            points.append((row, trained.metrics["miou"], cost["macs"]))
+        table.add(*cell_cols(spec, row), f"{iou:.2f}", f"{100 * trained.metrics['miou']:.2f}" if trained else "-",
+                  f"{params:.2f}M", fmt_m(cost["params"]), f"{madds:.2f}G", fmt_g(cost["macs"]),
+                  f"{1000 * cost['latency_s']:.1f}")
+        lab.say(f"row {number} {row.label}: Params {fmt_m(cost['params'])} (paper {params:.2f}M), MAdds "
+                f"{fmt_g(cost['macs'])} (paper {madds:.2f}G)")
+    table.notes = protocol_notes(lab, trained=not cfg.profile_only) + misprint_notes(spec)
+    finish_table(lab, table, f"table{spec.name.replace('.', '_')}")
+    if points:
+        plot_iou_vs_madds(lab, spec, points)
+
+
+def misprint_notes(spec: TableSpec) -> list[str]:
+    return [f"{'OS' + str(os_)} {'KSAC ' if ksac else ''}{block}: {text}"
+            for (name, os_, ksac, block), text in MISPRINTS.items() if name == spec.name]
+
+
+def run_distillation_table(lab: Lab, spec: TableSpec) -> None:
+    """Tables 5.2, 5.3: each student trained alone (None), with AT on Output / Atrous / All, and with KD."""
+    cfg = lab.cfg
+    header = arch_header(spec)
+    for column in METHOD_COLUMNS.values():
+        header += [f"{column} (paper)", f"{column} (ours)"]
+    table = Table(spec.title, header)
+    teacher = lab.teacher()
+    for (number, (os_, ksac, block, *_)) in selected(spec, cfg):
+        row = Row(spec.backbone, os_, block, bool(ksac))
+        printed = spec.distill[number - 1]
+        cells = cell_cols(spec, row)
+        cost = None
+        for method, paper_iou in zip(METHODS, printed):
+            trained = lab.train_row(row, method)
+            cost = cost or lab.cost(row, trained.model)
+            lab.record(f"table{spec.name}", trained, cost)
+            cells += [f"{paper_iou:.2f}", f"{100 * trained.metrics['miou']:.2f}"]
+        table.add(*cells)
+    table.notes = protocol_notes(lab) + [
+        f"teacher {TEACHER.label}: IoU (ours) {100 * teacher.metrics['miou']:.2f}, thesis {PAPER_TEACHER_IOU}.",
+        f"KD: Eq. 4.6, alpha {cfg.alpha}, T {cfg.T}, both terms averaged over labelled pixels; AT: Eq. 4.8-4.9, "
+        f"beta {cfg.beta}, L2 norm of the difference of L2-normalised attention maps, teacher maps resized "
+        "bilinearly to the student's.",
+        "the thesis's KD columns are identical for its OS16 and OS32 rows in Table 5.2; printed as given."]
+    finish_table(lab, table, f"table{spec.name.replace('.', '_')}")
+    plot_attention(lab, teacher)
+
+
+def run_one_model(lab: Lab) -> None:
+    """--backbone/--output-stride/--aspp/--ksac[/--method]: one architecture, trained (or only profiled)."""
+    cfg = lab.cfg
+    row = Row(cfg.backbone, cfg.output_stride, cfg.aspp, cfg.ksac)
+    trained = None if cfg.profile_only else lab.train_row(row, cfg.method)
+    cost = lab.cost(row, trained.model if trained else None)
+    table = Table(f"One model: {row.label}, {METHOD_COLUMNS[cfg.method]}",
+                  ["model", "method", "IoU (ours)", "Params", "MAdds", "latency ms", "weights MB"])
+    table.add(row.label, METHOD_COLUMNS[cfg.method], f"{100 * trained.metrics['miou']:.2f}" if trained else "-",
+              fmt_m(cost["params"]), fmt_g(cost["macs"]), f"{1000 * cost['latency_s']:.1f}",
+              f"{cost['size_bytes'] / 1e6:.1f}")
+    table.notes = protocol_notes(lab, trained=trained is not None, paper=False)
+    if trained:
+        lab.record("one_model", trained, cost)
+    finish_table(lab, table, "one_model")
+
+
+def finish_table(lab: Lab, table: Table, stem: str) -> None:
+    if lab.ddp.is_main:
+        table.write(lab.run.path, stem)
+        print("\n" + table.markdown())
+
+
+# =============================================================================================== figures
+def plot_iou_vs_madds(lab: Lab, spec: TableSpec, points: list) -> None:
+    """IoU against MAdds for every trained row, ours beside the thesis's."""
+    if not lab.ddp.is_main:
+        return
+    paper = {Row(spec.backbone, o, b, bool(k)): (iou, g) for o, k, b, iou, _, g in spec.rows}
+    plot_scatter(lab.run.figures / f"iou_vs_madds_{spec.name.replace('.', '_')}.png",
+                 {"ours": ([m / 1e9 for _, _, m in points], [100 * i for _, i, _ in points],
+                           [r.label.split(" ", 1)[1] for r, _, _ in points]),
+                  "thesis (VOC)": ([paper[r][1] for r, _, _ in points], [paper[r][0] for r, _, _ in points],
+                                   [r.label.split(" ", 1)[1] for r, _, _ in points])},
+                 f"{spec.title}: IoU against MAdds (1x3x256x256)", "GMAdds", "IoU")
+
+
+def plot_predictions(lab: Lab) -> None:
+    """Figures 5.1 / 5.3: validation images, their ground truth and each trained model's prediction."""
+    if not lab.ddp.is_main or not lab.trained:
+        return
+    models = ([lab._teacher] if lab._teacher else []) + lab.trained
+    models = models[:7]
+    rows = []
+    for i in range(min(lab.cfg.panel_images, len(lab.val))):
+        image, mask = lab.val[i]
+        cells = [("image", image.permute(1, 2, 0).numpy()), ("ground truth", colorize(mask))]
+        for t in models:
+            pred = predict(t.model, image, lab)
+            cells.append((f"{t.row.label} {METHOD_COLUMNS[t.method]}" if t.method != "none" else t.row.label,
+                          colorize(pred)))
+        rows.append(cells)
+    plot_panel(lab.run.figures / "predictions.png", rows, "validation images: ground truth and predictions")
+
+
+def plot_attention(lab: Lab, trained: Trained) -> None:
+    """Figure 5.2: the attention maps (Eq. 4.7) of each atrous branch and of the ASPP output."""
+    if not lab.ddp.is_main:
+        return
+    rates = trained.model.atrous_rates
+    rows = []
+    for i in range(min(lab.cfg.panel_images, len(lab.val))):
+        image, mask = lab.val[i]
+        model = trained.model.eval()
+        with torch.no_grad():
+            _, feats = model(normalize(image)[None].to(lab.device), return_features=True)
+        maps = [attention_map(f.float())[0].cpu().numpy() for f in [*feats["atrous"], feats["aspp"]]]
+        rows.append([("image", image.permute(1, 2, 0).numpy()), ("ground truth", colorize(mask))]
+                    + [(f"rate {r}", m) for r, m in zip(rates, maps)] + [("ASPP-out", maps[-1])])
+    plot_panel(lab.run.figures / "attention_maps.png", rows, f"attention maps of {trained.row.label}", cmap="magma")
+
+
+@torch.no_grad()
+def predict(model: DeepLabV3Plus, image: torch.Tensor, lab: Lab) -> np.ndarray:
+    model.eval()
+    with autocast(lab.device, lab.cfg.amp):
+        logits = model(normalize(image)[None].to(lab.device))
+    return logits.argmax(1)[0].cpu().numpy()
+
+
+def plot_training_curves(lab: Lab) -> None:
+    if not lab.ddp.is_main or not lab.trained:
+        return
+    curves = {f"{t.row.label} {METHOD_COLUMNS[t.method]}": (list(range(1, len(t.train_loss) + 1)), t.train_loss)
+              for t in lab.trained}
+    plot_curves(lab.run.figures / "training_loss.png", curves, "training loss", ylabel="loss")
+
+
+# =============================================================================================== command line
+def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    p = argparse.ArgumentParser(
+        description="Reproduce Kowalski (2021), 'Efficient compression of semantic segmentation neural networks': "
+                    "DeepLabV3+ with cheap convolutions (DS, BTN), kernel sharing (KSAC), Compressed ASPP, and "
+                    "distillation (KD, attention transfer). Without --data-root it trains on built-in synthetic "
+                    "21-class scenes; everything goes to a run folder (see README).",
+        epilog="examples:\n  python reproduce_deeplab_caspp.py                       # Table 5.1, reduced, CPU\n"
+               "  python reproduce_deeplab_caspp.py --profile-only --table 5.4\n"
+               "  python reproduce_deeplab_caspp.py --table 5.2 --rows 3,4\n"
+               "  python reproduce_deeplab_caspp.py --backbone mobilenet_v2 --aspp CASPP-2 --ksac\n"
+               "  python reproduce_deeplab_caspp.py --preset paper --data-root data/voc --table 5.4\n"
+               "  torchrun --nproc_per_node=4 reproduce_deeplab_caspp.py --preset paper --data-root data/voc\n"
+               "  python reproduce_deeplab_caspp.py --resume runs/reproduce_deeplab_caspp/20261121-120000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", choices=list(TABLES), help="which table to reproduce (default 5.1)")
+    p.add_argument("--rows", metavar="LIST", help="row numbers of the table as printed, e.g. 1,3,5 (default all)")
+    p.add_argument("--profile-only", action="store_const", const=True,
+                   help="only the Params, MAdds and latency columns, no training (seconds)")
+    one = p.add_argument_group("one model instead of a table")
+    one.add_argument("--backbone", choices=BACKBONES, help="train this one architecture (with the flags below)")
+    one.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, help="output stride (default 16)")
+    one.add_argument("--aspp", choices=ASPP_KINDS, help="ASPP block: ST, DS, BTN or CASPP-1..4 (default ST)")
+    one.add_argument("--ksac", action="store_const", const=True, help="kernel-sharing atrous convolution")
+    one.add_argument("--method", choices=METHODS, help="distillation from the thesis's teacher (default none)")
+    d = p.add_argument_group("distillation (Section 4.2.2)")
+    d.add_argument("--alpha", type=float, help="KD weight alpha of Eq. 4.6 (default 0.9)")
+    d.add_argument("--T", type=float, help="KD temperature (default 4)")
+    d.add_argument("--beta", type=float, help="attention-transfer weight beta of Eq. 4.9 (default 1000)")
+    d.add_argument("--teacher-checkpoint", metavar="FILE",
+                   help="teacher weights (ResNet-50, OS16, KSAC, ST; a file this script cached) instead of training")
+    t = p.add_argument_group("training")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="default: reduced, for a CPU; paper: the thesis's")
+    t.add_argument("--iterations", type=int, metavar="N", help="training iterations of each model")
+    t.add_argument("--batch-size", type=int, metavar="N", help="images per batch, over all processes")
+    t.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side (thesis 256)")
+    t.add_argument("--lr", type=float, help="SGD learning rate (default 0.01)")
+    t.add_argument("--backbone-lr", type=float, metavar="LR",
+                   help="rate of a pre-trained backbone (thesis and paper preset 0.001; default preset 0: frozen)")
+    t.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay (default 1e-4)")
+    t.add_argument("--backbone-init", choices=["auto", "imagenet", "synthetic", "scratch"],
+                   help="imagenet: torchvision's weights; synthetic: one backbone trained on the synthetic scenes, "
+                        "a stand-in; scratch: random; auto (default): synthetic without --data-root, else imagenet")
+    t.add_argument("--backbone-weights", metavar="FILE", help="a local torchvision ImageNet file for the backbone")
+    t.add_argument("--pretrain-iterations", type=int, metavar="N", help="iterations of the synthetic backbone")
+    t.add_argument("--repeats", type=int, metavar="R", help="runs per model, keeping the best (thesis: 2)")
+    t.add_argument("--seed", type=int, help="random seed")
+    t.add_argument("--device", help="auto (default), cpu or cuda")
+    t.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
+    t.add_argument("--sync-bn", action="store_const", const=True, help="SyncBatchNorm across torchrun's GPUs")
+    t.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
+    t.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations (default: end)")
+    t.add_argument("--checkpoint-every", type=int, metavar="N", help="iterations between resumable checkpoints")
+    io = p.add_argument_group("data and files")
+    io.add_argument("--data-root", metavar="FOLDER",
+                    help="folder holding VOCdevkit/VOC2012 (and SegmentationClassAug or benchmark_RELEASE for "
+                         "trainaug); default: synthetic scenes")
+    io.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes (default 384)")
+    io.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes (default 48)")
+    io.add_argument("--image-size", type=int, metavar="PIXELS", help="synthetic scene side (default 128)")
+    io.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers/backbones (default runs/teacher_cache)")
+    io.add_argument("--out", metavar="FOLDER", help="run folder (default runs/reproduce_deeplab_caspp/<time>)")
+    io.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run with its saved config")
+    io.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+    args = p.parse_args(argv)
+    preset = args.preset or "default"
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in {f.name for f in fields(Config)} and k != "preset" and v is not None}
+    if args.rows is not None:
+        overrides["rows"] = parse_rows(args.rows)
+    cfg = Config(**{**asdict(Config()), **PRESETS[preset], "preset": preset, **overrides})
+    if cfg.backbone_init == "auto":
+        cfg.backbone_init = "imagenet" if cfg.data_root else "synthetic"
+    return cfg, args
+
+
+def parse_rows(text: str) -> tuple:
+    try:
+        rows = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise UserError(f"--rows {text!r}: give row numbers separated by commas, e.g. --rows 1,3,5.") from None
+    if not rows:
+        raise UserError("--rows is empty: give row numbers separated by commas, e.g. --rows 1,3,5.")
+    return rows
+
+
+def check_config(cfg: Config, args: argparse.Namespace) -> None:
+    """Impossible flag combinations are user errors, reported before any work starts."""
+    one_model = [f for f in ("backbone", "output_stride", "aspp", "ksac", "method") if getattr(args, f) is not None]
+    if one_model and args.backbone is None:
+        raise UserError(f"--{one_model[0].replace('_', '-')} describes one model: also give --backbone "
+                        f"({', '.join(BACKBONES)}).")
+    if args.backbone is not None and (args.table is not None or args.rows is not None):
+        raise UserError("--backbone trains one model; --table/--rows pick a table's rows. Use one or the other.")
+    spec = TABLES[cfg.table]
+    bad = [r for r in cfg.rows if not 1 <= r <= len(spec.rows)]
+    if bad:
+        raise UserError(f"--rows {','.join(map(str, bad))}: Table {cfg.table} has rows 1 to {len(spec.rows)}.")
+    if cfg.profile_only and (cfg.table in ("5.2", "5.3") and cfg.backbone is None):
+        raise UserError(f"--profile-only lists Params/MAdds/latency; Table {cfg.table}'s rows are those of Table "
+                        f"{'5.1' if cfg.table == '5.2' else 'A.1'}: profile that table instead.")
+    if not 0 <= cfg.alpha <= 1:
+        raise UserError(f"--alpha must lie in [0, 1] (Eq. 4.6); got {cfg.alpha}.")
+    if cfg.T <= 0 or cfg.beta < 0:
+        raise UserError(f"--T must be positive and --beta non-negative; got T={cfg.T}, beta={cfg.beta}.")
+    if min(cfg.iterations, cfg.batch_size, cfg.repeats, cfg.checkpoint_every, cfg.latency_repeats) < 1 or \
+            cfg.crop < 32 or cfg.eval_every < 0 or cfg.workers < 0 or cfg.pretrain_iterations < 1:
+        raise UserError("--iterations, --batch-size, --repeats, --checkpoint-every and --pretrain-iterations must "
+                        "be >= 1, --crop >= 32, --eval-every and --workers >= 0.")
+    if cfg.lr <= 0 or cfg.backbone_lr < 0:
+        raise UserError(f"--lr must be positive and --backbone-lr non-negative (0 freezes the backbone); got "
+                        f"{cfg.lr} and {cfg.backbone_lr}.")
+    if cfg.batch_size < 2:
+        raise UserError("--batch-size must be >= 2: BatchNorm needs more than one image per batch to train.")
+    if cfg.backbone_init == "synthetic" and cfg.data_root:
+        raise UserError("--backbone-init synthetic pre-trains on the synthetic scenes, which --data-root replaces; "
+                        "use --backbone-init imagenet (or scratch) with real data.")
+    if cfg.teacher_checkpoint and not (cfg.table in ("5.2", "5.3") or cfg.method != "none"):
+        raise UserError("--teacher-checkpoint is the distillation teacher: use it with --table 5.2/5.3 or --method.")
+    if cfg.sync_bn and not torch.cuda.is_available():
+        raise UserError("--sync-bn synchronises BatchNorm across GPUs; PyTorch sees no GPU here. Drop --sync-bn.")
+    for name in ("data_root", "backbone_weights", "teacher_checkpoint"):
+        value = getattr(cfg, name)
+        if value and not Path(value).exists():
+            raise UserError(f"--{name.replace('_', '-')} {value}: no such file or folder.")
+
+
+def saved_config(run: RunDir) -> Config:
+    saved = run.read_config()
+    unknown = set(saved) - {f.name for f in fields(Config)}
+    if unknown:
+        raise UserError(f"{run.path}/config.json has settings this version does not know "
+                        f"({', '.join(sorted(unknown))}); resume it with the version of the script that started it.")
+    return Config(**{**asdict(Config()), **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}})
+
+
+def open_run(cfg: Config, args: argparse.Namespace, ddp: Distributed) -> tuple[Config, RunDir]:
+    """A new run folder (rank 0 names it, every rank uses it), or the one --resume names with its saved config."""
+    if args.resume:
+        given = [k for k, v in vars(args).items() if v is not None and k not in ("resume", "progress")]
+        if given:
+            raise UserError(f"--resume continues a run with its saved config; drop the other settings "
+                            f"({', '.join('--' + k.replace('_', '-') for k in given)}) or start a new run.")
+        run = RunDir.open_existing(args.resume)
+        cfg = saved_config(run)
+        if args.progress is not None:
+            cfg.progress = args.progress
+        return cfg, run
+    path = None
+    if ddp.is_main:
+        run = RunDir.create("reproduce_deeplab_caspp", cfg.out)
+        run.write_config(asdict(cfg))
+        path = str(run.path)
+    return cfg, RunDir(broadcast_from_main(path, ddp))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = parse_args(argv)
+    if not args.resume:
+        check_config(cfg, args)
+    ddp, device = init_distributed(cfg.device)
+    try:
+        train, val, data_name = load_data(cfg)     # bad data stops us before a run folder exists
+        cfg, run = open_run(cfg, args, ddp)
+        start = time.time()
+        lab = Lab(cfg, run, train, val, data_name, ddp, device)
+        lab.say(f"run folder: {run.path}\ndata: {data_name}; device {device}"
+                f"{f'; {ddp.world_size} processes' if ddp.enabled else ''}")
+        if cfg.backbone:
+            run_one_model(lab)
+        elif TABLES[cfg.table].distill:
+            run_distillation_table(lab, TABLES[cfg.table])
+        else:
+            run_architecture_table(lab, TABLES[cfg.table])
+        plot_predictions(lab)
+        plot_training_curves(lab)
+        if not TABLES[cfg.table].distill and not cfg.profile_only and lab.trained and not cfg.backbone:
+            # Figure 5.2 shows the best model; we prefer output stride 16, whose maps have 4x the positions
+            plot_attention(lab, max(lab.trained, key=lambda t: (t.row.output_stride <= 16, t.metrics["miou"])))
+        lab.say(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} (results.csv, tables, "
+                f"figures/)")
+    finally:
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,142 @@
+"""reproduce_deeplab_caspp.py end to end at toy scale: the profile-only table, one trained model with its files,
+a distillation table, --resume of a finished run, two processes under torchrun, and its user errors."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import reproduce_deeplab_caspp as script
+from common.deeplab import build_deeplabv3plus
+from common.errors import UserError
+from common.training import save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = "reproduce_deeplab_caspp.py"
+TOY = ["--iterations", "3", "--batch-size", "4", "--crop", "64", "--train-images", "8", "--val-images", "2",
+       "--image-size", "64", "--pretrain-iterations", "2", "--device", "cpu", "--no-progress"]
+
+
+def run_script(*args: str, timeout: float = 300, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    command = (launcher or [sys.executable]) + [SCRIPT, *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def read_results(folder: Path) -> list[dict]:
+    with open(folder / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_profile_only_prints_the_thesis_columns_beside_ours(tmp_path):
+    result = run_script("--profile-only", "--table", "A.2", "--rows", "1,6", "--out", str(tmp_path / "run"),
+                        "--device", "cpu", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "run" / "tableA_2.md").read_text()
+    assert "Params (paper)" in table and "Params (ours)" in table and "latency ms (ours)" in table
+    # row 1: OS16 KSAC ASPP, 3.75M / 4.29G in the thesis; row 6: OS16 CASPP-2, 2.83M / 1.12G
+    assert "| 3.75M | 3.75M | 4.29G | 4.29G |" in table
+    assert "| 2.83M | 2.83M | 1.12G | 1.12G |" in table
+    assert not (tmp_path / "run" / "results.csv").exists()  # nothing was trained
+
+
+def test_one_model_trains_and_writes_its_run_folder_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    result = run_script("--backbone", "mobilenet_v2", "--aspp", "DS", "--ksac", "--output-stride", "32",
+                        "--backbone-init", "scratch", "--out", str(out), *TOY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_results(out)
+    assert [r["model"] for r in rows] == ["MNv2 OS32 KSAC DS None"]
+    assert 0 <= float(rows[0]["iou"]) <= 1
+    assert round(int(rows[0]["params"]) / 1e6, 2) == 2.48   # Table A.1, OS32 KSAC DS
+    for name in ("config.json", "metrics.jsonl", "one_model.md", "one_model.csv", "figures/predictions.png",
+                 "figures/training_loss.png", "checkpoints/mnv2_os32_ksac_ds_none.pt"):
+        assert (out / name).exists(), name
+    again = run_script("--resume", str(out), "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_results(out) == rows   # the finished job is loaded, not retrained
+
+
+def test_distillation_table_trains_teacher_and_every_method(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    result = run_script("--table", "5.3", "--rows", "5", "--cache-dir", str(cache), "--out", str(out), *TOY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    models = [r["model"] for r in read_results(out)]
+    assert models == [f"MNv2 OS16 KSAC BTN {m}" for m in ("None", "AT Output", "AT Atrous", "AT All", "KD")]
+    table = (out / "table5_3.md").read_text()
+    assert "| 67.64 |" in table and "| 63.91 |" in table   # the thesis's None and KD for this row
+    assert (out / "figures" / "attention_maps.png").exists()
+    assert len(list(cache.glob("deeplab_teacher_*.pt"))) == 1
+    # the cached teacher is reused by the next run (no teacher job in its log)
+    second = run_script("--table", "5.3", "--rows", "5", "--cache-dir", str(cache), "--out", str(tmp_path / "r2"),
+                        *TOY)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "teacher_" not in (tmp_path / "r2" / "metrics.jsonl").read_text()
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    out = tmp_path / "run"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = run_script("--backbone", "mobilenet_v2", "--aspp", "BTN", "--backbone-init", "scratch",
+                        "--out", str(out), *TOY, launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes" in result.stdout
+    rows = read_results(out)
+    assert len(rows) == 1 and rows[0]["model"] == "MNv2 OS16 BTN None"
+    logged = [line for line in (out / "metrics.jsonl").read_text().splitlines() if '"event": "final"' in line]
+    assert len(logged) == 1  # rank 0 alone writes
+
+
+# ------------------------------------------------------------------------------------------ user errors
+@pytest.mark.parametrize("args, needles", [
+    (["--alpha", "1.5"], ["--alpha", "[0, 1]"]),
+    (["--T", "0"], ["--T must be positive"]),
+    (["--rows", "13"], ["Table 5.1 has rows 1 to 12"]),
+    (["--rows", "a,b"], ["--rows"]),
+    (["--aspp", "DS"], ["--aspp", "--backbone"]),
+    (["--backbone", "resnet50", "--table", "5.4"], ["one model"]),
+    (["--data-root", "/no/such/voc"], ["--data-root", "no such"]),
+    (["--teacher-checkpoint", "x.pt"], ["--teacher-checkpoint"]),
+    (["--batch-size", "1"], ["--batch-size"]),
+    (["--backbone-lr", "-1"], ["--backbone-lr"]),
+])
+def test_bad_flags_are_user_errors_before_any_work(args, needles, tmp_path):
+    with pytest.raises(UserError) as caught:
+        script.main([*args, "--out", str(tmp_path / "run"), "--no-progress"])
+    for needle in needles:
+        assert needle in str(caught.value), (needle, str(caught.value))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_user_error_is_one_line_on_the_command_line(tmp_path):
+    assert_user_error(run_script("--alpha", "2", "--out", str(tmp_path / "run"), "--no-progress"), "--alpha")
+
+
+def test_an_empty_data_root_names_the_missing_layout(tmp_path):
+    (tmp_path / "voc").mkdir()
+    result = run_script("--data-root", str(tmp_path / "voc"), "--backbone-init", "scratch",
+                        "--out", str(tmp_path / "run"), "--no-progress")
+    assert_user_error(result, "VOC")
+    assert not (tmp_path / "run").exists()  # no run folder for a run that cannot start
+
+
+def test_a_teacher_checkpoint_of_another_architecture_is_refused(tmp_path):
+    other = build_deeplabv3plus("mobilenet_v2", 21, 16, "ST", ksac=True)
+    save_weights(tmp_path / "mnv2.pt", other)
+    result = run_script("--table", "5.3", "--rows", "1", "--teacher-checkpoint", str(tmp_path / "mnv2.pt"),
+                        "--out", str(tmp_path / "run"), *TOY)
+    assert_user_error(result, "--teacher-checkpoint", "backbone")

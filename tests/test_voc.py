@@ -1,0 +1,541 @@
+"""Tests for common/voc.py: the VOC / SBD loaders (on tiny trees written here in the published layouts),
+synthetic scenes, the augmentation, and the figure helpers."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse
+import torch
+import torchvision
+from PIL import Image
+from scipy import ndimage
+
+from common.errors import UserError
+from common.voc import (IGNORE_INDEX, MEAN, NUM_CLASSES, STD, VOC_CLASSES, VOC_PALETTE, SyntheticScenes, augment,
+                        check_labels, colorize, denormalize, normalize, voc_dataset)
+
+LABELS = np.array(list(range(NUM_CLASSES)) + [IGNORE_INDEX], dtype=np.uint8)
+
+# ---- tiny files in the published formats ----------------------------------------------------------------------
+VOC_TRAIN = {"2007_000032": (20, 30), "2007_000039": (24, 16), "2008_000002": (18, 22)}   # name: (height, width)
+VOC_VAL = {"2007_000033": (16, 28), "2009_000001": (22, 22)}
+SBD_TRAIN = ["2008_000100", "2007_000032", "2007_000033"]  # one also on VOC train, one on VOC val
+SBD_VAL = ["2008_000200", "2008_000100"]                    # a repeat across SBD's own lists
+SBD_SIZES = {"2008_000100": (14, 26), "2008_000200": (26, 12), "2007_000032": (20, 30), "2007_000033": (16, 28)}
+
+
+def random_mask(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    mask = LABELS[rng.integers(0, len(LABELS), size)]
+    mask.ravel()[:len(LABELS)] = LABELS  # every value, 255 included, is there
+    return mask
+
+
+def smooth_image(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A smooth RGB image, so JPEG keeps it within a few grey levels."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = rng.uniform(40, 200, 3)
+    return np.clip(base + 2.0 * yy[..., None] - 1.5 * xx[..., None], 0, 255).astype(np.uint8)
+
+
+def write_palette_png(path: Path, mask: np.ndarray) -> None:
+    """A VOC-style mask: mode "P", pixel values = class ids, the VOC colour map as palette."""
+    img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask, np.uint8).tobytes())
+    img.putpalette(VOC_PALETTE.ravel().tolist())
+    img.save(path)
+
+
+def write_sbd_mat(path: Path, seg: np.ndarray) -> None:
+    """SBD's cls/*.mat: a struct GTcls with Segmentation (uint8 HxW), Boundaries (20x1 cell of sparse
+    matrices) and CategoriesPresent, as in benchmark_RELEASE."""
+    boundaries = np.empty((20, 1), dtype=object)
+    for c in range(20):
+        boundaries[c, 0] = scipy.sparse.csc_matrix(ndimage.binary_dilation(seg == c + 1) & (seg != c + 1))
+    present = np.unique(seg[(seg > 0) & (seg < 21)]).astype(np.uint8)[:, None]
+    scipy.io.savemat(path, {"GTcls": {"Segmentation": seg.astype(np.uint8), "Boundaries": boundaries,
+                                      "CategoriesPresent": present}})
+
+
+def make_voc(root: Path, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """root/VOCdevkit/VOC2012 with JPEGImages, SegmentationClass, ImageSets/Segmentation/{train,val}.txt."""
+    rng = np.random.default_rng(seed)
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    data = {}
+    for split, names in (("train", VOC_TRAIN), ("val", VOC_VAL)):
+        for name, size in names.items():
+            image, mask = smooth_image(rng, size), random_mask(rng, size)
+            Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
+            write_palette_png(voc / "SegmentationClass" / f"{name}.png", mask)
+            data[name] = (image, mask)
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    return data
+
+
+def make_aug_png(root: Path, seed: int = 1, list_in: str = "ImageSets", pairs: bool = False) -> dict[str, np.ndarray]:
+    """Form (a): VOC2012/SegmentationClassAug/*.png (grey "L" PNGs, as the common conversion) + train_aug.txt."""
+    rng = np.random.default_rng(seed)
+    voc = root / "VOCdevkit" / "VOC2012"
+    (voc / "SegmentationClassAug").mkdir()
+    extra = {"2008_000100": (14, 26), "2008_000200": (26, 12)}
+    for name, size in extra.items():
+        Image.fromarray(smooth_image(rng, size)).save(voc / "JPEGImages" / f"{name}.jpg")
+    masks = {}
+    for name, size in {**VOC_TRAIN, **extra}.items():
+        masks[name] = random_mask(rng, size)
+        Image.fromarray(masks[name]).save(voc / "SegmentationClassAug" / f"{name}.png")  # mode "L"
+    names = list(masks)
+    lines = [f"/JPEGImages/{n}.jpg /SegmentationClassAug/{n}.png" if pairs else n for n in names]
+    folder = voc / "ImageSets" / "Segmentation" if list_in == "ImageSets" else root
+    (folder / "train_aug.txt").write_text("\n".join(lines) + "\n")
+    return masks
+
+
+def make_sbd(root: Path, seed: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Form (b): root/benchmark_RELEASE/dataset/{img/*.jpg, cls/*.mat, train.txt, val.txt}."""
+    rng = np.random.default_rng(seed)
+    sbd = root / "benchmark_RELEASE" / "dataset"
+    (sbd / "img").mkdir(parents=True)
+    (sbd / "cls").mkdir()
+    data = {}
+    for name, size in SBD_SIZES.items():
+        image = smooth_image(rng, size)
+        seg = LABELS[:NUM_CLASSES][rng.integers(0, NUM_CLASSES, size)]  # SBD has no 255 borders
+        Image.fromarray(image).save(sbd / "img" / f"{name}.jpg", quality=95)
+        write_sbd_mat(sbd / "cls" / f"{name}.mat", seg)
+        data[name] = (image, seg)
+    (sbd / "train.txt").write_text("\n".join(SBD_TRAIN) + "\n")
+    (sbd / "val.txt").write_text("\n".join(SBD_VAL) + "\n")
+    return data
+
+
+def assert_item(item, image: np.ndarray, mask: np.ndarray) -> None:
+    x, y = item
+    assert x.dtype == torch.uint8 and x.shape == (3, *mask.shape)
+    assert y.dtype == torch.int64 and y.shape == mask.shape
+    np.testing.assert_array_equal(y.numpy(), mask)                       # labels exactly, 255 included
+    assert np.abs(x.permute(1, 2, 0).numpy().astype(int) - image).mean() < 3  # JPEG: nearly
+
+
+# ---- VOC 2012 train / val ----------------------------------------------------------------------------------------
+def test_voc_train_and_val_round_trip(tmp_path):
+    data = make_voc(tmp_path)
+    for split, names in (("train", VOC_TRAIN), ("val", VOC_VAL)):
+        ds = voc_dataset(tmp_path, split)
+        assert len(ds) == len(names) and ds.names == list(names)
+        for i, name in enumerate(names):
+            assert_item(ds[i], *data[name])
+        # the same files torchvision's VOCSegmentation reads
+        tv = torchvision.datasets.VOCSegmentation(tmp_path, year="2012", image_set=split, download=False)
+        assert [str(p) for p in ds.images] == tv.images and [str(p) for p in ds.masks] == tv.masks
+
+
+@pytest.mark.parametrize("level", ["", "VOCdevkit", "VOCdevkit/VOC2012"])
+def test_voc_root_at_three_levels(tmp_path, level):
+    data = make_voc(tmp_path)
+    ds = voc_dataset(str(tmp_path / level) if level else tmp_path, "val")
+    assert ds.names == list(VOC_VAL)
+    assert_item(ds[1], *data["2009_000001"])
+
+
+def test_voc_palette_png_is_read_as_indices_not_colours(tmp_path):
+    data = make_voc(tmp_path)
+    path = tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2007_000032.png"
+    assert Image.open(path).mode == "P"
+    assert np.array(Image.open(path).convert("RGB")).max() > 20  # the colours are not the ids
+    np.testing.assert_array_equal(voc_dataset(tmp_path, "train")[0][1].numpy(), data["2007_000032"][1])
+
+
+def test_voc_bad_split(tmp_path):
+    make_voc(tmp_path)
+    with pytest.raises(ValueError):
+        voc_dataset(tmp_path, "test")
+
+
+# ---- trainaug ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("list_in, pairs", [("ImageSets", False), ("root", True), ("ImageSets", True)])
+def test_trainaug_png_form(tmp_path, list_in, pairs):
+    make_voc(tmp_path)
+    masks = make_aug_png(tmp_path, list_in=list_in, pairs=pairs)
+    for level in ("", "VOCdevkit/VOC2012"):
+        if level and list_in == "root":
+            continue  # a list in the folder above VOCdevkit is found from that root or lower
+        ds = voc_dataset(tmp_path / level, "trainaug")
+        assert "form (a)" in ds.description and "form (a)" in repr(ds)
+        assert ds.names == list(masks)
+        for i, name in enumerate(masks):
+            x, y = ds[i]
+            np.testing.assert_array_equal(y.numpy(), masks[name])
+            assert x.shape == (3, *masks[name].shape) and x.dtype == torch.uint8
+
+
+def test_trainaug_png_list_found_from_lower_roots(tmp_path):
+    make_voc(tmp_path)
+    masks = make_aug_png(tmp_path, list_in="root", pairs=True)
+    assert voc_dataset(tmp_path / "VOCdevkit" / "VOC2012", "trainaug").names == list(masks)
+
+
+def test_trainaug_sbd_form_merges_and_excludes_val(tmp_path):
+    voc_data = make_voc(tmp_path)
+    sbd_data = make_sbd(tmp_path)
+    ds = voc_dataset(tmp_path, "trainaug")
+    assert "form (b)" in ds.description
+    # SBD train + SBD val + VOC train, de-duplicated, minus VOC val (2007_000033)
+    assert ds.names == ["2008_000100", "2007_000032", "2008_000200", "2007_000039", "2008_000002"]
+    assert len(set(ds.names)) == len(ds.names) and not set(ds.names) & set(VOC_VAL)
+    for i, name in enumerate(ds.names):
+        if name in VOC_TRAIN:  # VOC's own mask, with its 255 borders
+            assert ds.masks[i].suffix == ".png"
+            assert_item(ds[i], *voc_data[name])
+        else:
+            assert ds.masks[i].suffix == ".mat"
+            assert_item(ds[i], *sbd_data[name])
+
+
+def test_sbd_fixture_reads_like_torchvision(tmp_path):
+    # our .mat files have SBD's struct layout: torchvision's SBDataset reads them in both of its modes
+    sbd_data = make_sbd(tmp_path)
+    root = tmp_path / "benchmark_RELEASE" / "dataset"
+    seg = torchvision.datasets.SBDataset(root, image_set="val", mode="segmentation")
+    np.testing.assert_array_equal(np.array(seg[0][1]), sbd_data["2008_000200"][1])
+    boundaries = torchvision.datasets.SBDataset(root, image_set="val", mode="boundaries")[0][1]
+    assert boundaries.shape == (20, *SBD_SIZES["2008_000200"])
+
+
+@pytest.mark.parametrize("level", ["VOCdevkit", "VOCdevkit/VOC2012"])
+def test_trainaug_sbd_found_from_lower_roots(tmp_path, level):
+    make_voc(tmp_path)
+    make_sbd(tmp_path)
+    assert len(voc_dataset(tmp_path / level, "trainaug")) == 5
+
+
+def test_trainaug_png_form_preferred_over_sbd(tmp_path):
+    make_voc(tmp_path)
+    make_sbd(tmp_path)
+    make_aug_png(tmp_path)
+    assert "form (a)" in voc_dataset(tmp_path, "trainaug").description
+
+
+def test_trainaug_missing(tmp_path):
+    make_voc(tmp_path)
+    with pytest.raises(UserError, match="benchmark_RELEASE") as e:
+        voc_dataset(tmp_path, "trainaug")
+    assert "SegmentationClassAug" in str(e.value) and "bharathh" in str(e.value)
+
+
+def test_trainaug_png_without_list(tmp_path):
+    make_voc(tmp_path)
+    make_aug_png(tmp_path)
+    (tmp_path / "VOCdevkit/VOC2012/ImageSets/Segmentation/train_aug.txt").unlink()
+    with pytest.raises(UserError, match="train_aug.txt"):
+        voc_dataset(tmp_path, "trainaug")
+
+
+def test_trainaug_sbd_missing_list(tmp_path):
+    make_voc(tmp_path)
+    make_sbd(tmp_path)
+    (tmp_path / "benchmark_RELEASE/dataset/val.txt").unlink()
+    with pytest.raises(UserError, match=r"dataset/val\.txt"):
+        voc_dataset(tmp_path, "trainaug")
+
+
+def test_trainaug_sbd_missing_mat(tmp_path):
+    make_voc(tmp_path)
+    make_sbd(tmp_path)
+    (tmp_path / "benchmark_RELEASE/dataset/cls/2008_000200.mat").unlink()
+    with pytest.raises(UserError, match=r"2008_000200\.mat"):
+        voc_dataset(tmp_path, "trainaug")
+
+
+def test_trainaug_sbd_corrupt_mat(tmp_path):
+    make_voc(tmp_path)
+    make_sbd(tmp_path)
+    (tmp_path / "benchmark_RELEASE/dataset/cls/2008_000100.mat").write_bytes(b"MATLAB 5.0 MAT-file, garbage")
+    ds = voc_dataset(tmp_path, "trainaug")
+    with pytest.raises(UserError, match=r"2008_000100\.mat"):
+        ds[0]
+
+
+def test_trainaug_sbd_mat_without_gtcls(tmp_path):
+    make_voc(tmp_path)
+    make_sbd(tmp_path)
+    scipy.io.savemat(tmp_path / "benchmark_RELEASE/dataset/cls/2008_000100.mat", {"GTinst": np.zeros((2, 2))})
+    with pytest.raises(UserError, match=r"2008_000100\.mat.*GTcls"):
+        voc_dataset(tmp_path, "trainaug")[0]
+
+
+# ---- errors ------------------------------------------------------------------------------------------------------
+def test_missing_root(tmp_path):
+    with pytest.raises(UserError, match="no_such_folder") as e:
+        voc_dataset(tmp_path / "no_such_folder", "train")
+    assert "host.robots.ox.ac.uk" in str(e.value)
+
+
+def test_root_without_voc(tmp_path):
+    (tmp_path / "something").mkdir()
+    with pytest.raises(UserError, match="VOCdevkit/VOC2012"):
+        voc_dataset(tmp_path, "train")
+
+
+def test_missing_list_file(tmp_path):
+    make_voc(tmp_path)
+    (tmp_path / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").unlink()
+    voc_dataset(tmp_path, "train")  # the other split is complete
+    with pytest.raises(UserError, match=r"Segmentation/val\.txt"):
+        voc_dataset(tmp_path, "val")
+
+
+def test_missing_image(tmp_path):
+    make_voc(tmp_path)
+    (tmp_path / "VOCdevkit/VOC2012/JPEGImages/2007_000039.jpg").unlink()
+    with pytest.raises(UserError, match=r"2007_000039\.jpg") as e:
+        voc_dataset(tmp_path, "train")
+    assert "train.txt" in str(e.value)
+
+
+def test_missing_mask_folder(tmp_path):
+    make_voc(tmp_path)
+    for f in (tmp_path / "VOCdevkit/VOC2012/SegmentationClass").iterdir():
+        f.unlink()
+    (tmp_path / "VOCdevkit/VOC2012/SegmentationClass").rmdir()
+    with pytest.raises(UserError, match="SegmentationClass"):
+        voc_dataset(tmp_path, "val")
+
+
+def test_rgb_mask_is_explained(tmp_path):
+    data = make_voc(tmp_path)
+    path = tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2007_000039.png"
+    Image.fromarray(colorize(data["2007_000039"][1])).save(path)  # someone saved the colour rendering
+    ds = voc_dataset(tmp_path, "train")
+    ds[0]
+    with pytest.raises(UserError, match=r"2007_000039\.png") as e:
+        ds[1]
+    assert "RGB" in str(e.value) and "palette" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [21, 100])
+def test_mask_values_out_of_range(tmp_path, bad):
+    data = make_voc(tmp_path)
+    mask = data["2009_000001"][1].copy()
+    mask[3, 4] = bad
+    write_palette_png(tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2009_000001.png", mask)
+    ds = voc_dataset(tmp_path, "val")  # checked lazily, when read
+    with pytest.raises(UserError, match=r"2009_000001\.png") as e:
+        ds[1]
+    assert f"[{bad}]" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_png(tmp_path, damage):
+    make_voc(tmp_path)
+    path = tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2007_000032.png"
+    data = path.read_bytes()
+    path.write_bytes(b"not a png at all" * 20 if damage == "garbage" else data[:len(data) // 2])
+    ds = voc_dataset(tmp_path, "train")
+    with pytest.raises(UserError, match=r"2007_000032\.png"):
+        ds[0]
+
+
+def test_corrupt_jpeg(tmp_path):
+    make_voc(tmp_path)
+    (tmp_path / "VOCdevkit/VOC2012/JPEGImages/2008_000002.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(UserError, match=r"2008_000002\.jpg"):
+        voc_dataset(tmp_path, "train")[2]
+
+
+def test_mask_image_size_mismatch(tmp_path):
+    make_voc(tmp_path)
+    write_palette_png(tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2007_000033.png", np.zeros((5, 5), np.uint8))
+    with pytest.raises(UserError, match=r"2007_000033\.png"):
+        voc_dataset(tmp_path, "val")[0]
+
+
+def test_check_labels():
+    check_labels(torch.tensor([[0, 20], [255, 7]]), "fine.png")
+    with pytest.raises(UserError, match=r"bad\.png.*\[-1, 21, 254\]"):
+        check_labels(torch.tensor([[0, 21], [254, -1]]), "bad.png")
+
+
+# ---- SyntheticScenes -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scenes() -> tuple[np.ndarray, np.ndarray]:
+    ds = SyntheticScenes("train", 64, 128, seed=0)
+    start = time.perf_counter()
+    items = [ds[i] for i in range(64)]
+    print(f"\nSyntheticScenes: {1000 * (time.perf_counter() - start) / 64:.1f} ms per 128x128 scene")
+    return torch.stack([x for x, _ in items]).numpy(), torch.stack([y for _, y in items]).numpy()
+
+
+def test_synthetic_types_and_values(scenes):
+    images, masks = scenes
+    assert images.shape == (64, 3, 128, 128) and images.dtype == np.uint8
+    assert masks.shape == (64, 128, 128) and masks.dtype == np.int64
+    assert set(np.unique(masks).tolist()) <= set(LABELS.tolist())
+    assert images.std() > 20
+
+
+def test_synthetic_all_classes_appear(scenes):
+    _, masks = scenes
+    assert set(np.unique(masks).tolist()) == set(LABELS.tolist())
+
+
+def test_synthetic_background_fraction_like_voc(scenes):
+    _, masks = scenes
+    freq = np.bincount(masks.ravel(), minlength=256) / masks.size
+    assert 0.55 <= freq[0] <= 0.78
+    assert 0.02 <= freq[IGNORE_INDEX] <= 0.10
+    assert freq[15] == freq[1:21].max() or freq[15] > 0.02  # person among the most frequent, as in VOC
+
+
+def test_synthetic_ignore_band_separates_objects(scenes):
+    _, masks = scenes
+    band = masks == IGNORE_INDEX
+    within_2 = np.ones((1, 5, 5), bool)  # the band is 2 px wide at 128 px: its pixels touch one side each
+    near_bg = ndimage.binary_dilation(masks == 0, structure=within_2)
+    near_obj = ndimage.binary_dilation((masks > 0) & (masks < NUM_CLASSES), structure=within_2)
+    assert (band & near_bg & near_obj).mean() > 0.5 * band.mean()  # most of the band lies between the two
+    # no two 4-neighbours carry different labels: a band always lies between them, as in VOC
+    for a, b in ((masks[:, 1:], masks[:, :-1]), (masks[:, :, 1:], masks[:, :, :-1])):
+        assert not ((a != b) & (a != IGNORE_INDEX) & (b != IGNORE_INDEX)).any()
+
+
+def test_synthetic_small_and_large_objects(scenes):
+    _, masks = scenes
+    areas = []
+    for m in masks:
+        labelled, n = ndimage.label((m > 0) & (m < NUM_CLASSES))
+        areas += np.bincount(labelled.ravel())[1:].tolist()
+    areas = np.array(areas) / masks[0].size
+    assert areas.min() < 0.01 and areas.max() > 0.3
+
+
+def test_synthetic_deterministic_and_independent_of_order():
+    a = SyntheticScenes("train", 10, 64, seed=3)
+    b = SyntheticScenes("train", 10, 64, seed=3)
+    for i in range(7):
+        a[i]
+    x1, y1 = a[7]
+    x2, y2 = b[7]  # first item b makes
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    x3, y3 = a[7]  # memoised copy
+    assert torch.equal(x1, x3) and torch.equal(y1, y3)
+    x3[:] = 0
+    y3[:] = 0
+    assert torch.equal(a[7][0], x1) and torch.equal(a[7][1], y1)  # callers cannot change the cache
+
+
+def test_synthetic_splits_and_seeds_differ():
+    train, val = SyntheticScenes("train", 2, 64), SyntheticScenes("val", 2, 64)
+    other_seed = SyntheticScenes("train", 2, 64, seed=1)
+    for i in range(2):
+        assert not torch.equal(train[i][0], val[i][0])
+        assert not torch.equal(train[i][1], val[i][1])
+        assert not torch.equal(train[i][0], other_seed[i][0])
+    assert torch.equal(SyntheticScenes("trainaug", 2, 64)[1][0], train[1][0])
+
+
+def test_synthetic_any_size_and_bad_arguments():
+    ds = SyntheticScenes("val", 3, (48, 96))
+    x, y = ds[2]
+    assert x.shape == (3, 48, 96) and y.shape == (48, 96) and len(ds) == 3
+    with pytest.raises(IndexError):
+        ds[3]
+    with pytest.raises(ValueError):
+        SyntheticScenes("test")
+
+
+# ---- augment -------------------------------------------------------------------------------------------------------
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_augment_shapes_and_types():
+    image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)
+    mask = torch.as_tensor(LABELS[np.random.default_rng(0).integers(0, 22, (40, 50))]).long()
+    x, y = augment(image, mask, gen(0), crop=32)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert y.shape == (32, 32) and y.dtype == torch.int64
+    assert set(y.unique().tolist()) <= set(LABELS.tolist())
+    assert augment(image, mask, gen(0))[0].shape == (3, 256, 256)  # the thesis's default crop
+
+
+def test_augment_is_a_function_of_the_generator():
+    image, mask = SyntheticScenes("train", 1, 64)[0]
+    a, b = augment(image, mask, gen(5), crop=48), augment(image, mask, gen(5), crop=48)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    c = augment(image, mask, gen(6), crop=48)
+    assert not torch.equal(a[0], c[0])
+    g = gen(5)  # successive draws from one generator differ
+    assert not torch.equal(augment(image, mask, g, crop=48)[0], augment(image, mask, g, crop=48)[0])
+
+
+def test_augment_pads_labels_with_ignore():
+    image = torch.full((3, 10, 12), 200, dtype=torch.uint8)
+    mask = torch.full((10, 12), 3, dtype=torch.long)
+    x, y = augment(image, mask, gen(0), crop=16, scale=(0.5, 0.5))  # 5x6 in a 16x16 crop
+    assert (y == 3).sum() == 30 and (y == IGNORE_INDEX).sum() == 256 - 30 and (y == 0).sum() == 0
+    padded = (y == IGNORE_INDEX)
+    zero = normalize(torch.zeros(3, 1, 1, dtype=torch.uint8))[:, 0, 0]
+    assert torch.allclose(x[:, padded], zero[:, None].expand(3, int(padded.sum())))  # image padded with 0
+    assert torch.allclose(denormalize(x)[:, ~padded], torch.tensor(200 / 255), atol=1e-5)
+
+
+def test_augment_flip_flips_image_and_mask_together():
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    image[:, :, :3] = 255                        # bright left part
+    mask = torch.ones(8, 8, dtype=torch.long)
+    mask[:, :3] = 2                              # labelled 2 on the left
+    flips = 0
+    for seed in range(20):
+        x, y = augment(image, mask, gen(seed), crop=8, scale=(1.0, 1.0))
+        bright = denormalize(x)[0] > 0.5
+        assert torch.equal(bright, y == 2)
+        flipped = bool(bright[:, -3:].all())
+        assert flipped or bool(bright[:, :3].all())
+        flips += flipped
+    assert 3 <= flips <= 17  # both happen
+
+
+def test_augment_scale_two_doubles_pixels():
+    mask = torch.as_tensor(LABELS[np.random.default_rng(3).integers(0, 22, (8, 8))]).long()
+    image = torch.stack([mask.to(torch.uint8)] * 3)
+    x, y = augment(image, mask, gen(1), crop=16, scale=(2.0, 2.0))  # exactly the scaled image, no crop freedom
+    doubled = mask.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    assert torch.equal(y, doubled) or torch.equal(y, doubled.flip(-1))
+
+
+def test_augment_scale_range_respected():
+    image = torch.full((3, 40, 40), 100, dtype=torch.uint8)
+    mask = torch.zeros(40, 40, dtype=torch.long)
+    sides = []
+    for seed in range(30):  # crop 96 > 40 * 1.25: the unpadded pixels measure the scaled size
+        _, y = augment(image, mask, gen(seed), crop=96, scale=(0.75, 1.25))
+        sides.append(float((y != IGNORE_INDEX).sum()) ** 0.5)
+    assert min(sides) >= 30 and max(sides) <= 50
+    assert max(sides) - min(sides) > 10  # the range is used, not one value
+
+
+def test_normalize_round_trip_and_values():
+    image = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
+    x = normalize(image)
+    assert x.dtype == torch.float32 and x.shape == image.shape
+    assert torch.allclose(denormalize(x) * 255, image.float(), atol=1e-3)
+    assert torch.allclose(denormalize(normalize(image[0])) * 255, image[0].float(), atol=1e-3)
+    white = normalize(torch.full((3, 1, 1), 255, dtype=torch.uint8))[:, 0, 0]
+    assert torch.allclose(white, (1 - torch.tensor(MEAN)) / torch.tensor(STD))
+
+
+def test_colorize_and_palette():
+    out = colorize(torch.tensor([[0, 1, 15], [20, 255, 2]]))
+    assert out.shape == (2, 3, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [0, 0, 0] and out[0, 1].tolist() == [128, 0, 0]   # background, aeroplane
+    assert out[0, 2].tolist() == [192, 128, 128] and out[1, 0].tolist() == [0, 64, 128]  # person, tvmonitor
+    assert out[1, 1].tolist() == [255, 255, 255]                                     # ignore -> white
+    assert np.array_equal(colorize(np.array([[2]])), [[[0, 128, 0]]])
+    assert VOC_PALETTE[255].tolist() == [224, 224, 192]  # the VOC files' own colour for 255
+    assert len(VOC_CLASSES) == NUM_CLASSES and VOC_CLASSES[0] == "background" and VOC_CLASSES[-1] == "tvmonitor"
