@@ -407,7 +407,10 @@ class BatchStream:
                                                  num_workers=self.workers, pin_memory=self.pin_memory)
             self._iterator = iter(loader)
         self._next = step + 1
-        return next(self._iterator)
+        try:
+            return next(self._iterator)
+        except UserError as e:  # raised in a worker: the message carries the worker's traceback; keep the sentence
+            raise UserError(str(e).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
 
 
 def moving_average_min(values: list[float], window: int) -> tuple[float, int]:

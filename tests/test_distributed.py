@@ -108,3 +108,15 @@ def test_two_gloo_processes_end_with_the_weights_of_one(tmp_path):
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len((tmp_path / "single" / "metrics.jsonl").read_text().splitlines())
     assert (tmp_path / "ddp" / "checkpoints" / "linear.pt").exists()
+
+
+def bad_item(index: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    raise UserError(f"mask {index}.png holds the label 30; VOC labels are 0-20 and 255.")
+
+
+def test_a_user_error_in_a_worker_process_stays_one_sentence():
+    stream = BatchStream(StepBatches(len(ITEMS), 4, seed=0, load=bad_item), iterations=3, workers=1)
+    with pytest.raises(UserError) as caught:
+        stream(0)
+    assert str(caught.value).endswith("VOC labels are 0-20 and 255.") and "\n" not in str(caught.value)
+    assert str(caught.value).startswith("mask ")

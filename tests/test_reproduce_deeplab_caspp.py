@@ -140,3 +140,47 @@ def test_a_teacher_checkpoint_of_another_architecture_is_refused(tmp_path):
     result = run_script("--table", "5.3", "--rows", "1", "--teacher-checkpoint", str(tmp_path / "mnv2.pt"),
                         "--out", str(tmp_path / "run"), *TOY)
     assert_user_error(result, "--teacher-checkpoint", "backbone")
+
+
+# ------------------------------------------------------------------------------------------ real data layout
+def write_tiny_voc(root: Path, bad_label: int | None = None) -> None:
+    """VOCdevkit/VOC2012 with 4 train (also the trainaug list, PNG form) and 2 val images of 72x96."""
+    import numpy as np
+    from PIL import Image
+    from test_voc import write_palette_png
+
+    rng = np.random.default_rng(0)
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    names = {"train": [f"2007_00000{i}" for i in range(4)], "val": ["2008_000001", "2008_000002"]}
+    for split, split_names in names.items():
+        for name in split_names:
+            Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{name}.jpg")
+            mask = np.zeros((72, 96), np.uint8)
+            mask[20:50, 30:70] = rng.integers(1, 21)
+            mask[19, 30:70] = 255
+            if bad_label is not None and split == "val":
+                mask[0, 0] = bad_label
+            write_palette_png(voc / "SegmentationClass" / f"{name}.png", mask)
+            Image.fromarray(mask).save(voc / "SegmentationClassAug" / f"{name}.png")
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(split_names) + "\n")
+    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(names["train"]) + "\n")
+
+
+def test_trains_on_the_voc_layout(tmp_path):
+    write_tiny_voc(tmp_path / "voc")
+    out = tmp_path / "run"
+    script.main(["--data-root", str(tmp_path / "voc"), "--backbone", "mobilenet_v2", "--aspp", "DS",
+                 "--backbone-init", "scratch", "--iterations", "2", "--batch-size", "2", "--crop", "64",
+                 "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert "VOC 2012 trainaug / val" in (out / "one_model.md").read_text()
+    assert read_results(out)[0]["model"] == "MNv2 OS16 DS None"
+
+
+def test_a_wrong_label_value_in_voc_names_the_file(tmp_path):
+    write_tiny_voc(tmp_path / "voc", bad_label=30)
+    with pytest.raises(UserError, match="2008_000001"):
+        script.main(["--data-root", str(tmp_path / "voc"), "--backbone", "mobilenet_v2", "--aspp", "DS",
+                     "--backbone-init", "scratch", "--iterations", "1", "--batch-size", "2", "--crop", "64",
+                     "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run")])
