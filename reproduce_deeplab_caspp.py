@@ -830,34 +830,40 @@ def saved_config(run: RunDir) -> Config:
     return Config(**{**asdict(Config()), **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}})
 
 
-def open_run(cfg: Config, args: argparse.Namespace, ddp: Distributed) -> tuple[Config, RunDir]:
-    """A new run folder (rank 0 names it, every rank uses it), or the one --resume names with its saved config."""
-    if args.resume:
-        given = [k for k, v in vars(args).items() if v is not None and k not in ("resume", "progress")]
-        if given:
-            raise UserError(f"--resume continues a run with its saved config; drop the other settings "
-                            f"({', '.join('--' + k.replace('_', '-') for k in given)}) or start a new run.")
-        run = RunDir.open_existing(args.resume)
-        cfg = saved_config(run)
-        if args.progress is not None:
-            cfg.progress = args.progress
-        return cfg, run
+def resumed_run(args: argparse.Namespace) -> tuple[Config, RunDir]:
+    """The run folder --resume names, with its saved config (other settings would make a different run)."""
+    given = [k for k, v in vars(args).items() if v is not None and k not in ("resume", "progress")]
+    if given:
+        raise UserError(f"--resume continues a run with its saved config; drop the other settings "
+                        f"({', '.join('--' + k.replace('_', '-') for k in given)}) or start a new run.")
+    run = RunDir.open_existing(args.resume)
+    cfg = saved_config(run)
+    if args.progress is not None:
+        cfg.progress = args.progress
+    return cfg, run
+
+
+def new_run(cfg: Config, ddp: Distributed) -> RunDir:
+    """A new run folder: rank 0 names and creates it, every rank uses it."""
     path = None
     if ddp.is_main:
         run = RunDir.create("reproduce_deeplab_caspp", cfg.out)
         run.write_config(asdict(cfg))
         path = str(run.path)
-    return cfg, RunDir(broadcast_from_main(path, ddp))
+    return RunDir(broadcast_from_main(path, ddp))
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
-    if not args.resume:
+    run = None
+    if args.resume:
+        cfg, run = resumed_run(args)
+    else:
         check_config(cfg, args)
     ddp, device = init_distributed(cfg.device)
     try:
         train, val, data_name = load_data(cfg)     # bad data stops us before a run folder exists
-        cfg, run = open_run(cfg, args, ddp)
+        run = run or new_run(cfg, ddp)
         start = time.time()
         lab = Lab(cfg, run, train, val, data_name, ddp, device)
         lab.say(f"run folder: {run.path}\ndata: {data_name}; device {device}"

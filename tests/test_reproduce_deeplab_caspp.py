@@ -184,3 +184,25 @@ def test_a_wrong_label_value_in_voc_names_the_file(tmp_path):
         script.main(["--data-root", str(tmp_path / "voc"), "--backbone", "mobilenet_v2", "--aspp", "DS",
                      "--backbone-init", "scratch", "--iterations", "1", "--batch-size", "2", "--crop", "64",
                      "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run")])
+
+
+def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    """Stop a run mid-training after its checkpoint at step 2, --resume it, and compare with an uninterrupted run."""
+    args = ["--backbone", "mobilenet_v2", "--aspp", "BTN", "--backbone-init", "scratch", "--checkpoint-every", "2",
+            *TOY]
+    script.main([*args, "--out", str(tmp_path / "whole")])
+    real, calls = script.augmented_sample, {"n": 0}
+
+    def interrupted_in_step_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 2 * 4:   # batches of 4: the ninth sample belongs to step 3
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(script, "augmented_sample", interrupted_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        script.main([*args, "--out", str(tmp_path / "cut")])
+    assert not (tmp_path / "cut" / "results.csv").exists()
+    monkeypatch.setattr(script, "augmented_sample", real)
+    script.main(["--resume", str(tmp_path / "cut"), "--no-progress"])
+    assert read_results(tmp_path / "cut") == read_results(tmp_path / "whole")
