@@ -261,6 +261,21 @@ def build(row: Row) -> DeepLabV3Plus:
     return build_deeplabv3plus(row.backbone, NUM_CLASSES, row.output_stride, row.aspp, row.ksac)
 
 
+@functools.lru_cache(maxsize=None)
+def imagenet_backbone(backbone: str) -> dict:
+    """torchvision's ImageNet weights (Section 2.2.2) for ``backbone``, fetched once; common.deeplab turns a failed
+    download into one line saying where to place the file."""
+    return build_deeplabv3plus(backbone, NUM_CLASSES, 16, "DS", pretrained_backbone=True).backbone.state_dict()
+
+
+def backbones_to_train(cfg: Config) -> set[str]:
+    """The backbones this run trains: the table's (or the one model's), and ResNet-50 for a teacher to train."""
+    needed = {cfg.backbone or TABLES[cfg.table].backbone}
+    if (TABLES[cfg.table].distill or cfg.method != "none") and not cfg.teacher_checkpoint:
+        needed.add(TEACHER.backbone)
+    return needed
+
+
 def features_for(method: str, features: dict) -> list[torch.Tensor]:
     """The layers attention transfer compares (Section 5.2.1): Output = the ASPP output, Atrous = each atrous
     branch, All = both."""
@@ -416,14 +431,10 @@ class Lab:
         if name not in self._backbones:   # the same starting weights for every row (loaded once)
             with torch.random.fork_rng():  # fetching them must not move the row's random stream: a row trains
                 #                            the same alone (--rows K) as in its table
-                self._backbones[name] = (self.imagenet_backbone(name) if cfg.backbone_init == "imagenet"
+                self._backbones[name] = (imagenet_backbone(name) if cfg.backbone_init == "imagenet"
                                          else self.synthetic_backbone(name))
         model.backbone.load_state_dict(self._backbones[name])
         return True
-
-    def imagenet_backbone(self, backbone: str) -> dict:
-        """torchvision's ImageNet weights (Section 2.2.2), through common.deeplab's clear download errors."""
-        return build_deeplabv3plus(backbone, NUM_CLASSES, 16, "DS", pretrained_backbone=True).backbone.state_dict()
 
     def synthetic_backbone(self, backbone: str) -> dict:
         """The stand-in for ImageNet weights: a backbone trained once on the synthetic training scenes inside a
@@ -871,6 +882,9 @@ def main(argv: list[str] | None = None) -> None:
     ddp, device = init_distributed(cfg.device)
     try:
         train, val, data_name = load_data(cfg)     # bad data stops us before a run folder exists
+        if cfg.backbone_init == "imagenet" and not cfg.backbone_weights and not cfg.profile_only:
+            for name in sorted(backbones_to_train(cfg)):   # so does a download that cannot happen
+                imagenet_backbone(name)
         run = run or new_run(cfg, ddp)
         start = time.time()
         lab = Lab(cfg, run, train, val, data_name, ddp, device)

@@ -218,3 +218,27 @@ def test_a_row_trains_the_same_alone_as_in_its_table(tmp_path):
     both, alone = read_results(tmp_path / "both"), read_results(tmp_path / "alone")
     assert [r["model"] for r in both] == ["MNv2 OS16 KSAC ST None", "MNv2 OS16 ST None"]
     assert alone == both[1:]
+
+
+def test_imagenet_weights_that_cannot_be_fetched_stop_before_the_run_folder(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    script.imagenet_backbone.cache_clear()
+    with pytest.raises(UserError, match="--backbone-weights"):
+        script.main(["--backbone", "mobilenet_v2", "--backbone-init", "imagenet", "--out", str(tmp_path / "run"),
+                     *TOY])
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_names_the_tables_and_flags():
+    result = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--table", "--rows", "--profile-only", "--backbone", "--method", "--repeats", "--data-root",
+                 "--resume", "--sync-bn"):
+        assert flag in result.stdout, flag
