@@ -60,15 +60,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.deeplab import ASPP_KINDS, BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, build_deeplabv3plus
+from common.deeplab import (ASPP_KINDS, BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, build_deeplabv3plus,
+                            load_backbone_weights)
 from common.errors import UserError
 from common.losses import attention_map, attention_transfer_loss, soft_cross_entropy, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_scatter
 from common.training import (BatchStream, Distributed, RunDir, StepBatches, all_reduce_sum, autocast, barrier,
-                             broadcast_from_main, fit, init_distributed, load_weights, make_scheduler, run_main,
-                             save_weights, seed_everything, shutdown_distributed)
+                             broadcast_from_main, fit, init_distributed, load_weights, make_scheduler, resume_run,
+                             run_main, save_weights, seed_everything, shutdown_distributed)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
 MACS_INPUT = (1, 3, 256, 256)  # the thesis's training crop: the input of its Params/MAdds columns (Section 4.3)
@@ -323,16 +324,16 @@ class Lab:
         was_training = model.training
         model.eval()
         cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
-        loss_sum = torch.zeros(2, dtype=torch.float64)
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)   # summed CE, labelled pixels
         for i in range(self.ddp.rank, len(self.val), self.ddp.world_size):
             image, mask = self.val[i]
             x, y = normalize(image)[None].to(self.device), mask[None].to(self.device)
             with autocast(self.device, self.cfg.amp):
                 logits = model(x).float()
-            loss_sum[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").item()
-            loss_sum[1] += (y != IGNORE_INDEX).sum().item()
+            loss_sum[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+            loss_sum[1] += (y != IGNORE_INDEX).sum()
             cm.update(logits.argmax(1), y)
-        totals = all_reduce_sum(torch.cat([cm.matrix.flatten().double(), loss_sum]).to(self.device), self.ddp).cpu()
+        totals = all_reduce_sum(torch.cat([cm.matrix.flatten().double().to(self.device), loss_sum]), self.ddp).cpu()
         cm.matrix = totals[:-2].round().long().reshape(NUM_CLASSES, NUM_CLASSES)
         model.train(was_training)
         per_class = cm.iou_per_class()
@@ -422,7 +423,6 @@ class Lab:
         """Load the starting backbone; True if it is pre-trained (then it trains at --backbone-lr, Section 4.1.1)."""
         cfg = self.cfg
         if cfg.backbone_weights:
-            from common.deeplab import load_backbone_weights
             load_backbone_weights(model, cfg.backbone_weights)
             return True
         if cfg.backbone_init == "scratch":
@@ -840,28 +840,6 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} {value}: no such file or folder.")
 
 
-def saved_config(run: RunDir) -> Config:
-    saved = run.read_config()
-    unknown = set(saved) - {f.name for f in fields(Config)}
-    if unknown:
-        raise UserError(f"{run.path}/config.json has settings this version does not know "
-                        f"({', '.join(sorted(unknown))}); resume it with the version of the script that started it.")
-    return Config(**{**asdict(Config()), **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}})
-
-
-def resumed_run(args: argparse.Namespace) -> tuple[Config, RunDir]:
-    """The run folder --resume names, with its saved config (other settings would make a different run)."""
-    given = [k for k, v in vars(args).items() if v is not None and k not in ("resume", "progress")]
-    if given:
-        raise UserError(f"--resume continues a run with its saved config; drop the other settings "
-                        f"({', '.join('--' + k.replace('_', '-') for k in given)}) or start a new run.")
-    run = RunDir.open_existing(args.resume)
-    cfg = saved_config(run)
-    if args.progress is not None:
-        cfg.progress = args.progress
-    return cfg, run
-
-
 def new_run(cfg: Config, ddp: Distributed) -> RunDir:
     """A new run folder: rank 0 names and creates it, every rank uses it."""
     path = None
@@ -876,7 +854,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
     run = None
     if args.resume:
-        cfg, run = resumed_run(args)
+        cfg, run = resume_run(args, Config)
     else:
         check_config(cfg, args)
     ddp, device = init_distributed(cfg.device)

@@ -64,7 +64,7 @@ from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
 from common.training import (History, RunDir, batches, fit, load_weights, make_scheduler, moving_average_min,
-                             pick_device, run_main, save_weights, seed_everything)
+                             pick_device, resume_run, run_main, save_weights, seed_everything)
 from common.unet import UNet
 
 EXPERIMENTS = ["table1", "table2", "table3", "table4", "table5", "table6", "headline"]
@@ -692,28 +692,13 @@ def check_config(cfg: Config) -> None:
         raise UserError("--teacher-checkpoint sets the headline teacher; use it with --experiment headline or all.")
 
 
-def saved_config(run: RunDir) -> Config:
-    saved = run.read_config()
-    unknown = set(saved) - {f.name for f in fields(Config)}
-    if unknown:
-        raise UserError(f"{run.path}/config.json has settings this version does not know ({', '.join(sorted(unknown))})"
-                        f"; resume it with the version of the script that started it.")
-    return Config(**{**asdict(Config()), **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}})
-
-
 def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
+    run: RunDir | None = None
     if args.resume:
-        given = [k for k, v in vars(args).items() if v is not None and k not in ("resume", "progress")]
-        if given:
-            raise UserError(f"--resume continues a run with its saved config; drop the other settings "
-                            f"({', '.join('--' + k.replace('_', '-') for k in given)}) or start a new run.")
-        run: RunDir | None = RunDir.open_existing(args.resume)
-        cfg = saved_config(run)
-        cfg.progress = args.progress if args.progress is not None else cfg.progress
+        cfg, run = resume_run(args, Config)
         print(f"resuming {run.path} with its saved config")
     else:
-        run = None
         check_config(cfg)
     pick_device(cfg.device)
     train, test = load_data(cfg)        # bad data stops us before a run folder exists

@@ -7,6 +7,7 @@ The loop (``fit``) takes the loss as a function of the step number, so each scri
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -182,6 +183,28 @@ class RunDir:
         keep = [line for line in self.metrics_file.read_text().splitlines()
                 if not ((r := json.loads(line)).get("job") == job and r.get("iteration", 0) > step)]
         atomic_write_text(self.metrics_file, "".join(line + "\n" for line in keep))
+
+
+def resume_run(args, config_class: type) -> tuple:
+    """(config, run folder) of ``--resume RUN_FOLDER``: the run's saved config, with only ``--no-progress`` on top.
+
+    Any other flag would make a different run, so it is a user error; so is a config.json with settings this
+    version does not know. Lists in the JSON come back as tuples, the type the scripts' dataclasses use.
+    """
+    given = [k for k, v in vars(args).items() if v is not None and k not in ("resume", "progress")]
+    if given:
+        raise UserError(f"--resume continues a run with its saved config; drop the other settings "
+                        f"({', '.join('--' + k.replace('_', '-') for k in given)}) or start a new run.")
+    run = RunDir.open_existing(args.resume)
+    saved = run.read_config()
+    unknown = set(saved) - {f.name for f in dataclasses.fields(config_class)}
+    if unknown:
+        raise UserError(f"{run.path}/config.json has settings this version does not know "
+                        f"({', '.join(sorted(unknown))}); resume it with the version of the script that started it.")
+    config = config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    if args.progress is not None:
+        config.progress = args.progress
+    return config, run
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
