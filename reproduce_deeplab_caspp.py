@@ -746,9 +746,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                    help="teacher weights (ResNet-50, OS16, KSAC, ST; a file this script cached) instead of training")
     t = p.add_argument_group("training")
     t.add_argument("--preset", choices=sorted(PRESETS), help="default: reduced, for a CPU; paper: the thesis's")
-    t.add_argument("--iterations", type=int, metavar="N", help="training iterations of each model")
-    t.add_argument("--batch-size", type=int, metavar="N", help="images per batch, over all processes")
-    t.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side (thesis 256)")
+    t.add_argument("--iterations", type=int, metavar="N",
+                   help="training iterations of each model (default 250; paper 30,000)")
+    t.add_argument("--batch-size", type=int, metavar="N",
+                   help="images per batch, over all processes (default 8; paper 16)")
+    t.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side (default 64; thesis 256)")
     t.add_argument("--lr", type=float, help="SGD learning rate (default 0.01)")
     t.add_argument("--backbone-lr", type=float, metavar="LR",
                    help="rate of a pre-trained backbone (thesis and paper preset 0.001; default preset 0: frozen)")
