@@ -53,7 +53,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +68,9 @@ from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_scatter
 from common.training import (BatchStream, Distributed, RunDir, StepBatches, all_reduce_sum, autocast, barrier,
-                             broadcast_from_main, fit, init_distributed, load_weights, make_scheduler, resume_run,
-                             run_main, save_weights, seed_everything, shutdown_distributed)
+                             broadcast_from_main, config_from_args, fit, init_distributed, load_weights,
+                             make_scheduler, resume_run, run_main, save_weights, seed_everything,
+                             shutdown_distributed)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
 MACS_INPUT = (1, 3, 256, 256)  # the thesis's training crop: the input of its Params/MAdds columns (Section 4.3)
@@ -780,12 +781,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     io.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run with its saved config")
     io.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
     args = p.parse_args(argv)
-    preset = args.preset or "default"
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in {f.name for f in fields(Config)} and k != "preset" and v is not None}
-    if args.rows is not None:
-        overrides["rows"] = parse_rows(args.rows)
-    cfg = Config(**{**asdict(Config()), **PRESETS[preset], "preset": preset, **overrides})
+    parsed = {"rows": parse_rows(args.rows)} if args.rows is not None else {}
+    cfg = config_from_args(args, Config, PRESETS, **parsed)
     if cfg.backbone_init == "auto":
         cfg.backbone_init = "imagenet" if cfg.data_root else "synthetic"
     return cfg, args

@@ -48,9 +48,8 @@ import argparse
 import hashlib
 import json
 import math
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +62,8 @@ from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weigh
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
-from common.training import (History, RunDir, batches, fit, load_weights, make_scheduler, moving_average_min,
-                             pick_device, resume_run, run_main, save_weights, seed_everything)
+from common.training import (History, RunDir, batches, config_from_args, fit, load_weights, make_scheduler,
+                             moving_average_min, pick_device, resume_run, run_main, save_weights, seed_everything)
 from common.unet import UNet
 
 EXPERIMENTS = ["table1", "table2", "table3", "table4", "table5", "table6", "headline"]
@@ -669,12 +668,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p.add_argument("--class-weight-power", type=float, metavar="P", help="class weights ~ frequency^-p (default 0.5)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
     args = p.parse_args(argv)
-    preset = args.preset or "default"
-    cfg = Config(**{**asdict(Config()), **PRESETS[preset], "preset": preset})
-    names = {f.name for f in fields(Config)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset" and v is not None}
-    cfg = Config(**{**asdict(cfg), **overrides})
-    return cfg, args
+    return config_from_args(args, Config, PRESETS), args
 
 
 def check_config(cfg: Config) -> None:

@@ -185,6 +185,16 @@ class RunDir:
         atomic_write_text(self.metrics_file, "".join(line + "\n" for line in keep))
 
 
+def config_from_args(args, config_class: type, presets: dict, **parsed):
+    """The run's config: the dataclass's defaults, then ``presets[args.preset or "default"]``, then every flag the
+    user gave (argparse's None means "not given"), then ``parsed`` (flags the script parsed itself, e.g. lists)."""
+    preset = args.preset or "default"
+    names = {f.name for f in dataclasses.fields(config_class)}
+    given = {k: v for k, v in vars(args).items() if k in names and k != "preset" and v is not None}
+    return config_class(**{**dataclasses.asdict(config_class()), **presets[preset], "preset": preset, **given,
+                           **parsed})
+
+
 def resume_run(args, config_class: type) -> tuple:
     """(config, run folder) of ``--resume RUN_FOLDER``: the run's saved config, with only ``--no-progress`` on top.
 
@@ -305,15 +315,15 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
         history, best, step = History.from_state(state["history"]), state.get("best"), int(state["step"])
-        torch.set_rng_state(state["rng"])
         if state.get("done"):
             if best is not None:
                 model.load_state_dict(best)
             return history
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
         if ddp.is_main:
             run.forget_after(name, step)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"
@@ -322,10 +332,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
 
     def checkpoint(done: bool = False) -> None:
         if ddp.is_main:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict() if scheduler else {}, "step": step,
-                                        "history": history.to_state(), "best": best,
-                                        "rng": torch.get_rng_state(), "done": done})
+            state = {"model": model.state_dict(), "step": step, "history": history.to_state(), "best": best,
+                     "done": done}
+            if not done:   # a finished job is only ever reloaded, so it keeps no optimizer state (half the disk)
+                state.update(optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
+                             scheduler=scheduler.state_dict() if scheduler else {})
+            save_checkpoint(ckpt_path, state)
         barrier(ddp)
 
     def run_eval() -> None:
