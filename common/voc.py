@@ -585,17 +585,29 @@ class SyntheticScenes(torch.utils.data.Dataset):
             img[blob] = (a + t[..., None] * (b - a))[blob]
         return img.astype(np.float32)
 
-    def _draw_object(self, rng: np.random.Generator, img: np.ndarray, cls: int, unit: float,
-                     big: bool) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
-        """Paint one object of class ``cls`` over ``img``; returns its box and the mask inside it."""
+    def _draw_object(self, rng: np.random.Generator, img: np.ndarray, cls: int, unit: float, big: bool, *,
+                     hue: float | None = None, centre: tuple[float, float] | None = None,
+                     radius_range: tuple[float, float] | None = None,
+                     ) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+        """Paint one object of class ``cls`` over ``img``; returns its box and the mask inside it.
+
+        The keywords exist for ``common.cifar.SyntheticObjects``, whose classes must not be told apart by colour
+        and whose subject sits near the middle: ``hue`` (degrees) replaces the class hue, ``centre`` (fractions
+        of height and width) the uniform placement, ``radius_range`` (fractions of the image size, before the
+        class's relative size) the size range set by ``big``. Left at None they change nothing: the same random
+        draws in the same order, so SyntheticScenes stays bit-identical.
+        """
         style = STYLES[cls]
         h, w = img.shape[:2]
         # radius: log-uniform from small to about half the image; the first object is often the big subject
-        low = 0.3 if big else 0.07
-        radius = min(h, w) * style.size * float(np.exp(rng.uniform(np.log(low), np.log(0.5))))
+        low, high = radius_range if radius_range is not None else (0.3 if big else 0.07, 0.5)
+        radius = min(h, w) * style.size * float(np.exp(rng.uniform(np.log(low), np.log(high))))
         aspect = float(np.exp(rng.normal(0.0, 0.15)))
         angle = rng.uniform(-20, 20) if style.upright else rng.uniform(0, 360)
-        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+        if centre is None:
+            cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+        else:
+            cy, cx = centre[0] * h, centre[1] * w
         reach = radius * 1.45 * max(aspect, 1 / aspect)
         y0, y1 = max(0, int(cy - reach)), min(h, int(cy + reach) + 1)
         x0, x1 = max(0, int(cx - reach)), min(w, int(cx + reach) + 1)
@@ -610,7 +622,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
         if not inside.any():
             return None
         # colour signature: the class hue (jittered) and its dark or light partner, mixed by the class texture
-        hue = style.hue + rng.uniform(-6, 6)
+        hue = (style.hue if hue is None else hue) + rng.uniform(-6, 6)
         main = _hsv(hue, rng.uniform(0.55, 0.95), rng.uniform(0.6, 0.95))
         partner = (_hsv(hue, rng.uniform(0.5, 0.9), rng.uniform(0.15, 0.3)) if style.partner == "dark"
                    else _hsv(hue, rng.uniform(0.05, 0.2), rng.uniform(0.9, 1.0)))

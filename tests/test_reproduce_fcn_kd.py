@@ -1,0 +1,248 @@
+"""reproduce_fcn_kd.py (source 001): the loss of Section II against hand computations and the general form, the
+two classification models against their published sizes, tiny end-to-end runs, and bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import urllib.error
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import reproduce_fcn_kd as script
+from common.errors import UserError
+from common.losses import soft_cross_entropy
+from common.segmentation_models import build_segmenter
+from common.training import save_weights
+
+
+# ----------------------------------------------------------------------------------------------- Section II
+def test_loss_by_hand_with_an_ignored_sample() -> None:
+    """Two samples, the second labelled 255. T = 2: the teacher's [2 ln 3, 0] softens to [3/4, 1/4], the student's
+    [0, 0] to [1/2, 1/2], so D_KL = 3/4 ln(3/2) + 1/4 ln(1/2); the hard term at T = 1 is -ln(1/2) = ln 2."""
+    student = torch.tensor([[0.0, 0.0], [5.0, -3.0]])
+    teacher = torch.tensor([[2 * math.log(3), 0.0], [-4.0, 9.0]])
+    target = torch.tensor([0, 255])
+    loss, parts = script.distillation_loss(student, teacher, target, T=2.0, alpha=0.5)
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert parts["train_kl"].item() == pytest.approx(kl, abs=1e-6)
+    assert parts["train_ce"].item() == pytest.approx(math.log(2), abs=1e-6)
+    assert loss.item() == pytest.approx(0.5 * 4 * kl + 0.5 * math.log(2), abs=1e-6)
+
+
+def test_loss_is_the_general_form_per_pixel() -> None:
+    """Segmentation logits: the loss equals alpha T^2 (H(p_T, p_S) - H(p_T)) + (1 - alpha) CE, built from
+    common.losses' soft cross-entropy and computed pixel by pixel, over the labelled pixels only."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 4, 3), 3 * torch.randn(2, 5, 4, 3)
+    target = torch.randint(0, 5, (2, 4, 3))
+    target[0, 0, :] = 255
+    target[1, 3, 2] = 255
+    T, alpha = 20.0, 0.9
+    loss, _ = script.distillation_loss(student, teacher, target, T, alpha)
+
+    valid = target != 255
+    p_t = F.softmax(teacher / T, dim=1)
+    teacher_entropy = -(p_t * p_t.log()).sum(1)[valid].mean()
+    general = (alpha * T ** 2 * (soft_cross_entropy(student, teacher, T, valid_mask=valid) - teacher_entropy)
+               + (1 - alpha) * F.cross_entropy(student, target, ignore_index=255))
+    assert loss.item() == pytest.approx(general.item(), rel=1e-5)
+
+    per_pixel = []
+    for n, i, j in valid.nonzero().tolist():
+        log_p_s = F.log_softmax(student[n, :, i, j] / T, 0)
+        log_p_t = F.log_softmax(teacher[n, :, i, j] / T, 0)
+        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
+        ce = -F.log_softmax(student[n, :, i, j], 0)[target[n, i, j]]
+        per_pixel.append(alpha * T ** 2 * kl + (1 - alpha) * ce)
+    assert loss.item() == pytest.approx(torch.stack(per_pixel).mean().item(), rel=1e-5)
+
+
+def test_ignored_pixels_get_no_gradient_and_the_teacher_none() -> None:
+    torch.manual_seed(1)
+    student = torch.randn(1, 4, 3, 3, requires_grad=True)
+    teacher = torch.randn(1, 4, 3, 3, requires_grad=True)
+    target = torch.randint(0, 4, (1, 3, 3))
+    target[0, 1, 1] = 255
+    loss, _ = script.distillation_loss(student, teacher, target, T=4.0, alpha=0.9)
+    loss.backward()
+    assert student.grad[0, :, 1, 1].abs().max() == 0
+    assert student.grad[0, :, 0, 0].abs().max() > 0
+    assert teacher.grad is None
+
+
+def test_alpha_one_is_pure_distillation_and_zero_pure_cross_entropy() -> None:
+    torch.manual_seed(2)
+    student, teacher, target = torch.randn(6, 10), torch.randn(6, 10), torch.randint(0, 10, (6,))
+    hard, _ = script.distillation_loss(student, teacher, target, T=20.0, alpha=0.0)
+    assert hard.item() == pytest.approx(F.cross_entropy(student, target).item(), rel=1e-6)
+    soft, parts = script.distillation_loss(student, student, target, T=20.0, alpha=1.0)
+    assert soft.item() == pytest.approx(0.0, abs=1e-6)   # a student equal to its teacher has nothing to learn
+
+
+# ----------------------------------------------------------------------------------------------- Section III.A models
+def test_cifar_resnet18_has_the_cifar_variants_size() -> None:
+    """torchvision's ResNet-18 (11,181,642 with 10 classes) with a 3x3 stem instead of 7x7: 9,408 - 1,728 fewer."""
+    model = script.CifarResNet18()
+    assert sum(p.numel() for p in model.parameters()) == 11_181_642 - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64 == 11_173_962
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_five_layer_cnn_layers_and_size() -> None:
+    model = script.FiveLayerCNN()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(convs) == 3 and len(linears) == 2   # "5-layer": three convolutional, two fully connected
+    by_hand = (3 * 32 * 9 + 32) + (32 * 64 * 9 + 64) + (64 * 128 * 9 + 128) + 2 * (32 + 64 + 128) \
+        + (2048 * 128 + 128) + 2 * 128 + (128 * 10 + 10)
+    assert sum(p.numel() for p in model.parameters()) == by_hand == 357_514
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+TINY_A = ["--experiment", "A", "--a-train-images", "16", "--a-test-images", "10", "--a-batch-size", "8",
+          "--a-teacher-batch-size", "8",
+          "--a-epochs", "1", "--a-teacher-epochs", "1"]
+TINY_B = ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
+          "--epochs", "1", "--teacher-iterations", "2", "--pretrain-iterations", "2", "--pretrain-images", "4",
+          "--eval-every-epochs", "1", "--profile-size", "64"]
+
+
+def tiny(tmp_path, *args: str, out: str = "run") -> list[str]:
+    return [*args, "--out", str(tmp_path / out), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+            "--device", "cpu"]
+
+
+def read_results(run) -> list[dict]:
+    with open(run / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_experiment_a_end_to_end(tmp_path, capsys) -> None:
+    script.main(tiny(tmp_path, *TINY_A))
+    run = tmp_path / "run"
+    rows = read_results(run)
+    assert [r["experiment"] for r in rows] == ["A", "A", "A"]
+    assert rows[0]["params"] == "11173962" and rows[1]["params"] == "357514"
+    table = (run / "table_A.md").read_text()
+    assert "95%" in table and "80%" in table and "(paper" in table
+    for name in ("A_training_loss.png", "A_test_accuracy.png"):
+        assert (run / "figures" / name).stat().st_size > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["T"] == 20.0 and config["alpha"] == 0.9 and config["a_lr"] == 1e-3
+    assert "ResNet-18 teacher" in capsys.readouterr().out
+    # the teacher is cached: a second run loads it instead of training it
+    script.main(tiny(tmp_path, *TINY_A, out="run2"))
+    assert "cached in" in (tmp_path / "run2" / "table_A.md").read_text()
+
+
+def test_experiment_b_end_to_end(tmp_path) -> None:
+    script.main(tiny(tmp_path, *TINY_B, "--variants", "alone,no-weight-decay,40-epochs"))
+    run = tmp_path / "run"
+    rows = read_results(run)
+    assert [r["notes"] for r in rows] == ["teacher", "kd", "alone", "no-weight-decay", "40-epochs"]
+    assert int(rows[-1]["iterations"]) == 2 * int(rows[1]["iterations"]) == 4   # 40 epochs: twice the 20
+    assert all(0 <= float(r["iou"]) <= 1 for r in rows)
+    table = (run / "table_B.md").read_text()
+    for paper in ("63.7", "57.9", "54.2", "61.4"):
+        assert paper in table
+    assert "w/o momentum" in table and "Without Weight Decay" in table
+    for name in ("figure1_train_images.png", "figure2_before_training.png", "figure3_val_images.png",
+                 "figure4_after_training.png", "B_training_loss.png", "B_val_miou.png"):
+        assert (run / "figures" / name).stat().st_size > 0
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("train_kl" in r for r in logged if r.get("job") == "B_student_kd")
+
+
+def test_students_differ_only_in_their_recipe(tmp_path) -> None:
+    """Every student starts from the same backbone and the same head (Figure 2's student)."""
+    cfg, _ = script.parse_args(tiny(tmp_path, *TINY_B, "--backbone-init", "scratch"))
+    experiment = script.SegmentationExperiment(cfg, torch.device("cpu"))
+    a, b = experiment.new_student(), experiment.new_student()
+    torch.manual_seed(123)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_deepened_teacher_computes_what_the_resnet50_computes() -> None:
+    """The synthetic stand-in teacher starts as the pre-trained FCN-ResNet50 deepened to ResNet-101: 17 identity
+    blocks in layer3, the same outputs (in eval mode) before it trains on."""
+    torch.manual_seed(0)
+    fcn50 = build_segmenter("fcn_resnet50", 21)
+    with torch.no_grad():   # BatchNorm statistics that are not the defaults, so that copying them matters
+        for module in fcn50.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    deep = script.deepen_to_resnet101(fcn50.eval()).eval()
+    assert len(deep.backbone.layer3) == 23 and deep.config() == {"arch": "fcn_resnet101", "num_classes": 21}
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.allclose(deep(x), fcn50(x), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("flags, words", [
+    (["--alpha", "1.5"], "--alpha must lie in [0, 1]"),
+    (["--alpha", "-0.1"], "--alpha must lie in [0, 1]"),
+    (["--T", "0"], "--T must be positive"),
+    (["--T", "-2"], "--T must be positive"),
+    (["--data-root", "/no/such/folder"], "no such file or folder"),
+    (["--variants", "momentum"], "choose from"),
+    (["--teacher-weights", "coco", "--teacher-checkpoint", "x.pt"], "give one"),
+])
+def test_bad_flags_are_one_clear_line(tmp_path, flags, words) -> None:
+    with pytest.raises(UserError, match=None) as error:
+        script.main(tiny(tmp_path, *flags))
+    assert words in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_in_data_root(tmp_path) -> None:
+    (tmp_path / "data").mkdir()
+    for experiment in ("A", "B"):
+        with pytest.raises(UserError) as error:
+            script.main(tiny(tmp_path, "--experiment", experiment, "--data-root", str(tmp_path / "data")))
+        assert str(tmp_path / "data") in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
+    path = tmp_path / "fcn_resnet50.pt"
+    save_weights(path, build_segmenter("fcn_resnet50", 21))
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, *TINY_B, "--teacher-checkpoint", str(path)))
+    assert "fcn_resnet50" in str(error.value) and "fcn_resnet101" in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_teacher_checkpoint_of_another_class_count(tmp_path) -> None:
+    path = tmp_path / "fcn_resnet101_10_classes.pt"
+    torch.save(build_segmenter("fcn_resnet101", 10).net.state_dict(), path)   # a raw torchvision state dict
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, *TINY_B, "--teacher-checkpoint", str(path)))
+    assert "10" in str(error.value) and "21" in str(error.value)
+
+
+def test_coco_teacher_without_network_says_where_to_put_the_file(tmp_path, monkeypatch) -> None:
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, *TINY_B, "--teacher-weights", "coco"))
+    message = str(error.value)
+    assert "fcn_resnet101_coco-7ecb50ca.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "--teacher-checkpoint" in message and "\n" not in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_momentum_variant_is_named_and_parsed() -> None:
+    cfg, _ = script.parse_args(["--variants", "no-momentum,40-epochs"])
+    assert cfg.variants == ("no-momentum", "40-epochs")
+    assert "w/o momentum" in script.student_label("no-momentum", cfg)
+    assert script.parse_args(["--variants", "none"])[0].variants == ()

@@ -1,0 +1,274 @@
+"""torchvision's FCN / DeepLabV3 wrapped for the scripts: parameter and MAdd counts against torchvision's published
+figures, the forward pass and its features, and every way weights reach the network (and fail to)."""
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torchvision.models import segmentation
+
+from common.errors import UserError
+from common.profiler import count_macs, count_parameters
+from common.segmentation_models import (ARCHITECTURES, PUBLISHED, TorchvisionSegmenter, build_segmenter)
+from common.training import save_weights
+
+TORCHVISION_BUILDERS = {arch: getattr(segmentation, arch) for arch in ARCHITECTURES}
+
+
+def torchvision_with_aux(arch: str, num_classes: int = 21) -> torch.nn.Module:
+    """torchvision's own network with its auxiliary head, the one its published figures describe."""
+    return TORCHVISION_BUILDERS[arch](weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=True)
+
+
+def on_meta(build, *args, **kwargs):
+    """Shapes only: counts without the seconds a ResNet-101's random initialisation takes."""
+    with torch.device("meta"):
+        return build(*args, **kwargs)
+
+
+def user_error(excinfo) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message  # shown to the user as one line
+    return message
+
+
+# ------------------------------------------------------------------------------------------ torchvision's figures
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_parameters_plus_the_aux_head_are_torchvision_published_count(arch):
+    ours, theirs = on_meta(TorchvisionSegmenter, arch), on_meta(torchvision_with_aux, arch)
+    aux_head = count_parameters(theirs.aux_classifier)
+    assert count_parameters(ours) + aux_head == count_parameters(theirs) == PUBLISHED[arch]["num_params"]
+    assert ours.net.aux_classifier is None
+
+
+@pytest.mark.parametrize("arch, expected", [("fcn_resnet50", 32_957_013), ("fcn_resnet101", 51_949_141)])
+def test_fcn_parameters_without_the_aux_head(arch, expected):
+    aux_fcn_head = 1024 * 256 * 9 + 2 * 256 + 256 * 21 + 21  # FCNHead(1024, 21): 3x3 conv, BN, 1x1 conv with bias
+    assert aux_fcn_head == 2_365_205
+    ours = count_parameters(on_meta(TorchvisionSegmenter, arch))
+    assert ours == expected == PUBLISHED[arch]["num_params"] - aux_fcn_head
+
+
+def test_fewer_classes_change_only_the_last_conv():
+    assert (count_parameters(on_meta(TorchvisionSegmenter, "fcn_resnet50"))
+            - count_parameters(on_meta(TorchvisionSegmenter, "fcn_resnet50", 10))) == (512 + 1) * (21 - 10)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_madds_at_520_are_torchvision_published_ops(arch):
+    # ptflops also counts BatchNorm, ReLU and pooling, so it lands slightly above torchvision's figure
+    # (fcn_resnet50: 153.12 G against 152.717 G).
+    macs = count_macs(on_meta(torchvision_with_aux, arch), (1, 3, 520, 520))
+    assert PUBLISHED[arch]["gmacs"] <= macs / 1e9 <= PUBLISHED[arch]["gmacs"] * 1.005
+
+
+def test_meta_device_counts_what_the_cpu_counts(fcn50):
+    shape = (1, 3, 64, 64)
+    assert count_macs(on_meta(TorchvisionSegmenter, "fcn_resnet50"), shape) == count_macs(fcn50, shape)
+
+
+def test_published_metrics_are_torchvision_coco_voc_numbers():
+    assert PUBLISHED["fcn_resnet101"]["miou"] == 63.7  # source 001's teacher
+    assert PUBLISHED["fcn_resnet50"] == {"miou": 60.5, "pixel_acc": 91.4, "num_params": 35_322_218, "gmacs": 152.717}
+    assert set(PUBLISHED) == set(ARCHITECTURES)
+
+
+# ------------------------------------------------------------------------------------------ forward
+@pytest.fixture(scope="module")
+def fcn50():
+    torch.manual_seed(0)
+    return TorchvisionSegmenter("fcn_resnet50").eval()
+
+
+@pytest.fixture(scope="module")
+def deeplab50():
+    torch.manual_seed(0)
+    return TorchvisionSegmenter("deeplabv3_resnet50", num_classes=5).eval()
+
+
+def _ceil_div(size: int, by: int) -> int:
+    return -(-size // by)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (65, 77)])
+@pytest.mark.parametrize("which, classes, head_channels", [("fcn50", 21, 512), ("deeplab50", 5, 256)])
+def test_forward_is_torchvision_out_and_features_come_from_the_same_pass(request, which, classes, head_channels,
+                                                                         size):
+    model = request.getfixturevalue(which)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        logits, features = model(x, return_features=True)
+        assert torch.equal(logits, model.net(x)["out"])
+        assert torch.equal(logits, model(x))
+    assert logits.shape == (2, classes, *size)
+    stride_8 = (_ceil_div(size[0], 8), _ceil_div(size[1], 8))  # dilated ResNet: output stride 8
+    assert features["backbone"].shape == (2, 2048, *stride_8)
+    assert features["head"].shape == (2, head_channels, *stride_8)
+
+
+def test_config_backbone_and_head_parameters(deeplab50):
+    assert deeplab50.config() == {"arch": "deeplabv3_resnet50", "num_classes": 5}
+    resnet_keys = {k for k in on_meta(torchvision.models.resnet50).state_dict() if not k.startswith("fc.")}
+    assert set(deeplab50.backbone.state_dict()) == resnet_keys
+    head, backbone = {id(p) for p in deeplab50.head_parameters()}, {id(p) for p in deeplab50.backbone.parameters()}
+    assert not head & backbone and head | backbone == {id(p) for p in deeplab50.parameters()}
+
+
+@pytest.mark.parametrize("kwargs, valid", [({"arch": "fcn_resnet18"}, ", ".join(ARCHITECTURES)),
+                                           ({"arch": "fcn_resnet50", "num_classes": 1}, ">= 2")])
+def test_bad_arguments_are_user_errors_listing_the_choices(kwargs, valid):
+    with pytest.raises(UserError, match=valid):
+        build_segmenter(**kwargs)
+
+
+def test_weights_and_backbone_weights_together_are_refused(tmp_path):
+    with pytest.raises(UserError, match="not both") as excinfo:
+        build_segmenter("fcn_resnet50", weights="coco", backbone_weights="imagenet")
+    assert "--teacher-checkpoint" in user_error(excinfo) and "--backbone-weights" in user_error(excinfo)
+
+
+def test_coco_weights_need_21_classes():
+    with pytest.raises(UserError, match="21 classes.*not 10") as excinfo:
+        build_segmenter("fcn_resnet101", num_classes=10, weights="coco")
+    user_error(excinfo)
+
+
+# ------------------------------------------------------------------------------------------ weights files
+def shapes_only(model: torch.nn.Module) -> dict:
+    """The state dict's keys and shapes with one stored number per tensor (an expanded zero): files that must be
+    refused need the right layout, not the hundreds of megabytes of real weights."""
+    return {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, fcn50):
+    """Weights files in the layouts the scripts meet. The fcn_resnet50 one mimics torchvision's COCO file (with
+    aux_classifier.*) and the resnet50 one its ImageNet file (with fc.*), both built by torchvision itself."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(1)
+    coco_like = torchvision_with_aux("fcn_resnet50").state_dict()
+    contents = {"fcn_resnet50_coco-1167a1af.pth": coco_like,
+                "fcn_resnet50_10_classes.pth": shapes_only(on_meta(torchvision_with_aux, "fcn_resnet50", 10)),
+                "deeplabv3_resnet50.pth": shapes_only(on_meta(torchvision_with_aux, "deeplabv3_resnet50", 5)),
+                "resnet50-0676ba61.pth": torchvision.models.resnet50().state_dict(),
+                "resnet50_shapes.pth": shapes_only(on_meta(torchvision.models.resnet50)), "list.pth": [1, 2]}
+    paths = {}
+    for name, content in contents.items():
+        torch.save(content, folder / name)
+        paths[name] = folder / name
+    paths["checkpoint.pt"] = folder / "checkpoint.pt"
+    save_weights(paths["checkpoint.pt"], fcn50)
+    paths["garbage.pth"] = folder / "garbage.pth"
+    paths["garbage.pth"].write_bytes(b"not a checkpoint")
+    return paths
+
+
+def assert_holds(model: TorchvisionSegmenter, state_dict: dict) -> None:
+    for key, value in model.net.state_dict().items():
+        assert torch.equal(value, state_dict[key]), key
+
+
+def test_a_torchvision_file_loads_without_its_aux_head(files):
+    model = build_segmenter("fcn_resnet50", weights=files["fcn_resnet50_coco-1167a1af.pth"])
+    assert model.net.aux_classifier is None
+    assert_holds(model, torch.load(files["fcn_resnet50_coco-1167a1af.pth"], weights_only=True))
+
+
+def test_a_checkpoint_of_this_repository_loads(files, fcn50):
+    model = build_segmenter("fcn_resnet50", weights=files["checkpoint.pt"])
+    assert_holds(model, fcn50.net.state_dict())
+
+
+@pytest.mark.parametrize("arch, num_classes, file, looks_like", [
+    ("fcn_resnet101", 21, "fcn_resnet50_coco-1167a1af.pth", "fcn_resnet50 with 21 classes"),
+    ("fcn_resnet50", 21, "fcn_resnet50_10_classes.pth", "fcn_resnet50 with 10 classes"),
+    ("fcn_resnet50", 21, "deeplabv3_resnet50.pth", "deeplabv3_resnet50 with 5 classes"),
+    ("deeplabv3_resnet101", 21, "resnet50_shapes.pth", "a resnet50 classification network"),
+])
+def test_a_file_of_another_network_is_a_user_error_saying_what_it_looks_like(files, arch, num_classes, file,
+                                                                              looks_like):
+    with pytest.raises(UserError) as excinfo:
+        build_segmenter(arch, num_classes, weights=files[file], weights_flag="--teacher")
+    message = user_error(excinfo)
+    assert f"does not hold {arch} weights with {num_classes} classes (it looks like {looks_like})" in message
+    assert message.startswith(f"--teacher {files[file]}")
+
+
+def test_a_checkpoint_of_another_architecture_is_a_user_error(files):
+    with pytest.raises(UserError, match="different architecture: arch='fcn_resnet50' \\(need 'deeplabv3_resnet50'"):
+        build_segmenter("deeplabv3_resnet50", weights=files["checkpoint.pt"])
+
+
+@pytest.mark.parametrize("file, match", [("missing.pth", "does not exist"), ("garbage.pth", "cannot read"),
+                                         ("list.pth", "not a state dict")])
+def test_missing_or_unreadable_files_are_user_errors(files, tmp_path, file, match):
+    path = files.get(file, tmp_path / file)
+    for kwargs in ({"weights": path}, {"backbone_weights": path}):
+        with pytest.raises(UserError, match=match) as excinfo:
+            build_segmenter("fcn_resnet101", **kwargs)
+        user_error(excinfo)
+
+
+def test_a_resnet_file_loads_into_the_backbone(files):
+    model = build_segmenter("fcn_resnet50", backbone_weights=files["resnet50-0676ba61.pth"])
+    saved = torch.load(files["resnet50-0676ba61.pth"], weights_only=True)
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
+@pytest.mark.parametrize("arch, file, looks_like", [
+    ("fcn_resnet101", "resnet50_shapes.pth", "a resnet50 classification network"),
+    ("fcn_resnet50", "fcn_resnet50_coco-1167a1af.pth", "fcn_resnet50 with 21 classes"),
+    ("fcn_resnet50", "checkpoint.pt", "a checkpoint of this repository"),
+])
+def test_a_backbone_file_of_another_network_is_a_user_error(files, arch, file, looks_like):
+    with pytest.raises(UserError) as excinfo:
+        build_segmenter(arch, backbone_weights=files[file])
+    message, resnet = user_error(excinfo), arch.split("_")[1]
+    assert f"(it looks like {looks_like}" in message and f"ImageNet file for {resnet}" in message
+
+
+# ------------------------------------------------------------------------------------------ downloads
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torch.hub folder and no network. torchvision's weights API calls torch.hub.load_state_dict_from_url,
+    which looks in get_dir()/checkpoints and otherwise calls torch.hub.download_url_to_file: both are patched."""
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "checkpoints"
+
+
+@pytest.mark.parametrize("kwargs, file_name, flag", [
+    ({"weights": "coco"}, "fcn_resnet101_coco-7ecb50ca.pth", "--teacher-checkpoint"),
+    ({"backbone_weights": "imagenet"}, "resnet101-63fe2227.pth", "--backbone-weights"),
+])
+def test_without_network_the_error_says_where_to_put_the_file(offline_hub, kwargs, file_name, flag):
+    with pytest.raises(UserError, match="cannot download") as excinfo:
+        build_segmenter("fcn_resnet101", **kwargs)
+    message = user_error(excinfo)
+    assert file_name in message and f"{offline_hub}/" in message and f"{flag} PATH" in message
+
+
+def test_the_flags_named_in_errors_are_the_scripts(offline_hub):
+    with pytest.raises(UserError, match="or pass --student-backbone PATH"):
+        build_segmenter("fcn_resnet50", backbone_weights="imagenet", backbone_flag="--student-backbone")
+
+
+def test_a_corrupt_cached_file_is_a_user_error(offline_hub):
+    offline_hub.mkdir()
+    (offline_hub / "deeplabv3_resnet101_coco-586e9e4e.pth").write_bytes(b"truncated")
+    with pytest.raises(UserError, match="delete it") as excinfo:
+        build_segmenter("deeplabv3_resnet101", weights="coco")
+    assert str(offline_hub / "deeplabv3_resnet101_coco-586e9e4e.pth") in user_error(excinfo)
+
+
+def test_coco_weights_already_in_the_hub_folder_load(offline_hub, files):
+    offline_hub.mkdir()
+    (offline_hub / "fcn_resnet50_coco-1167a1af.pth").symlink_to(files["fcn_resnet50_coco-1167a1af.pth"])
+    model = build_segmenter("fcn_resnet50", weights="coco")
+    assert_holds(model, torch.load(files["fcn_resnet50_coco-1167a1af.pth"], weights_only=True))
