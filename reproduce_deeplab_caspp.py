@@ -67,10 +67,10 @@ from common.losses import attention_map, attention_transfer_loss, soft_cross_ent
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_scatter
-from common.training import (BatchStream, Distributed, RunDir, StepBatches, all_reduce_sum, autocast, barrier,
-                             broadcast_from_main, config_from_args, fit, init_distributed, load_weights,
-                             make_scheduler, resume_run, run_main, save_weights, seed_everything,
-                             shutdown_distributed)
+from common.training import (BatchStream, Distributed, RunDir, StepBatches, add_run_folder_arguments,
+                             all_reduce_sum, autocast, barrier, broadcast_from_main, config_from_args, fit,
+                             init_distributed, load_weights, make_scheduler, resume_run, run_main, save_weights,
+                             seed_everything, shutdown_distributed)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
 MACS_INPUT = (1, 3, 256, 256)  # the thesis's training crop: the input of its Params/MAdds columns (Section 4.3)
@@ -777,9 +777,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     io.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes (default 48)")
     io.add_argument("--image-size", type=int, metavar="PIXELS", help="synthetic scene side (default 128)")
     io.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers/backbones (default runs/teacher_cache)")
-    io.add_argument("--out", metavar="FOLDER", help="run folder (default runs/reproduce_deeplab_caspp/<time>)")
-    io.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run with its saved config")
-    io.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+    add_run_folder_arguments(io, "reproduce_deeplab_caspp")
     args = p.parse_args(argv)
     parsed = {"rows": parse_rows(args.rows)} if args.rows is not None else {}
     cfg = config_from_args(args, Config, PRESETS, **parsed)

@@ -71,8 +71,9 @@ from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
 from common.segmentation_models import PUBLISHED, TorchvisionSegmenter, build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, autocast, config_from_args, fit, load_weights,
-                             make_scheduler, pick_device, resume_run, run_main, save_weights, seed_everything)
+from common.training import (BatchStream, RunDir, StepBatches, add_run_folder_arguments, autocast, config_from_args,
+                             fit, load_weights, make_scheduler, pick_device, resume_run, run_main, save_weights,
+                             seed_everything)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
 # The report's tables, as printed (Section IV).
@@ -610,16 +611,17 @@ class SegmentationExperiment:
         was_training = model.training
         model.eval()
         cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
-        loss_sum, pixels = 0.0, 0
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)   # summed CE, labelled pixels
         for i in range(len(self.val_set)):
             image, mask = self.val_set[i]
             x, y = normalize(image)[None].to(self.device), mask[None].to(self.device)
             with autocast(self.device, self.cfg.amp):
                 logits = model(x).float()
-            loss_sum += float(F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum"))
-            pixels += int((y != IGNORE_INDEX).sum())
+            totals[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")  # on the device:
+            totals[1] += (y != IGNORE_INDEX).sum()                                              # no sync per image
             cm.update(logits.argmax(1), y)
         model.train(was_training)
+        loss_sum, pixels = totals.tolist()
         return {"miou": cm.miou, "val_loss": loss_sum / max(pixels, 1), "pixel_accuracy": cm.pixel_accuracy}
 
     @torch.no_grad()
@@ -808,9 +810,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     r.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
     r.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
     r.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers and backbones (default runs/teacher_cache)")
-    r.add_argument("--out", metavar="FOLDER", help="run folder (default runs/reproduce_fcn_kd/<time>)")
-    r.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run with its saved config")
-    r.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+    add_run_folder_arguments(r, "reproduce_fcn_kd")
     args = p.parse_args(argv)
     parsed = {"variants": parse_variants(args.variants)} if args.variants is not None else {}
     cfg = config_from_args(args, Config, PRESETS, **parsed)

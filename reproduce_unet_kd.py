@@ -62,8 +62,9 @@ from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weigh
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
-from common.training import (History, RunDir, batches, config_from_args, fit, load_weights, make_scheduler,
-                             moving_average_min, pick_device, resume_run, run_main, save_weights, seed_everything)
+from common.training import (History, RunDir, add_run_folder_arguments, batches, config_from_args, fit,
+                             load_weights, make_scheduler, moving_average_min, pick_device, resume_run, run_main,
+                             save_weights, seed_everything)
 from common.unet import UNet
 
 EXPERIMENTS = ["table1", "table2", "table3", "table4", "table5", "table6", "headline"]
@@ -661,12 +662,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                    help="run the teacher on every batch instead of once per training slice")
     p.add_argument("--cache-dir", metavar="FOLDER",
                    help="where trained teachers are cached (default runs/teacher_cache)")
-    p.add_argument("--out", metavar="FOLDER", help="run folder (default runs/reproduce_unet_kd/<time>)")
-    p.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run with its saved config")
     p.add_argument("--eval-every", type=int, metavar="N", help="iterations between test-loss evaluations")
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="iterations between resumable checkpoints")
     p.add_argument("--class-weight-power", type=float, metavar="P", help="class weights ~ frequency^-p (default 0.5)")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+    add_run_folder_arguments(p, "reproduce_unet_kd")
     args = p.parse_args(argv)
     return config_from_args(args, Config, PRESETS), args
 

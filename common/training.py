@@ -185,6 +185,14 @@ class RunDir:
         atomic_write_text(self.metrics_file, "".join(line + "\n" for line in keep))
 
 
+def add_run_folder_arguments(group, script: str) -> None:
+    """The flags that go with ``RunDir`` and ``resume_run``: --out, --resume and --no-progress, the same in every
+    script (``group``: an argparse parser or argument group)."""
+    group.add_argument("--out", metavar="FOLDER", help=f"run folder (default runs/{script}/<time>)")
+    group.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run with its saved config")
+    group.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+
+
 def config_from_args(args, config_class: type, presets: dict, **parsed):
     """The run's config: the dataclass's defaults, then ``presets[args.preset or "default"]``, then every flag the
     user gave (argparse's None means "not given"), then ``parsed`` (flags the script parsed itself, e.g. lists)."""
