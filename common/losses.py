@@ -9,7 +9,8 @@ pixel the loss is a zero that still has a grad_fn. No T^2 factor is applied insi
 whatever factor their paper uses: Hinton et al. multiply by T^2 (source 001, 002); source 004 by 2 alpha T^2.
 
 Attention transfer (source 004, Eq. 4.7-4.9; Zagoruyko & Komodakis 2017) works on feature maps, not logits:
-``attention_map`` and ``attention_transfer_loss`` below.
+``attention_map`` and ``attention_transfer_loss`` below; so does the pair-wise distillation of source 000
+(Liu et al. 2019): ``pairwise_similarity_loss``.
 """
 from __future__ import annotations
 
@@ -158,3 +159,40 @@ def attention_transfer_loss(student_feats: Sequence[torch.Tensor],
         t_vec = F.normalize(t_map.flatten(1), p=2, dim=1)
         total = total + (s_vec - t_vec).norm(p=2, dim=1).mean()
     return total
+
+
+def pairwise_similarity_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, patch: int = 2) -> torch.Tensor:
+    """Pair-wise distillation of structured knowledge (source 000, Section 3.1 'Pairwise Distillation'; Liu et al.
+    2019, 'Structured knowledge distillation for semantic segmentation'):
+
+        l_pa = 1 / (N M^2) sum_n sum_{i,j} (a^S_ij - a^T_ij)^2 ,   a_ij = f_i . f_j / (||f_i||_2 ||f_j||_2),
+
+    where each feature map (N, C, H, W) is max-pooled over ``patch`` x ``patch`` patches into M nodes (a partial
+    last patch counts as a node: ceil mode), f_i is node i's channel vector, and the affinities a_ij are taken between
+    all M x M node pairs of an image (the diagonal included, as in Liu et al.'s code: it is 1 on both sides).
+
+    - Channel counts may differ between student and teacher: each side compares its own nodes with each other.
+    - The spatial sizes must give the same nodes: where they differ, the teacher's map is bilinearly resized to the
+      student's first (our choice; Liu et al.'s networks share the output stride).
+    - Nodes of all-zero features (e.g. after a ReLU) have affinity 0 with every node (F.normalize's epsilon).
+    - The teacher is detached. Liu et al.'s official code pools with a kernel of half the feature map (4 nodes),
+      which its author says is not what the paper means; this follows the paper's patches.
+    """
+    if student_feat.dim() != 4 or teacher_feat.dim() != 4:
+        raise ValueError(f"expected (N, C, H, W) feature maps, got {tuple(student_feat.shape)} and "
+                         f"{tuple(teacher_feat.shape)}")
+    if student_feat.shape[0] != teacher_feat.shape[0]:
+        raise ValueError(f"batch sizes differ: student {student_feat.shape[0]}, teacher {teacher_feat.shape[0]}")
+    if patch < 1:
+        raise ValueError(f"patch must be >= 1, got {patch}")
+    teacher_feat = teacher_feat.detach()
+    if teacher_feat.shape[-2:] != student_feat.shape[-2:]:
+        teacher_feat = F.interpolate(teacher_feat, size=student_feat.shape[-2:], mode="bilinear",
+                                     align_corners=False)
+
+    def affinity(feat: torch.Tensor) -> torch.Tensor:             # (N, M, M) cosine similarities
+        nodes = F.max_pool2d(feat, kernel_size=patch, stride=patch, ceil_mode=True).flatten(2)   # (N, C, M)
+        nodes = F.normalize(nodes, p=2, dim=1)
+        return nodes.transpose(1, 2) @ nodes
+
+    return (affinity(student_feat.float()) - affinity(teacher_feat.float())).pow(2).mean()

@@ -301,7 +301,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         evaluate: Callable[[], dict] | None = None, eval_every: int = 100, checkpoint_every: int = 500,
         amp: bool = False, best_key: str | None = "test_loss", diverge_above: float = 1e3,
-        progress: bool = True, ddp: Distributed = Distributed()) -> History:
+        progress: bool = True, ddp: Distributed = Distributed(), plateau_key: str = "val_loss") -> History:
     """Train ``model`` for ``iterations`` steps of ``loss_fn(step) -> (loss, logs)``; resumable.
 
     - Every ``eval_every`` steps (and at the end) ``evaluate()`` returns metrics, logged with the step; the model
@@ -312,6 +312,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
       job just loads its result. Batches must be a pure function of the step (see common.datasets.random_crops)
       for a resumed run to match an uninterrupted one exactly.
     - A non-finite loss, or one above ``diverge_above``, stops the job and marks it diverged (Table 2's "Div.").
+    - ``scheduler`` steps after every iteration; a ``ReduceLROnPlateau`` instead steps after every evaluation, on
+      the evaluation's ``plateau_key`` metric (source 000's scheduler "in min mode").
     - Under ``torchrun`` (``ddp.enabled``) every rank runs this loop on its share of each batch, ``loss_fn``
       using the DistributedDataParallel wrapper of ``model``; the logged loss is the mean over ranks, and rank 0
       alone writes logs, checkpoints and the progress bar. ``evaluate`` runs on every rank and must return the
@@ -337,6 +339,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
     best_value = min((e[best_key] for e in history.evals if best_key in e), default=math.inf)
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     def checkpoint(done: bool = False) -> None:
         if ddp.is_main:
@@ -353,6 +356,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
         metrics = evaluate()
         history.evals.append({"iteration": step, **metrics})
         log({"job": name, "iteration": step, **metrics})
+        if plateau:
+            scheduler.step(metrics[plateau_key])
         if best_key and metrics.get(best_key, math.inf) < best_value:
             best_value, best = metrics[best_key], copy.deepcopy(model.state_dict())
 
@@ -373,7 +378,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[i
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        if scheduler is not None:
+        if scheduler is not None and not plateau:
             scheduler.step()
         step += 1
         history.train_loss.append(value)

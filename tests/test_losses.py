@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import (attention_map, attention_transfer_loss, class_prior_loss, kd_kl_div, soft_cross_entropy,
-                           weighted_cross_entropy)
+from common.losses import (attention_map, attention_transfer_loss, class_prior_loss, kd_kl_div,
+                           pairwise_similarity_loss, soft_cross_entropy, weighted_cross_entropy)
 
 LN3 = math.log(3.0)
 
@@ -227,3 +227,68 @@ def test_attention_loss_gradient_reaches_the_student_only_and_is_finite_at_zero(
 def test_attention_loss_rejects_unpaired_layers():
     with pytest.raises(ValueError):
         attention_transfer_loss([torch.rand(1, 2, 3, 3)], [])
+
+
+# ---- pairwise_similarity_loss (source 000, Section 3.1; Liu et al. 2019) -------------------------------------------
+
+def test_pairwise_hand_value_two_nodes():
+    # student (1, 2, 2, 4), patch 2 -> two nodes, maxima (1, 0) and (0, 1): affinities [[1, 0], [0, 1]]
+    student = torch.zeros(1, 2, 2, 4)
+    student[0, 0, 0, 0] = 1.0          # node 1 (columns 0-1), channel 0
+    student[0, 1, 1, 3] = 1.0          # node 2 (columns 2-3), channel 1
+    # teacher with 3 channels: nodes (1, 0, 0) and (1, 1, 0) -> a_12 = 1 / sqrt 2
+    teacher = torch.zeros(1, 3, 2, 4)
+    teacher[0, 0, 1, 1] = 1.0
+    teacher[0, 0, 0, 2] = 1.0
+    teacher[0, 1, 0, 3] = 1.0
+    # off-diagonal squared differences (0 - 1/sqrt 2)^2 = 1/2 twice, diagonals 0: mean over 4 pairs = 1/4
+    assert pairwise_similarity_loss(student, teacher, patch=2).item() == pytest.approx(0.25, abs=1e-6)
+
+
+def test_pairwise_max_pools_each_patch_and_ignores_node_length():
+    # each node is the channel-wise max of its 2x2 patch; scaling a node (or adding smaller values inside
+    # its patch) changes nothing, since affinities are cosines of the pooled vectors
+    torch.manual_seed(0)
+    feat = torch.rand(2, 5, 4, 4)
+    teacher = torch.rand(2, 7, 4, 4)
+    scaled = feat.clone()
+    scaled[:, :, :2, :2] *= 3.0
+    assert pairwise_similarity_loss(scaled, teacher).item() == pytest.approx(
+        pairwise_similarity_loss(feat, teacher).item(), abs=1e-6)
+
+
+def test_pairwise_matches_an_explicit_loop():
+    torch.manual_seed(1)
+    s, t_ = torch.randn(2, 3, 4, 6), torch.randn(2, 8, 4, 6)
+    total, count = 0.0, 0
+    for n in range(2):
+        s_nodes = [s[n, :, i:i + 2, j:j + 2].amax(dim=(1, 2)) for i in (0, 2) for j in (0, 2, 4)]
+        t_nodes = [t_[n, :, i:i + 2, j:j + 2].amax(dim=(1, 2)) for i in (0, 2) for j in (0, 2, 4)]
+        for a in range(6):
+            for b in range(6):
+                a_s = F.cosine_similarity(s_nodes[a], s_nodes[b], dim=0)
+                a_t = F.cosine_similarity(t_nodes[a], t_nodes[b], dim=0)
+                total += float((a_s - a_t) ** 2)
+                count += 1
+    assert pairwise_similarity_loss(s, t_, patch=2).item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_pairwise_identical_structure_gives_zero_and_gradient_reaches_the_student_only():
+    torch.manual_seed(2)
+    feat = torch.rand(1, 4, 6, 6)
+    assert pairwise_similarity_loss(feat, 2.0 * feat).item() == pytest.approx(0.0, abs=1e-10)
+    student = torch.rand(1, 4, 6, 6, requires_grad=True)
+    teacher = torch.rand(1, 16, 6, 6, requires_grad=True)
+    pairwise_similarity_loss(student, teacher).backward()
+    assert student.grad.abs().sum() > 0
+    assert teacher.grad is None
+
+
+def test_pairwise_partial_patches_and_resized_teacher():
+    # 5x5 maps, patch 2: ceil mode gives 3x3 = 9 nodes; a teacher at 10x10 is resized to 5x5 first
+    torch.manual_seed(3)
+    s, t_ = torch.rand(1, 2, 5, 5), torch.rand(1, 3, 10, 10)
+    resized = F.interpolate(t_, size=(5, 5), mode="bilinear", align_corners=False)
+    assert pairwise_similarity_loss(s, t_).item() == pytest.approx(pairwise_similarity_loss(s, resized).item())
+    with pytest.raises(ValueError, match="batch"):
+        pairwise_similarity_loss(torch.rand(2, 2, 4, 4), torch.rand(1, 2, 4, 4))

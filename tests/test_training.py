@@ -380,3 +380,15 @@ def test_fit_marks_divergence_above_threshold(tmp_path):
     hist = fit(model, optimizer, loss_fn, 10, name="big", run=RunDir(tmp_path), device=torch.device("cpu"),
                progress=False)
     assert hist.diverged and hist.train_loss == [1.0, 1.0]
+
+
+def test_fit_steps_a_plateau_scheduler_on_each_evaluation(tmp_path):
+    # source 000's "learning rate scheduler operating in min mode": ReduceLROnPlateau, stepped with the evaluation's
+    # val_loss, not every iteration. A flat val_loss with patience 0 halves the rate at each evaluation but the first.
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
+    loss_fn = lambda step: (model(torch.ones(1, 1)).sum() * 0, {})  # noqa: E731
+    fit(model, optimizer, loss_fn, 6, name="plateau", run=RunDir(tmp_path), device=torch.device("cpu"),
+        scheduler=plateau, evaluate=lambda: {"val_loss": 1.0}, eval_every=2, best_key=None, progress=False)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)     # evaluations at 2, 4, 6: halved at 4 and 6

@@ -53,3 +53,43 @@ def test_input_not_a_multiple_of_16_is_refused():
 def test_config_identifies_the_architecture():
     assert UNet(k=4, batch_norm=False).config() == {"name": "UNet", "k": 4, "in_channels": 1, "num_classes": 2,
                                                     "batch_norm": False}
+
+
+# ---- source 000's student: Buda et al.'s U-Net (32 features, BatchNorm, bias-free convolutions, RGB input) -------
+
+def test_buda_unet_has_the_published_7_763_041_parameters():
+    # brain-segmentation-pytorch's UNet(in_channels=3, out_channels=1, init_features=32): 7,763,041 parameters
+    assert count_parameters(UNet(k=32, in_channels=3, num_classes=1, conv_bias=False)) == 7_763_041
+
+
+def test_buda_unet_with_21_classes_adds_20_head_filters():
+    # the 1x1 head gains 20 x (32 weights + 1 bias) = 660 parameters for VOC's 21 classes
+    assert count_parameters(UNet(k=32, in_channels=3, num_classes=21, conv_bias=False)) == 7_763_041 + 660
+
+
+def test_bias_free_convolutions_drop_one_parameter_per_3x3_filter():
+    with_bias = count_parameters(UNet(k=2, in_channels=3, num_classes=4))
+    without = count_parameters(UNet(k=2, in_channels=3, num_classes=4, conv_bias=False))
+    filters = 2 * (2 + 4 + 8 + 16 + 32) + 2 * (16 + 8 + 4 + 2)   # encoder and decoder 3x3 convs
+    assert with_bias - without == filters
+
+
+def test_bias_free_needs_batch_norm():
+    with pytest.raises(ValueError, match="batch_norm"):
+        UNet(k=2, batch_norm=False, conv_bias=False)
+
+
+def test_return_features_gives_the_decoder_at_each_stride_from_the_same_pass():
+    model = UNet(k=2, in_channels=3, num_classes=5, conv_bias=False).eval()
+    x = torch.randn(2, 3, 32, 48)
+    logits, feats = model(x, return_features=True)
+    assert torch.equal(logits, model(x))
+    assert feats["bottleneck"].shape == (2, 32, 2, 3)
+    assert feats["stride8"].shape == (2, 16, 4, 6)
+    assert feats["stride1"].shape == (2, 2, 32, 48)
+    assert torch.allclose(model.head(feats["stride1"]), logits)
+
+
+def test_config_names_bias_free_convolutions_only_when_set():
+    assert "conv_bias" not in UNet(k=2).config()    # checkpoints of source 002's runs keep loading
+    assert UNet(k=2, conv_bias=False).config()["conv_bias"] is False

@@ -1,0 +1,974 @@
+#!/usr/bin/env python
+"""Reproduce Palchuri & Chakraborty, "Compression techniques for Semantic Segmentation" (NYU Tandon).
+
+Source: ../shared/seeds/000_75d86e3d662be989.txt ("the report"). A U-Net student learns PASCAL VOC 2012 from a
+DeepLabV3-ResNet101 teacher, by structured knowledge distillation (Section 3.1, after Liu et al. 2019 [7]) and by
+quantization-aware knowledge distillation (Section 3.2, after QKD, Kim et al. 2019 [6]):
+
+  Section 3    the student is Buda et al.'s U-Net [1] (32 features, BatchNorm, bias-free 3x3 convolutions; here 3
+               input channels and VOC's 21 classes: 7,763,701 parameters, common/unet.py); the teacher is PyTorch's
+               pretrained DeepLabV3-ResNet101 (torchvision, COCO with the VOC classes: --teacher-weights coco).
+               "We start by ... train[ing] this network for semantic segmentation task, then we quantize this
+               network ... After this, we perform knowledge distillation on the pretrained student model".
+  Section 3.1  pixel-wise distillation: the KL divergence between the teacher's and the student's per-pixel class
+               distributions; pair-wise distillation: squared differences of the two networks' similarities between
+               local pixel areas (common.losses.pairwise_similarity_loss). "The main objective of the student
+               network is to reduce the pixelwise and pairwise distillation loss along with the classification
+               loss": L = CE + w_pi T^2 KL(p_T || p_S) + w_pa l_pa            (``distillation_loss`` below).
+  Section 3.2  a 'fake' quantization module present during distillation: "all the computations are still made
+               using higher precision" (common/quantization.py); QKD's three phases: self-studying (the quantized
+               student alone), co-studying (teacher and quantized student train together, so the teacher adapts to
+               the quantized student), tutoring (teacher frozen, student distilled).
+  Section 4    VOC 2012; Adam, lr 1e-4, "a momentum of 0.8", a learning-rate scheduler in min mode. The report's
+               only results are statements: after 1000 epochs the training loss "saturates at 50" (Figure 1, with
+               20 more epochs to show it), and "knowledge distillation is not working well" (Figure 2).
+
+What this script runs (each row of table_qkd.md; every compressed student starts from the same pretrained student,
+as Section 3 says):
+  1. the teacher: torchvision's COCO weights, --teacher-checkpoint FILE, or one trained here and cached;
+  2. the student pre-trained alone (Figure 1's "1000 epochs"), then continued alone (its "20 more epochs");
+  3. from the pretrained student: + pixel-wise, + pair-wise, + both (Figure 2);
+  4. quantization-aware training at each of --bits without a teacher, and QKD at each of --bits (its three phases,
+     the same number of iterations in all);
+  5. int8: the 8-bit QKD student (or, without 8 in --bits, the '+ both' student) converted to a real int8 model for
+     x86 CPUs with torchao's PT2E path (common/int8.py) after a short tutoring under the backend's own quantizer,
+     and evaluated as converted -- every 3x3 and 1x1 convolution runs as a oneDNN int8 kernel.
+
+Readings of the report we had to choose (repeated under the table):
+  * "Adam ... with a momentum of 0.8": Adam's first-moment coefficient beta1 = 0.8 (beta2 0.999, torch's default).
+    The scheduler "operating in min mode": ReduceLROnPlateau(mode="min") on the validation loss at each evaluation
+    (factor 0.1, torch's default; patience 2 evaluations in the default preset, 10 in the paper preset).
+  * Loss weights and temperature are not given: Liu et al.'s lambda = 10 for both distillation terms (their pixel
+    term averaged over pixels, as here), T = 1 (Liu et al.). Pixels labelled 255 are left out of CE and KL.
+  * Pair-wise features (not given): the teacher's DeepLab head after ASPP and its 3x3 conv (256 channels, stride 8:
+    Liu et al.'s "after the context module") and the student's decoder at the same stride (the first decoder stage,
+    8 x 32 = 256 channels), 2x2 patches max-pooled into nodes (Liu et al.'s reading; common.losses).
+  * The quantizer (Section 3.2 points to Polino et al. [9] and QKD [6]): uniform, weights symmetric per output
+    channel, activations (every convolution's input) asymmetric per tensor, learned clipping ranges with a
+    straight-through estimator (QKD's; --ranges tracked uses moving min/max ranges instead); first and last layer at
+    8 bits (the usual practice in low-bit QAT); BatchNorm stays float.
+  * QKD's co-studying in the default preset trains the teacher's head only (its backbone stays fixed, which spares a
+    ResNet-101 backward pass on a CPU); --co-study-teacher all (the paper preset) trains the whole teacher.
+  * "1000 epochs" and "20 more epochs" are iteration budgets here (--pretrain-iterations, --iterations): the default
+    preset runs minutes on a CPU, so its students are far from converged; the paper preset runs the report's epochs.
+  * The report's loss of 50 cannot be a per-pixel cross-entropy with 21 classes (a uniform prediction scores
+    ln 21 = 3.04): its reduction is not given (perhaps a sum over an epoch's batches). We report per-pixel means.
+  * No network here: without --data-root the default preset runs on synthetic VOC-like scenes (common/voc.py) and
+    trains its own teacher: three minutes of SGD from scratch, which leave a DeepLabV3-ResNet101 far below the U-Net
+    student (about 6 against 19 mIoU; Adam, higher rates or 200 iterations did no better). Distillation from it then
+    measures a weak teacher, not the report's; the table says so. Use --teacher-weights coco where you can.
+
+Run: python reproduce_qkd.py [--preset paper] [--data-root DIR] [--bits 8,4,2]   (see --help, README)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.errors import UserError
+from common.int8 import convert_reference, count_int8_convolutions, int8_weight_bytes, lower_int8, prepare_int8_qat
+from common.losses import kd_kl_div, pairwise_similarity_loss, weighted_cross_entropy
+from common.metrics import ConfusionMatrix
+from common.profiler import count_macs, count_parameters, measure_latency
+from common.quantization import fake_quantize_model, quantized_weight_bytes, strip_fake_quantization
+from common.results import ResultsCSV, Table, plot_curves, plot_panel
+from common.segmentation_models import build_segmenter
+from common.training import (BatchStream, RunDir, StepBatches, add_run_folder_arguments, autocast, config_from_args,
+                             fit, load_weights, make_scheduler, pick_device, resume_run, run_main, save_weights,
+                             seed_everything)
+from common.unet import UNet
+from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, denormalize, normalize, voc_dataset
+
+TEACHER_ARCH = "deeplabv3_resnet101"
+# What the report says of each row (Section 4); it prints no table and no mIoU.
+SOURCE_SAYS = {
+    "teacher": "PyTorch's pretrained DeepLabV3-ResNet101 (Section 3); no score given",
+    "alone": "training loss 'saturates at 50' after 1000 epochs, flat over 20 more (Section 4, Fig. 1); no mIoU",
+    "kd": "'knowledge distillation is not working well' (Section 4, Fig. 2); no mIoU",
+    "qat": "not reported",
+    "qkd": "described (Section 3.2); no result reported",
+    "int8": "not in the report",
+}
+MEMO_BYTES = 1 << 29     # teacher outputs kept for reuse by later students (512 MiB; the default preset needs 200)
+KD_ROWS = {"pixel": (True, False), "pair": (False, True), "both": (True, True)}   # (pixel-wise, pair-wise)
+
+
+# =============================================================================================== Section 3.1: the loss
+def distillation_loss(student_logits: torch.Tensor, student_feat: torch.Tensor, teacher_logits: torch.Tensor,
+                      teacher_feat: torch.Tensor, target: torch.Tensor, pixel_weight: float, pair_weight: float,
+                      T: float = 1.0, patch: int = 2) -> tuple[torch.Tensor, dict]:
+    """L = CE(y, p_S) + pixel_weight T^2 KL(p_T || p_S) + pair_weight l_pa       (Section 3.1, Liu et al. 2019).
+
+    CE and the pixel-wise KL are averaged over the pixels not labelled 255; l_pa is
+    common.losses.pairwise_similarity_loss on (student_feat, teacher_feat) with ``patch`` x ``patch`` nodes. A zero
+    weight leaves its term out. The teacher's tensors are not differentiated. Returns the loss and its terms.
+    """
+    ce = weighted_cross_entropy(student_logits, target, ignore_index=IGNORE_INDEX)
+    loss, logs = ce, {"train_ce": ce.detach()}
+    if pixel_weight:
+        kl = kd_kl_div(student_logits, teacher_logits, T, valid_mask=target != IGNORE_INDEX)
+        loss = loss + pixel_weight * T ** 2 * kl
+        logs["train_pixel_kl"] = kl.detach()
+    if pair_weight:
+        pair = pairwise_similarity_loss(student_feat, teacher_feat, patch)
+        loss = loss + pair_weight * pair
+        logs["train_pair"] = pair.detach()
+    return loss, logs
+
+
+# =============================================================================================== configuration
+@dataclass
+class Config:
+    preset: str = "default"
+    # ----- Section 4's recipe
+    lr: float = 1e-4
+    beta1: float = 0.8                  # "a momentum of 0.8"
+    batch_size: int = 8                 # not given
+    plateau_patience: int = 2           # evaluations without improvement before the rate drops (torch: 10)
+    pretrain_iterations: int = 150      # Figure 1's "1000 epochs"
+    iterations: int = 60                # Figure 1's "20 more epochs"; the fp32 distillation rows
+    eval_every: int = 20
+    # ----- Section 3.1
+    T: float = 1.0
+    pixel_weight: float = 10.0
+    pair_weight: float = 10.0
+    patch: int = 2
+    student_width: int = 32             # Buda et al.'s init_features
+    # ----- Section 3.2 (QKD)
+    bits: tuple = (8, 4)
+    ranges: str = "learned"             # learned | tracked
+    self_study: int = 20                # QKD phase lengths (iterations); QAT without a teacher trains their sum
+    co_study: int = 20
+    tutor: int = 20
+    co_study_teacher: str = "head"      # head | all
+    int8_iterations: int = 20           # tutoring under the int8 backend's quantizer before conversion
+    # ----- the teacher
+    teacher_weights: str | None = None  # "coco": torchvision's pretrained weights, the report's teacher
+    teacher_checkpoint: str | None = None
+    teacher_iterations: int = 150       # a teacher trained here (no weights given)
+    teacher_lr: float = 0.01            # its SGD rate (our choice; poly schedule)
+    # ----- data
+    data_root: str | None = None
+    train_images: int = 256             # synthetic scenes (VOC 2012 train: 1,464)
+    val_images: int = 32                # synthetic scenes (VOC 2012 val: 1,449)
+    image_size: int = 64                # synthetic scene side
+    crop: int = 64                      # training crop side
+    scale: tuple = (0.5, 2.0)
+    eval_size: int = 512                # VOC: validation images are padded to this square (the int8 model's input)
+    profile_size: int = 256             # the cost columns at 1x3xSxS
+    # ----- run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    workers: int = 0
+    latency_repeats: int = 5
+    compile: bool = True                # time the fp32 student compiled (torch.compile), as the int8 one is lowered
+    int8: bool = True                   # the int8 row (x86 CPUs, torchao)
+    panel_images: int = 3
+    cache_dir: str = "runs/teacher_cache"
+    out: str | None = None
+    checkpoint_every: int = 100
+    progress: bool = True
+
+
+PRESETS = {
+    # A 2-core CPU: about 12 minutes on synthetic 64x64 scenes (README). The iteration budgets are tiny next to the
+    # report's 1000 epochs; the students learn the frequent classes only.
+    "default": {},
+    # The report's settings (Section 4); batch, weights, phase lengths and patience are our choices (docstring).
+    "paper": dict(batch_size=16, plateau_patience=10, pretrain_iterations=91_000, iterations=1_820, eval_every=910,
+                  self_study=910, co_study=910, tutor=1_820, co_study_teacher="all", int8_iterations=910,
+                  teacher_iterations=9_100, crop=320, profile_size=512, latency_repeats=20, checkpoint_every=910,
+                  workers=8),
+}
+
+
+# =============================================================================================== data and models
+def voc_sample(dataset, crop: int, scale: tuple, index: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training sample: random scale, flip and crop (common.voc.augment); top level for worker processes."""
+    image, mask = dataset[index]
+    return augment(image, mask, generator, crop=crop, scale=tuple(scale))
+
+
+def new_student(cfg: Config) -> UNet:
+    """Buda et al.'s U-Net [1]: k = 32, BatchNorm, bias-free 3x3 convolutions; 3 input channels, 21 classes. Its
+    initial weights depend on the seed only (not on whether the teacher was trained or read from the cache)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return UNet(k=cfg.student_width, in_channels=3, num_classes=NUM_CLASSES, batch_norm=True, conv_bias=False)
+
+
+class LogitsAndFeature(nn.Module):
+    """The student as a function of one tensor returning (logits, the pair-wise feature map): the form torch.export
+    needs for the int8 path, so that the same distillation loss trains it."""
+
+    def __init__(self, unet: UNet) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.unet(x, return_features=True)
+        return logits, features["stride8"]
+
+
+def student_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, pair-wise feature): the decoder at stride 8, the teacher head's stride (module docstring)."""
+    if isinstance(model, UNet):
+        logits, features = model(x, return_features=True)
+        return logits, features["stride8"]
+    out = model(x)                 # the int8 path's exported LogitsAndFeature
+    return out[0], out[1]
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass
+class Trained:
+    name: str
+    label: str
+    model: nn.Module
+    metrics: dict
+    train_loss: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    diverged: bool = False
+    start_step: int = 0
+
+
+# =============================================================================================== the experiment
+class Experiment:
+    """Sections 3 and 4 on VOC 2012 (--data-root) or synthetic scenes: teacher, pretrained student, the rows."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        if cfg.data_root:
+            self.train_set, self.val_set = voc_dataset(cfg.data_root, "train"), voc_dataset(cfg.data_root, "val")
+            self.data_name = "VOC 2012 train / val"
+            self.eval_side = cfg.eval_size
+        else:
+            self.train_set = SyntheticScenes("train", cfg.train_images, cfg.image_size, cfg.seed)
+            self.val_set = SyntheticScenes("val", cfg.val_images, cfg.image_size, cfg.seed)
+            self.data_name = (f"synthetic 21-class scenes {cfg.image_size}x{cfg.image_size} "
+                              f"({cfg.train_images} / {cfg.val_images})")
+            self.eval_side = 16 * math.ceil(cfg.image_size / 16)
+        if len(self.train_set) < cfg.batch_size:
+            raise UserError(f"{len(self.train_set)} training images are fewer than one batch of {cfg.batch_size}; "
+                            f"raise --train-images or lower --batch-size.")
+        # weights named on the command line are read now: a wrong file stops us before the run folder exists
+        given = cfg.teacher_weights or cfg.teacher_checkpoint
+        self.given_teacher = build_segmenter(TEACHER_ARCH, NUM_CLASSES, weights=given) if given else None
+        self.run: RunDir | None = None
+        self.results: ResultsCSV | None = None
+        self.teacher_memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    # ------------------------------------------------------------------ the whole run, as Sections 3-4
+    def run_all(self, run: RunDir) -> None:
+        cfg = self.cfg
+        self.run, self.results = run, ResultsCSV(run.path / "results.csv")
+        self.say(f"data: {self.data_name}; device {self.device}; student U-Net k={cfg.student_width}, teacher "
+                 f"{TEACHER_ARCH}")
+        teacher = self.teacher()
+        pretrained = self.train_fp32("student_pretrain", "U-Net, pre-trained alone", new_student(cfg), 0,
+                                     cfg.pretrain_iterations, None, False, False)
+        start = cfg.pretrain_iterations
+        rows = {"alone": self.train_fp32("student_alone", "U-Net fp32, alone (continued)",
+                                         copy.deepcopy(pretrained.model), start, cfg.iterations, None, False, False)}
+        for name, (pixel, pair) in KD_ROWS.items():
+            label = {"pixel": "U-Net fp32 + pixel-wise", "pair": "U-Net fp32 + pair-wise",
+                     "both": "U-Net fp32 + pixel-wise + pair-wise"}[name]
+            rows[name] = self.train_fp32(f"student_{name}", label, copy.deepcopy(pretrained.model), start,
+                                         cfg.iterations, teacher.model, pixel, pair)
+        for bits in cfg.bits:
+            rows[f"qat{bits}"] = self.train_qat(bits, pretrained, start)
+        tutors = {}
+        for bits in cfg.bits:
+            rows[f"qkd{bits}"], tutors[bits] = self.train_qkd(bits, pretrained, teacher.model, start)
+        if cfg.int8:
+            rows["int8"] = self.train_int8(rows, tutors, teacher.model)
+        costs = self.costs(teacher.model, rows)
+        write_table(self, teacher, pretrained, rows, costs)
+        plot_figures(self, teacher, pretrained, rows)
+
+    # ------------------------------------------------------------------ the teacher (Section 3)
+    def teacher(self) -> Trained:
+        cfg = self.cfg
+        label = "DeepLabV3-ResNet101 (teacher)"
+        if self.given_teacher is not None:
+            model = self.given_teacher.to(self.device)
+            source = "torchvision's COCO weights" if cfg.teacher_weights else cfg.teacher_checkpoint
+            trained = Trained("teacher", label, model, self.evaluate(model))
+        else:
+            trained, source = self.train_teacher(label)
+        trained.metrics["source"] = source
+        trained.model.eval().requires_grad_(False)
+        self.say(f"  teacher from {source}: mIoU {100 * trained.metrics['miou']:.1f}")
+        return trained
+
+    def train_teacher(self, label: str) -> tuple[Trained, str]:
+        """No weights given: train the DeepLabV3-ResNet101 from scratch on the training set, once, and cache it.
+        Our recipe (the report uses a pretrained one): SGD, momentum 0.9, --teacher-lr, poly, weight decay 1e-4."""
+        cfg = self.cfg
+        key = {"what": "qkd teacher", "arch": TEACHER_ARCH, "data": self.data_name, "iterations": cfg.teacher_iterations,
+               "lr": cfg.teacher_lr, "batch": cfg.batch_size, "crop": cfg.crop, "scale": list(cfg.scale),
+               "seed": cfg.seed}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        path = Path(cfg.cache_dir) / f"qkd_teacher_{digest}.pt"
+        model = build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(self.device)
+        if path.exists():
+            load_weights(model, path, what="cached teacher")
+            return Trained("teacher", label, model, self.evaluate(model)), f"the cache ({path})"
+        self.say(f"training the {TEACHER_ARCH} teacher ({cfg.teacher_iterations} iterations from scratch; cached in "
+                 f"{path})")
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.teacher_lr, momentum=0.9, weight_decay=1e-4)
+        scheduler = make_scheduler(optimizer, "poly", cfg.teacher_iterations)
+        stream = self.batches(cfg.teacher_iterations, 0)
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+            x, y = stream(step)
+            return weighted_cross_entropy(model(x).float(), y, ignore_index=IGNORE_INDEX), {}
+
+        trained = self.fit("teacher", label, model, optimizer, loss_fn, cfg.teacher_iterations,
+                           scheduler=scheduler, eval_every=cfg.teacher_iterations)
+        save_weights(path, model)
+        return trained, f"training by this run ({cfg.teacher_iterations} iterations from scratch; cached)"
+
+    def teacher_outputs(self, teacher: nn.Module, x: torch.Tensor, step: int | None) -> tuple[torch.Tensor, ...]:
+        """The frozen teacher's (logits, head features) for batch ``step``. Every student sees the same batch at the
+        same step (StepBatches), so the first student to need a batch computes it and the others reuse it (the
+        teacher's forward pass costs as much as a student's training step on a CPU), up to MEMO_BYTES of outputs.
+        ``step`` None: no memo."""
+        if step is not None and step in self.teacher_memo:
+            return tuple(t.to(self.device) for t in self.teacher_memo[step])
+        with torch.no_grad(), autocast(self.device, self.cfg.amp):
+            logits, features = teacher(x, return_features=True)
+        logits, feat = logits.float(), features["head"].float()
+        held = sum(t.numel() * 4 for pair in self.teacher_memo.values() for t in pair)
+        if step is not None and held < MEMO_BYTES:    # float32: a weak teacher's logits can overflow float16
+            self.teacher_memo[step] = (logits.cpu(), feat.cpu())
+        return logits, feat
+
+    # ------------------------------------------------------------------ training
+    def batches(self, iterations: int, start_step: int) -> BatchStream:
+        """Batches of steps start_step, start_step + 1, ...: a job continuing the pretrained student sees the data
+        the pre-training would have seen next, and all jobs that start at the same step see the same batches."""
+        cfg = self.cfg
+        batches = StepBatches(len(self.train_set), cfg.batch_size, cfg.seed,
+                              functools.partial(voc_sample, self.train_set, cfg.crop, tuple(cfg.scale)))
+        stream = BatchStream(batches, start_step + iterations, cfg.workers, pin_memory=self.device.type == "cuda")
+        device = self.device
+
+        def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return tuple(t.to(device, non_blocking=True) for t in stream(start_step + step))
+
+        return batch
+
+    def adam(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
+        """Section 4: Adam, lr 1e-4, 'momentum' 0.8 (beta1), and a plateau scheduler in min mode."""
+        optimizer = torch.optim.Adam(params, lr=self.cfg.lr, betas=(self.cfg.beta1, 0.999))
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                               patience=self.cfg.plateau_patience)
+        return optimizer, scheduler
+
+    def fit(self, name: str, label: str, model: nn.Module, optimizer, loss_fn, iterations: int, scheduler=None,
+            eval_every: int | None = None, evaluated: nn.Module | None = None, amp: bool | None = None,
+            start_step: int = 0) -> Trained:
+        """common.training.fit: resumable, logged to metrics.jsonl, evaluated every ``eval_every`` iterations and at
+        the end (``evaluated``: the network to score, if ``model`` holds more); the final model is reported."""
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        target = evaluated if evaluated is not None else model
+        history = fit(model, optimizer, loss_fn, iterations, name=name, run=self.run, device=self.device,
+                      scheduler=scheduler, evaluate=lambda: self.evaluate(target), eval_every=eval_every or cfg.eval_every,
+                      checkpoint_every=cfg.checkpoint_every, amp=cfg.amp if amp is None else amp, best_key=None,
+                      progress=cfg.progress, diverge_above=math.inf)
+        metrics = {k: v for k, v in (history.evals[-1] if history.evals else self.evaluate(target)).items()
+                   if k != "iteration"}
+        self.run.log({"job": name, "event": "final", **metrics})
+        if history.diverged:
+            self.say(f"  {name}: the loss became non-finite; its row is marked 'diverged'")
+        return Trained(name, label, target, metrics, history.train_loss, history.evals, history.diverged, start_step)
+
+    def train_fp32(self, name: str, label: str, student: UNet, start_step: int, iterations: int,
+                   teacher: nn.Module | None, pixel: bool, pair: bool) -> Trained:
+        """A float student: alone (cross-entropy) or distilled with Section 3.1's terms, from ``start_step``."""
+        cfg = self.cfg
+        student = student.to(self.device)
+        optimizer, scheduler = self.adam(student.parameters())
+        stream = self.batches(iterations, start_step)
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+            x, y = stream(step)
+            logits, feat = student_outputs(student, x)
+            if teacher is None:
+                return weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX), {}
+            t_logits, t_feat = self.teacher_outputs(teacher, x, start_step + step)
+            return distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y,
+                                     cfg.pixel_weight if pixel else 0.0, cfg.pair_weight if pair else 0.0, cfg.T,
+                                     cfg.patch)
+
+        trained = self.fit(name, label, student, optimizer, loss_fn, iterations, scheduler, start_step=start_step)
+        self.say(f"  {label}: mIoU {100 * trained.metrics['miou']:.1f}")
+        return trained
+
+    # ------------------------------------------------------------------ Section 3.2: QAT and QKD
+    def quantized_copy(self, pretrained: UNet, bits: int) -> nn.Module:
+        """The pretrained student with fake quantization at ``bits`` (common/quantization.py)."""
+        return fake_quantize_model(pretrained, bits, mode=self.cfg.ranges).to(self.device)
+
+    def self_study(self, name: str, student: nn.Module, start_step: int, iterations: int) -> Trained:
+        """The quantized student trained alone on the labels: QKD's self-studying phase, and QAT without a teacher."""
+        optimizer, scheduler = self.adam(student.parameters())
+        stream = self.batches(iterations, start_step)
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+            x, y = stream(step)
+            return weighted_cross_entropy(student(x).float(), y, ignore_index=IGNORE_INDEX), {}
+
+        return self.fit(name, "", student, optimizer, loss_fn, iterations, scheduler, amp=False,
+                        start_step=start_step)
+
+    def train_qat(self, bits: int, pretrained: Trained, start_step: int) -> Trained:
+        cfg = self.cfg
+        total = cfg.self_study + cfg.co_study + cfg.tutor
+        trained = self.self_study(f"qat{bits}", self.quantized_copy(pretrained.model, bits), start_step, total)
+        trained.label = f"U-Net QAT W{bits}A{bits}, no teacher"
+        self.say(f"  {trained.label}: mIoU {100 * trained.metrics['miou']:.1f}")
+        return trained
+
+    def train_qkd(self, bits: int, pretrained: Trained, teacher: nn.Module,
+                  start_step: int) -> tuple[Trained, nn.Module]:
+        """QKD (Kim et al. 2019) at ``bits``: self-studying, co-studying, tutoring. Returns the student and the
+        co-studied teacher that tutored it."""
+        cfg = self.cfg
+        student = self.quantized_copy(pretrained.model, bits)
+        phases = [self.self_study(f"qkd{bits}_1_self", student, start_step, cfg.self_study)]
+        tutor = copy.deepcopy(teacher)
+        phases.append(self.co_study(f"qkd{bits}_2_co", student, tutor, start_step + cfg.self_study))
+        tutor.eval().requires_grad_(False)
+        phases.append(self.tutoring(f"qkd{bits}_3_tutor", student, tutor,
+                                    start_step + cfg.self_study + cfg.co_study, cfg.tutor))
+        final = phases[-1]
+        final.label = f"U-Net QKD W{bits}A{bits}"
+        final.train_loss = [v for p in phases for v in p.train_loss]
+        final.evals = [e for p in phases for e in p.evals]
+        final.diverged = any(p.diverged for p in phases)
+        final.start_step = start_step
+        final.metrics["phase_ends"] = [len(phases[0].train_loss),
+                                       len(phases[0].train_loss) + len(phases[1].train_loss)]
+        self.say(f"  {final.label}: mIoU {100 * final.metrics['miou']:.1f}")
+        return final, tutor
+
+    def co_study(self, name: str, student: nn.Module, teacher: nn.Module, start_step: int) -> Trained:
+        """QKD's co-studying: the quantized student learns from the teacher (Section 3.1's loss) while the teacher
+        learns from the labels and from the quantized student, CE + T^2 KL(p_S || p_T), so that it becomes
+        quantization-friendly. --co-study-teacher head: the teacher's backbone stays fixed (and in eval mode)."""
+        cfg = self.cfg
+        head_only = cfg.co_study_teacher == "head"
+        teacher.train().requires_grad_(True)
+        if head_only:
+            teacher.backbone.requires_grad_(False)
+        pair = nn.ModuleDict({"student": student, "teacher": teacher})     # one checkpoint holds both
+        optimizer, scheduler = self.adam([p for p in pair.parameters() if p.requires_grad])
+        stream = self.batches(cfg.co_study, start_step)
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+            if head_only:
+                teacher.backbone.eval()              # fixed backbone: its BatchNorm statistics too
+            x, y = stream(step)
+            s_logits, s_feat = student_outputs(student, x)
+            t_logits, t_features = teacher(x, return_features=True)
+            s_logits, t_logits = s_logits.float(), t_logits.float()
+            s_loss, logs = distillation_loss(s_logits, s_feat.float(), t_logits, t_features["head"].float(), y,
+                                             cfg.pixel_weight, cfg.pair_weight, cfg.T, cfg.patch)
+            t_ce = weighted_cross_entropy(t_logits, y, ignore_index=IGNORE_INDEX)
+            t_kl = kd_kl_div(t_logits, s_logits, cfg.T, valid_mask=y != IGNORE_INDEX)   # the student as target
+            logs.update(teacher_ce=t_ce.detach(), teacher_kl=t_kl.detach())
+            return s_loss + t_ce + cfg.T ** 2 * t_kl, logs
+
+        return self.fit(name, "", pair, optimizer, loss_fn, cfg.co_study, scheduler, evaluated=student, amp=False,
+                        start_step=start_step)
+
+    def tutoring(self, name: str, student: nn.Module, tutor: nn.Module, start_step: int, iterations: int,
+                 memo: bool = False) -> Trained:
+        """QKD's tutoring: the teacher frozen, the quantized student distilled with Section 3.1's loss."""
+        cfg = self.cfg
+        optimizer, scheduler = self.adam(student.parameters())
+        stream = self.batches(iterations, start_step)
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+            x, y = stream(step)
+            logits, feat = student_outputs(student, x)
+            t_logits, t_feat = self.teacher_outputs(tutor, x, start_step + step if memo else None)
+            return distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y, cfg.pixel_weight,
+                                     cfg.pair_weight, cfg.T, cfg.patch)
+
+        return self.fit(name, "", student, optimizer, loss_fn, iterations, scheduler, amp=False,
+                        start_step=start_step)
+
+    # ------------------------------------------------------------------ a real int8 model
+    def train_int8(self, rows: dict, tutors: dict, teacher: nn.Module) -> Trained:
+        """The 8-bit QKD student (else the '+ both' student) exported, re-quantized with the x86 backend's own
+        scheme (torchao's X86InductorQuantizer: uint8 activations per tensor, int8 weights per channel), tutored for
+        --int8-iterations by the same teacher, then converted: BatchNorm folded, every convolution a oneDNN int8
+        kernel (transposed convolutions stay float). Runs on the CPU: the int8 kernels are x86 ones."""
+        cfg = self.cfg
+        source = "qkd8" if "qkd8" in rows else "both"
+        tutor = tutors.get(8, teacher)
+        float_student = strip_fake_quantization(rows[source].model) if source == "qkd8" else rows[source].model
+        float_student = copy.deepcopy(float_student).cpu().train()
+        example = torch.randn(2, 3, cfg.crop, cfg.crop)
+        prepared = prepare_int8_qat(LogitsAndFeature(float_student), example, multiple=16)   # crops, then images
+        device, self.device = self.device, torch.device("cpu")        # this job runs on the CPU
+        tutor_device = next(tutor.parameters()).device
+        tutor.cpu()
+        memo, self.teacher_memo = self.teacher_memo, {}
+        start = cfg.pretrain_iterations + cfg.self_study + cfg.co_study + cfg.tutor
+        try:
+            trained = self.tutoring("int8", prepared, tutor, start, cfg.int8_iterations)
+            trained.metrics["fake_quant_miou"] = trained.metrics["miou"]    # the prepared model, before conversion
+            self.say("  converting to int8 (torchao folds BatchNorm by pattern matching: about half a minute)")
+            reference = convert_reference(prepared)
+            # a lowered graph takes one input shape: one for the validation images, one for the cost columns
+            converted = lower_int8(reference, torch.randn(1, 3, self.eval_side, self.eval_side))
+            self.int8_for_profile = (converted if cfg.profile_size == self.eval_side else
+                                     lower_int8(reference, torch.randn(1, 3, cfg.profile_size, cfg.profile_size)))
+            converted.is_converted_int8 = self.int8_for_profile.is_converted_int8 = True
+            trained.model = converted
+            trained.metrics.update(self.evaluate(converted))                 # the int8 model's own score
+        finally:
+            self.device, self.teacher_memo = device, memo
+            tutor.to(tutor_device)
+        trained.label = f"U-Net int8 (x86 oneDNN), from {rows[source].label}"
+        trained.metrics["int8_convolutions"] = count_int8_convolutions(converted)
+        trained.metrics["source_row"] = source
+        self.say(f"  {trained.label}: mIoU {100 * trained.metrics['miou']:.1f} "
+                 f"({trained.metrics['int8_convolutions']} int8 convolutions)")
+        return trained
+
+    # ------------------------------------------------------------------ evaluation
+    def padded(self, image: torch.Tensor) -> torch.Tensor:
+        """A normalised (1, 3, S, S) input with S = the evaluation side: the image at the top left, zeros (the mean
+        colour) beyond it; the U-Net needs sides divisible by 16 and the int8 model its one input shape."""
+        h, w = image.shape[-2:]
+        side = self.eval_side
+        if h > side or w > side:
+            raise UserError(f"a validation image of {h}x{w} pixels exceeds --eval-size {side}; raise --eval-size "
+                            f"(a multiple of 16) to at least {16 * math.ceil(max(h, w) / 16)}.")
+        return F.pad(normalize(image)[None], (0, side - w, 0, side - h))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict:
+        """mIoU over the 21 classes, pixel accuracy and cross-entropy on the whole validation images, single scale."""
+        trainable = is_trainable(model)
+        was_training = model.training
+        if trainable:
+            model.eval()
+        cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for i in range(len(self.val_set)):
+            image, mask = self.val_set[i]
+            h, w = mask.shape
+            x, y = self.padded(image).to(self.device), mask[None].to(self.device)
+            with autocast(self.device, self.cfg.amp and trainable):
+                logits = logits_of(model, x)[..., :h, :w].float()
+            totals[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+            totals[1] += (y != IGNORE_INDEX).sum()
+            cm.update(logits.argmax(1), y)
+        if trainable:
+            model.train(was_training)
+        loss_sum, pixels = totals.tolist()
+        return {"miou": cm.miou, "val_loss": loss_sum / max(pixels, 1), "pixel_accuracy": cm.pixel_accuracy}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, image: torch.Tensor) -> np.ndarray:
+        h, w = image.shape[-2:]
+        trainable, was_training = is_trainable(model), model.training
+        if trainable:
+            model.eval()
+        device = next(model.parameters()).device if trainable else torch.device("cpu")
+        logits = logits_of(model, self.padded(image).to(device))[..., :h, :w]
+        if trainable:
+            model.train(was_training)
+        return logits.argmax(1)[0].cpu().numpy()
+
+    # ------------------------------------------------------------------ cost columns (common/profiler.py)
+    def costs(self, teacher: nn.Module, rows: dict) -> dict:
+        """Parameters, weight bytes, MAdds and CPU latency at 1x3xSxS, S = --profile-size, all on the CPU with this
+        process's threads: the float student compiled (torch.compile) and the int8 model lowered to oneDNN, so
+        the two are compared as deployed; the teacher eager. Fake-quantized rows have no latency of their own:
+        they run in float."""
+        cfg = self.cfg
+        shape = (1, 3, cfg.profile_size, cfg.profile_size)
+        float_student = copy.deepcopy(rows["alone"].model).cpu().eval()
+        out = {"threads": torch.get_num_threads(), "shape": shape}
+        out["student_params"] = count_parameters(float_student)
+        out["student_macs"] = count_macs(float_student, shape)
+        out["teacher_params"] = count_parameters(teacher)
+        out["teacher_macs"] = count_macs(teacher, shape)
+        self.say(f"measuring latency at {shape} on the CPU ({out['threads']} threads)")
+        out["teacher_latency"] = measure_latency(copy.deepcopy(teacher).cpu(), shape, "cpu", warmup=1,
+                                                 repeats=max(1, cfg.latency_repeats // 2))
+        out["student_eager_latency"] = measure_latency(float_student, shape, "cpu", warmup=2,
+                                                       repeats=cfg.latency_repeats)
+        try:
+            if not cfg.compile:
+                raise RuntimeError("--no-compile")
+            compiled = torch.compile(float_student)
+            out["student_latency"] = measure_latency(compiled, shape, "cpu", warmup=2, repeats=cfg.latency_repeats)
+            out["compiled"] = True
+        except Exception as e:   # no C++ compiler, or inductor unsupported here: say so, time eager instead
+            self.say(f"  fp32 latency eager ({type(e).__name__}: {str(e)[:80]})")
+            out["student_latency"], out["compiled"] = out["student_eager_latency"], False
+        if "int8" in rows:
+            out["int8_latency"] = time_graph(self.int8_for_profile, shape, cfg.latency_repeats)
+            out["int8_bytes"] = int8_weight_bytes(rows["int8"].model)
+        return out
+
+
+def is_trainable(model: nn.Module) -> bool:
+    """False for a converted int8 graph, which only runs inference (no train/eval modes)."""
+    return not getattr(model, "is_converted_int8", False)
+
+
+def time_graph(model: nn.Module, shape: tuple, repeats: int) -> float:
+    """Median seconds per forward pass of a lowered (exported) graph on the CPU, after two warm-up passes."""
+    x = torch.randn(shape)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            model(x)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+# =============================================================================================== the table
+def mean_of(values: list, part: slice) -> float:
+    chunk = values[part]
+    return float(np.mean(chunk)) if chunk else math.nan
+
+
+def miou_cell(trained: Trained) -> str:
+    return f"{100 * trained.metrics['miou']:.1f}" + (" (diverged)" if trained.diverged else "")
+
+
+def findings(cfg: Config, teacher: Trained, pretrained: Trained, rows: dict) -> list[str]:
+    """What we find, next to what the report says (Section 4): measured by this run, computed here."""
+    pre = pretrained.train_loss
+    window = max(1, min(10, len(pre) // 5))
+    alone = rows["alone"]
+    lines = [f"Figure 1 (ours): the pre-training loss fell from {mean_of(pre, slice(0, window)):.2f} (first "
+             f"{window} iterations) to {mean_of(pre, slice(-window, None)):.2f} (last {window}); continued alone for "
+             f"{len(alone.train_loss)} more iterations it ended at {mean_of(alone.train_loss, slice(-window, None)):.2f}"
+             f" (per-pixel cross-entropy; the report's 'saturates at 50' has an unstated reduction)."]
+    gains = ", ".join(f"{name} {100 * (rows[name].metrics['miou'] - alone.metrics['miou']):+.1f}"
+                      for name in KD_ROWS)
+    lines.append(f"Figure 2 (ours): distillation against continuing alone for the same iterations, mIoU points: "
+                 f"{gains} (the report: 'not working well'; single seed, see the README for run-to-run spread).")
+    if teacher.metrics["miou"] <= alone.metrics["miou"]:
+        lines.append(f"the teacher scores below the student ({100 * teacher.metrics['miou']:.1f} against "
+                     f"{100 * alone.metrics['miou']:.1f} mIoU): distilling from it can only pull the student towards "
+                     f"worse predictions, so these rows say nothing about distillation from the report's pretrained "
+                     f"teacher (--teacher-weights coco).")
+    for bits in cfg.bits:
+        q, k = rows[f"qat{bits}"], rows[f"qkd{bits}"]
+        lines.append(f"{bits} bits: QKD {100 * (k.metrics['miou'] - q.metrics['miou']):+.1f} mIoU against QAT "
+                     f"without a teacher, {100 * (k.metrics['miou'] - alone.metrics['miou']):+.1f} against fp32 alone.")
+    if "int8" in rows:
+        int8 = rows["int8"]
+        lines.append(f"int8: {int8.metrics['int8_convolutions']} convolutions run as oneDNN int8 kernels; mIoU "
+                     f"{100 * int8.metrics['fake_quant_miou']:.1f} fake-quantized (PT2E, before conversion) and "
+                     f"{100 * int8.metrics['miou']:.1f} converted.")
+    return lines
+
+
+def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: dict, costs: dict) -> None:
+    cfg = exp.cfg
+    table = Table("Section 4: the U-Net student, distilled and quantized (VOC 2012 in the report)",
+                  ["Model", "W/A bits", "mIoU (ours)", "pixel acc. (ours)", "val CE (ours)", "params",
+                   "weights MB", "MAdds", "CPU latency ms (ours)", "the report says"])
+    latency = {"fp32": f"{1000 * costs['student_latency']:.1f}" + ("" if costs["compiled"] else " (eager)"),
+               "int8": f"{1000 * costs.get('int8_latency', math.nan):.1f}"}
+    student_macs = f"{costs['student_macs'] / 1e9:.2f}G"
+
+    def add(trained: Trained, bits: str, params: int, size: int, macs: str, lat: str, says: str) -> None:
+        m = trained.metrics
+        table.add(trained.label, bits, miou_cell(trained), f"{100 * m['pixel_accuracy']:.1f}", f"{m['val_loss']:.3f}",
+                  f"{params:,}", f"{size / 1e6:.2f}", macs, lat, says)
+        exp.results.add(experiment="qkd", model=trained.label, params=params, macs=costs["student_macs"]
+                        if trained is not teacher else costs["teacher_macs"], loss=round(m["val_loss"], 5),
+                        iou=round(m["miou"], 5), iterations=len(trained.train_loss),
+                        notes="; ".join(filter(None, [bits, "diverged" if trained.diverged else ""])))
+
+    add(teacher, "32/32", costs["teacher_params"], 4 * costs["teacher_params"], f"{costs['teacher_macs'] / 1e9:.1f}G",
+        f"{1000 * costs['teacher_latency']:.0f} (eager)", SOURCE_SAYS["teacher"])
+    params = costs["student_params"]
+    add(pretrained, "32/32", params, quantized_weight_bytes(pretrained.model), student_macs, latency["fp32"],
+        "start of every row below")
+    for name in ("alone", *KD_ROWS):
+        add(rows[name], "32/32", params, quantized_weight_bytes(rows[name].model), student_macs, latency["fp32"],
+            SOURCE_SAYS["alone" if name == "alone" else "kd"])
+    for kind in ("qat", "qkd"):
+        for bits in cfg.bits:
+            trained = rows[f"{kind}{bits}"]
+            add(trained, f"{bits}/{bits}", params, quantized_weight_bytes(trained.model), student_macs,
+                "- (fake-quant runs in float)", SOURCE_SAYS[kind])
+    if "int8" in rows:
+        add(rows["int8"], "8/8", params, costs["int8_bytes"], student_macs, latency["int8"], SOURCE_SAYS["int8"])
+    qkd_total = cfg.self_study + cfg.co_study + cfg.tutor
+    table.notes = findings(cfg, teacher, pretrained, rows) + [
+        f"the report: statements only (Section 4, Figures 1-2), no mIoU; ours: {exp.data_name}, measured by this run, "
+        f"100 x mIoU over 21 classes on whole validation images, single scale, final model, one seed.",
+        f"teacher: {teacher.metrics['source']}.",
+        f"students: Buda et al.'s U-Net (k={cfg.student_width}, bias-free convolutions, BatchNorm); Adam lr {cfg.lr}, "
+        f"beta1 {cfg.beta1} (the report's 'momentum of 0.8'), ReduceLROnPlateau(min, factor 0.1, patience "
+        f"{cfg.plateau_patience}) on the validation loss every {cfg.eval_every} iterations; batch {cfg.batch_size}, "
+        f"crop {cfg.crop}, scale {tuple(cfg.scale)}, flip. Pre-trained {cfg.pretrain_iterations} iterations (the "
+        f"report: 1000 epochs); every row below it continues from there: fp32 rows {cfg.iterations} iterations, "
+        f"QAT and QKD {qkd_total} (QKD: self-studying {cfg.self_study}, co-studying {cfg.co_study}, tutoring "
+        f"{cfg.tutor}).",
+        f"loss (Section 3.1): CE + {cfg.pixel_weight:g} T^2 KL(p_T || p_S) (pixel-wise) + {cfg.pair_weight:g} l_pa "
+        f"(pair-wise), T = {cfg.T:g}; weights and T are Liu et al.'s, the report gives none. Pair-wise on the "
+        f"teacher's DeepLab head (ASPP + 3x3 conv, 256 channels, stride 8) and the student's stride-8 decoder "
+        f"(256 channels), {cfg.patch}x{cfg.patch} max-pooled nodes.",
+        f"quantization (Section 3.2): fake-quant, weights per output channel (symmetric), every convolution's input "
+        f"per tensor (asymmetric), {cfg.ranges} ranges, straight-through gradients; first and last layer at 8 bits; "
+        f"co-studying trains the teacher's {'head only' if cfg.co_study_teacher == 'head' else 'every layer'} "
+        f"(CE + T^2 KL(p_S || p_T)).",
+        (f"int8: {rows['int8'].label.split(', from ')[1]} re-quantized with torchao's X86InductorQuantizer (uint8 "
+         f"activations per tensor, int8 weights per channel), tutored {cfg.int8_iterations} iterations on the CPU, "
+         f"converted (convert_pt2e, BatchNorm folded) and lowered (oneDNN); the score is the converted model's."
+         if "int8" in rows else "int8: skipped (--no-int8)."),
+        f"weights MB: float32 tensors 4 bytes, fake-quantized conv weights packed at their bit width (scales and BN "
+        f"in float32); int8: the tensors the converted model holds. MAdds: ptflops at 1x3x{cfg.profile_size}x"
+        f"{cfg.profile_size} (the same multiply-adds in int8). Latency: median of {cfg.latency_repeats} passes on the "
+        f"CPU, {costs['threads']} threads, batch 1 at that size; fp32 "
+        f"{'compiled with torch.compile' if costs['compiled'] else 'eager (not compiled: see the log)'}"
+        f" (eager: {1000 * costs['student_eager_latency']:.1f} ms), int8 lowered to oneDNN, teacher eager."]
+    table.write(exp.run.path, "table_qkd")
+    print("\n" + table.markdown(), flush=True)
+
+
+# =============================================================================================== figures
+def running_mean(values: list, window: int = 10) -> list:
+    c = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
+    return [(c[i + 1] - c[max(0, i + 1 - window)]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(values))]
+
+
+def loss_curve(trained: Trained) -> tuple[list, list]:
+    return (list(range(trained.start_step + 1, trained.start_step + len(trained.train_loss) + 1)),
+            running_mean(trained.train_loss))
+
+
+def plot_figures(exp: Experiment, teacher: Trained, pretrained: Trained, rows: dict) -> None:
+    cfg, figures = exp.cfg, exp.run.figures
+    plot_curves(figures / "figure1_student_loss.png",
+                {"pre-training alone ('1000 epochs')": loss_curve(pretrained),
+                 "continued alone ('20 more epochs')": loss_curve(rows["alone"])},
+                "Figure 1 (ours): the U-Net from scratch", ylabel="cross-entropy (running mean of 10)")
+    plot_curves(figures / "figure2_distillation_loss.png",
+                {rows[name].label: loss_curve(rows[name]) for name in ("alone", *KD_ROWS)},
+                "Figure 2 (ours): distillation from the pretrained student",
+                ylabel="total loss (running mean of 10)")
+    plot_curves(figures / "qkd_training_loss.png",
+                {rows[f"{kind}{bits}"].label: loss_curve(rows[f"{kind}{bits}"]) for bits in cfg.bits
+                 for kind in ("qat", "qkd")},
+                f"QAT and QKD (QKD phases: {cfg.self_study} / {cfg.co_study} / {cfg.tutor} iterations)",
+                ylabel="loss (running mean of 10)")
+    trained_rows = [pretrained] + [r for k, r in rows.items() if k != "int8"]
+    plot_curves(figures / "val_miou.png",
+                {r.label: ([r.start_step + e["iteration"] for e in r.evals], [100 * e["miou"] for e in r.evals])
+                 for r in trained_rows if r.evals}, "Validation mIoU during training", ylabel="mIoU %", marker="o")
+    if len(cfg.bits) > 1:
+        bits = sorted(cfg.bits)
+        plot_curves(figures / "bits_sweep.png",
+                    {kind.upper(): (bits, [100 * rows[f"{kind}{b}"].metrics["miou"] for b in bits])
+                     for kind in ("qat", "qkd")}, "mIoU against bit width (weights and activations)",
+                    xlabel="bits", ylabel="mIoU %", marker="o",
+                    hline=(100 * rows["alone"].metrics["miou"], "fp32, alone"))
+    shown = [("teacher", teacher.model), ("fp32 alone", rows["alone"].model), ("fp32 + both", rows["both"].model)]
+    shown += [(f"QKD {b} bits", rows[f"qkd{b}"].model) for b in cfg.bits]
+    shown += [("int8", rows["int8"].model)] if "int8" in rows else []
+    samples = [exp.val_set[i] for i in range(min(cfg.panel_images, len(exp.val_set)))]
+    plot_panel(figures / "predictions.png",
+               [[("image", image.permute(1, 2, 0).numpy()), ("ground truth", colorize(mask))]
+                + [(name, colorize(exp.predict(model, image))) for name, model in shown] for image, mask in samples],
+               "Validation predictions")
+
+
+# =============================================================================================== command line
+def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    p = argparse.ArgumentParser(
+        description="Reproduce Palchuri & Chakraborty, 'Compression techniques for Semantic Segmentation': a U-Net "
+                    "student distilled from DeepLabV3-ResNet101 (pixel-wise and pair-wise, Section 3.1), "
+                    "quantization-aware distillation (QKD, Section 3.2) at several bit widths, and a real int8 model. "
+                    "Without --data-root it runs on built-in synthetic scenes; everything goes to a run folder.",
+        epilog="examples:\n  python reproduce_qkd.py                                   # reduced, CPU, ~12 min\n"
+               "  python reproduce_qkd.py --bits 8,4,2 --ranges tracked\n"
+               "  python reproduce_qkd.py --preset paper --data-root data --teacher-weights coco\n"
+               "  python reproduce_qkd.py --resume runs/reproduce_qkd/20261121-120000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="default: reduced, for a CPU; paper: the report's scale")
+    r = p.add_argument_group("the report's recipe (Section 4)")
+    r.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 1e-4, the report's)")
+    r.add_argument("--beta1", type=float, metavar="B", help="Adam's beta1, the report's 'momentum' (default 0.8)")
+    r.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default 8; paper preset 16)")
+    r.add_argument("--pretrain-iterations", type=int, metavar="N",
+                   help="the student's training alone before any compression (the report's '1000 epochs'; "
+                        "default 150)")
+    r.add_argument("--iterations", type=int, metavar="N",
+                   help="iterations of each fp32 row after pre-training (the report's '20 more epochs'; default 60)")
+    r.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations (and plateau checks)")
+    r.add_argument("--plateau-patience", type=int, metavar="N",
+                   help="validations without improvement before the rate drops 10x (default 2; paper preset 10)")
+    d = p.add_argument_group("distillation (Section 3.1)")
+    d.add_argument("--T", type=float, help="temperature of the pixel-wise term (default 1)")
+    d.add_argument("--pixel-weight", type=float, metavar="W", help="weight of the pixel-wise KL (default 10)")
+    d.add_argument("--pair-weight", type=float, metavar="W", help="weight of the pair-wise term (default 10)")
+    d.add_argument("--patch", type=int, metavar="P", help="pair-wise node size, P x P pixels (default 2)")
+    q = p.add_argument_group("quantization-aware distillation (Section 3.2)")
+    q.add_argument("--bits", metavar="LIST", help="bit widths of weights and activations, comma-separated, each in "
+                                                  "2..8 (default 8,4)")
+    q.add_argument("--ranges", choices=["learned", "tracked"],
+                   help="learned clipping ranges (QKD's; default) or moving min/max ranges")
+    q.add_argument("--self-study", type=int, metavar="N", help="QKD self-studying iterations (default 20)")
+    q.add_argument("--co-study", type=int, metavar="N", help="QKD co-studying iterations (default 20)")
+    q.add_argument("--tutor", type=int, metavar="N", help="QKD tutoring iterations (default 20)")
+    q.add_argument("--co-study-teacher", choices=["head", "all"],
+                   help="what of the teacher co-studying trains (default head; paper preset all)")
+    q.add_argument("--int8-iterations", type=int, metavar="N",
+                   help="tutoring under the int8 backend's quantizer before conversion (default 20)")
+    t = p.add_argument_group("the teacher (DeepLabV3-ResNet101)")
+    t.add_argument("--teacher-weights", choices=["coco"],
+                   help="coco: torchvision's pretrained weights (COCO with the VOC classes), the report's teacher")
+    t.add_argument("--teacher-checkpoint", metavar="FILE",
+                   help="deeplabv3_resnet101 weights: a file this script cached, or a torchvision state dict")
+    t.add_argument("--teacher-iterations", type=int, metavar="N",
+                   help="iterations of a teacher trained here, without the two flags above (default 150)")
+    t.add_argument("--teacher-lr", type=float, metavar="LR", help="SGD rate of a teacher trained here (0.01)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", metavar="FOLDER",
+                   help="folder holding VOCdevkit/VOC2012 (or VOCdevkit/, or VOC2012/); default: synthetic scenes")
+    g.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes (default 256)")
+    g.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes (default 32)")
+    g.add_argument("--image-size", type=int, metavar="PIXELS", help="synthetic scene side (default 64)")
+    g.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side, a multiple of 16 (default 64)")
+    g.add_argument("--eval-size", type=int, metavar="PIXELS",
+                   help="VOC: validation images are padded to this square, a multiple of 16 (default 512)")
+    g.add_argument("--profile-size", type=int, metavar="PIXELS",
+                   help="image side of the params/MAdds/latency columns, a multiple of 16 (default 256)")
+    u = p.add_argument_group("run")
+    u.add_argument("--seed", type=int, help="random seed (default 0)")
+    u.add_argument("--device", help="auto (default), cpu or cuda; the int8 model always runs on the CPU")
+    u.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
+    u.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
+    u.add_argument("--no-int8", dest="int8", action="store_const", const=False,
+                   help="skip the int8 row (it needs an x86 CPU and torchao)")
+    u.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+                   help="time the fp32 student eager, not compiled (saves about 30 s of torch.compile)")
+    u.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers (default runs/teacher_cache)")
+    add_run_folder_arguments(u, "reproduce_qkd")
+    args = p.parse_args(argv)
+    parsed = {"bits": parse_bits(args.bits)} if args.bits is not None else {}
+    return config_from_args(args, Config, PRESETS, **parsed), args
+
+
+def parse_bits(text: str) -> tuple:
+    try:
+        bits = tuple(dict.fromkeys(int(b) for b in text.split(",") if b.strip()))
+    except ValueError:
+        raise UserError(f"--bits {text!r}: give whole numbers, comma-separated, e.g. --bits 8,4") from None
+    bad = [b for b in bits if not 2 <= b <= 8]
+    if bad or not bits:
+        raise UserError(f"--bits {text!r}: each bit width must lie in 2..8 (fake quantization below 2 bits has no "
+                        f"zero level, above 8 it is no longer low-precision); e.g. --bits 8,4,2.")
+    return bits
+
+
+def check_config(cfg: Config) -> None:
+    """Impossible settings are user errors, reported before any work starts."""
+    counts = {"--pretrain-iterations": cfg.pretrain_iterations, "--iterations": cfg.iterations,
+              "--eval-every": cfg.eval_every, "--self-study": cfg.self_study, "--co-study": cfg.co_study,
+              "--tutor": cfg.tutor, "--int8-iterations": cfg.int8_iterations, "--val-images": cfg.val_images,
+              "--teacher-iterations": cfg.teacher_iterations, "--patch": cfg.patch}
+    bad = [k for k, v in counts.items() if v < 1]
+    if bad:
+        raise UserError(f"{', '.join(bad)} must be >= 1.")
+    if cfg.batch_size < 2:
+        raise UserError("--batch-size must be >= 2: BatchNorm needs two images per batch to train.")
+    if min(cfg.lr, cfg.teacher_lr) <= 0 or not 0 <= cfg.beta1 < 1:
+        raise UserError("--lr and --teacher-lr must be positive, --beta1 in [0, 1).")
+    if not cfg.T > 0 or min(cfg.pixel_weight, cfg.pair_weight) < 0:
+        raise UserError("--T must be positive, --pixel-weight and --pair-weight non-negative.")
+    sides = {"--crop": cfg.crop, "--eval-size": cfg.eval_size, "--profile-size": cfg.profile_size}
+    bad = [f"{k} {v}" for k, v in sides.items() if v < 16 or v % 16]
+    if bad:
+        raise UserError(f"{', '.join(bad)}: the U-Net pools four times, so sides must be positive multiples of 16.")
+    if cfg.image_size < 16:
+        raise UserError("--image-size must be >= 16.")
+    if cfg.teacher_weights and cfg.teacher_checkpoint:
+        raise UserError("--teacher-weights coco and --teacher-checkpoint FILE both name the teacher: give one.")
+    for name in ("data_root", "teacher_checkpoint"):
+        value = getattr(cfg, name)
+        if value and not Path(value).exists():
+            raise UserError(f"--{name.replace('_', '-')} {value}: no such file or folder.")
+    if cfg.int8:
+        check_int8_support()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("this script trains on one device (a U-Net student; the int8 path is a CPU one); run it "
+                        "with python, not torchrun.")
+
+
+def check_int8_support() -> None:
+    """The int8 row runs torchao's x86 quantizer and oneDNN's x86 int8 kernels: say so before training, not after."""
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686"):
+        raise UserError(f"the int8 row needs an x86 CPU (oneDNN's int8 kernels); this machine is {machine}. Pass "
+                        f"--no-int8 to run every other row.")
+    if importlib.util.find_spec("torchao") is None:
+        raise UserError("the int8 row needs torchao (pip install -r requirements.txt); or pass --no-int8.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = parse_args(argv)
+    run = None
+    if args.resume:
+        cfg, run = resume_run(args, Config)
+    else:
+        check_config(cfg)
+    device = pick_device(cfg.device)
+    experiment = Experiment(cfg, device)          # missing data or a wrong teacher file stop us here
+    if run is None:
+        run = RunDir.create("reproduce_qkd", cfg.out)
+        run.write_config(asdict(cfg))
+    print(f"run folder: {run.path}", flush=True)
+    start = time.time()
+    experiment.run_all(run)
+    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} (results.csv, table_qkd.md, "
+          f"figures/)", flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,189 @@
+"""reproduce_qkd.py (source 000): Section 3.1's loss against hand computations, the student against Buda et al.'s
+published size, a tiny end-to-end run (every row, the int8 one included) and its resume, and bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import reproduce_qkd as script
+from common.errors import UserError
+from common.segmentation_models import build_segmenter
+from common.training import save_weights
+
+
+# ----------------------------------------------------------------------------------------------- Section 3.1
+def one_pixel_case() -> tuple[torch.Tensor, ...]:
+    """One image, 2 classes, a 1x2 map: pixel 0 labelled 0, pixel 1 ignored (255). Student logits [0, 0] at both
+    pixels; teacher logits [ln 3, 0] -> p_T = [3/4, 1/4]. Features 1x2 with patch 1: two nodes per image, the
+    student's orthogonal (cosine 0), the teacher's equal (cosine 1)."""
+    student = torch.zeros(1, 2, 1, 2)
+    teacher = torch.zeros(1, 2, 1, 2)
+    teacher[0, 0] = math.log(3)
+    target = torch.tensor([[[0, 255]]])
+    s_feat = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])          # nodes (1, 0) and (0, 1): cosine 0
+    t_feat = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]], [[0.0, 0.0]]]])   # nodes (1,0,0) twice: cosine 1
+    return student, s_feat, teacher, t_feat, target
+
+
+def test_distillation_loss_by_hand() -> None:
+    student, s_feat, teacher, t_feat, target = one_pixel_case()
+    loss, parts = script.distillation_loss(student, s_feat, teacher, t_feat, target, pixel_weight=10.0,
+                                           pair_weight=2.0, T=1.0, patch=1)
+    ce = math.log(2)                                              # -ln(1/2) at the one labelled pixel
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(p_T || p_S) at that pixel only
+    pair = (0 - 1) ** 2 * 2 / 4                                   # two off-diagonal pairs differ by 1, of 4
+    assert parts["train_ce"].item() == pytest.approx(ce, abs=1e-6)
+    assert parts["train_pixel_kl"].item() == pytest.approx(kl, abs=1e-6)
+    assert parts["train_pair"].item() == pytest.approx(pair, abs=1e-6)
+    assert loss.item() == pytest.approx(ce + 10 * kl + 2 * pair, abs=1e-5)
+
+
+def test_temperature_scales_the_pixel_term_by_t_squared() -> None:
+    student, s_feat, teacher, t_feat, target = one_pixel_case()
+    loss, parts = script.distillation_loss(student, s_feat, teacher, t_feat, target, 1.0, 0.0, T=2.0, patch=1)
+    p_t = F.softmax(torch.tensor([math.log(3), 0.0]) / 2, 0)      # [sqrt 3, 1] / (sqrt 3 + 1)
+    kl = float((p_t * (p_t / 0.5).log()).sum())
+    assert parts["train_pixel_kl"].item() == pytest.approx(kl, abs=1e-6)
+    assert loss.item() == pytest.approx(math.log(2) + 4 * kl, abs=1e-6)
+
+
+def test_zero_weights_leave_the_cross_entropy_and_the_teacher_gets_no_gradient() -> None:
+    torch.manual_seed(0)
+    student = torch.randn(2, 4, 8, 8, requires_grad=True)
+    s_feat = torch.randn(2, 5, 4, 4, requires_grad=True)
+    teacher = torch.randn(2, 4, 8, 8, requires_grad=True)
+    t_feat = torch.randn(2, 7, 4, 4, requires_grad=True)
+    target = torch.randint(0, 4, (2, 8, 8))
+    alone, parts = script.distillation_loss(student, s_feat, teacher, t_feat, target, 0.0, 0.0)
+    assert set(parts) == {"train_ce"}
+    assert alone.item() == pytest.approx(F.cross_entropy(student, target).item(), rel=1e-6)
+    both, _ = script.distillation_loss(student, s_feat, teacher, t_feat, target, 10.0, 10.0)
+    both.backward()
+    assert student.grad.abs().sum() > 0 and s_feat.grad.abs().sum() > 0
+    assert teacher.grad is None and t_feat.grad is None
+
+
+def test_the_student_is_buda_et_als_unet_with_21_classes() -> None:
+    cfg, _ = script.parse_args([])
+    student = script.new_student(cfg)
+    assert sum(p.numel() for p in student.parameters()) == 7_763_041 + 20 * 33   # Buda's 3-in/1-out count + 20 classes
+    logits, feat = script.student_outputs(student.eval(), torch.randn(1, 3, 64, 64))
+    assert logits.shape == (1, 21, 64, 64) and feat.shape == (1, 256, 8, 8)    # the teacher head's stride and width
+
+
+def test_the_recipe_is_the_reports() -> None:
+    cfg, _ = script.parse_args([])
+    assert (cfg.lr, cfg.beta1) == (1e-4, 0.8)
+    paper, _ = script.parse_args(["--preset", "paper"])
+    epoch = 1464 // paper.batch_size                     # VOC 2012 train, the last incomplete batch dropped
+    assert (paper.pretrain_iterations, paper.iterations) == (1000 * epoch, 20 * epoch)   # Section 4's epochs
+    assert paper.co_study_teacher == "all"
+    assert script.parse_bits("8,4,2") == (8, 4, 2)
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+SMALL = ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
+         "--pretrain-iterations", "2", "--iterations", "2", "--eval-every", "1", "--self-study", "1",
+         "--co-study", "1", "--tutor", "1", "--int8-iterations", "1", "--teacher-iterations", "1",
+         "--profile-size", "32", "--no-compile"]
+TINY = [*SMALL, "--bits", "8,4"]
+
+
+def tiny(tmp_path, *args: str, out: str = "run") -> list[str]:
+    return [*args, "--out", str(tmp_path / out), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+            "--device", "cpu"]
+
+
+def read_results(run) -> list[dict]:
+    with open(run / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_end_to_end_every_row(tmp_path) -> None:
+    script.main(tiny(tmp_path, *TINY))
+    run = tmp_path / "run"
+    rows = read_results(run)
+    names = [r["model"] for r in rows]
+    assert names[0].startswith("DeepLabV3-ResNet101") and len(rows) == 2 + 4 + 2 + 2 + 1
+    assert [n for n in names if "QAT" in n] == ["U-Net QAT W8A8, no teacher", "U-Net QAT W4A4, no teacher"]
+    assert [n for n in names if "QKD" in n and "int8" not in n] == ["U-Net QKD W8A8", "U-Net QKD W4A4"]
+    assert names[-1].startswith("U-Net int8") and "QKD W8A8" in names[-1]
+    assert all(0 <= float(r["iou"]) <= 1 for r in rows)
+    assert rows[1]["params"] == str(7_763_041 + 660)
+    table = (run / "table_qkd.md").read_text()
+    assert "saturates at 50" in table and "not working well" in table and "(ours)" in table
+    int8_line = next(line for line in table.splitlines() if line.startswith("| U-Net int8"))
+    assert "oneDNN" in int8_line
+    assert "convolutions run as oneDNN int8 kernels" in table
+    for name in ("figure1_student_loss.png", "figure2_distillation_loss.png", "qkd_training_loss.png",
+                 "val_miou.png", "bits_sweep.png", "predictions.png"):
+        assert (run / "figures" / name).stat().st_size > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["bits"] == [8, 4] and config["beta1"] == 0.8
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    jobs = {r.get("job") for r in logged}
+    assert {"student_pretrain", "student_both", "qkd4_1_self", "qkd4_2_co", "qkd4_3_tutor", "int8"} <= jobs
+    assert any("train_pair" in r for r in logged if r.get("job") == "student_both")
+    assert any("teacher_kl" in r for r in logged if r.get("job") == "qkd8_2_co")
+
+
+def test_a_run_interrupted_in_co_studying_resumes_to_the_same_numbers(tmp_path, monkeypatch) -> None:
+    flags = [*SMALL, "--bits", "4", "--no-int8"]
+    script.main(tiny(tmp_path, *flags, out="whole"))
+    calls = {"n": 0}
+    real = script.Experiment.co_study
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script.Experiment, "co_study", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(tiny(tmp_path, *flags, out="cut"))
+    assert calls["n"] == 1 and not (tmp_path / "cut" / "results.csv").exists()
+    monkeypatch.setattr(script.Experiment, "co_study", real)
+    script.main(["--resume", str(tmp_path / "cut"), "--no-progress"])
+    whole, cut = read_results(tmp_path / "whole"), read_results(tmp_path / "cut")
+    assert [(r["model"], r["iou"], r["loss"]) for r in cut] == [(r["model"], r["iou"], r["loss"]) for r in whole]
+    assert "int8: skipped" in (tmp_path / "cut" / "table_qkd.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("flags, words", [
+    (["--bits", "9"], "must lie in 2..8"),
+    (["--bits", "8,1"], "must lie in 2..8"),
+    (["--bits", "eight"], "whole numbers"),
+    (["--data-root", "/no/such/folder"], "no such file or folder"),
+    (["--crop", "40"], "multiples of 16"),
+    (["--teacher-weights", "coco", "--teacher-checkpoint", "x.pt"], "give one"),
+    (["--batch-size", "1"], "BatchNorm"),
+])
+def test_bad_flags_are_one_clear_line(tmp_path, flags, words) -> None:
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, *flags))
+    assert words in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_voc_in_data_root(tmp_path) -> None:
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, "--data-root", str(tmp_path / "data")))
+    assert str(tmp_path / "data") in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
+    path = tmp_path / "fcn_resnet101.pt"
+    save_weights(path, build_segmenter("fcn_resnet101", 21))
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, *TINY, "--teacher-checkpoint", str(path)))
+    assert "fcn_resnet101" in str(error.value) and "deeplabv3_resnet101" in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
