@@ -334,7 +334,9 @@ class Experiment:
                "seed": cfg.seed}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         path = Path(cfg.cache_dir) / f"qkd_teacher_{digest}.pt"
-        model = build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(self.device)
+        with torch.random.fork_rng():          # initial weights from the seed alone: a rerun trains the same teacher
+            torch.manual_seed(cfg.seed)
+            model = build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(self.device)
         if path.exists():
             load_weights(model, path, what="cached teacher")
             return Trained("teacher", label, model, self.evaluate(model)), f"the cache ({path})"
