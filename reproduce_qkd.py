@@ -78,6 +78,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from common.errors import UserError
@@ -187,7 +188,7 @@ class Config:
 
 
 PRESETS = {
-    # A 2-core CPU: about 12 minutes on synthetic 64x64 scenes (README). The iteration budgets are tiny next to the
+    # A 2-core CPU: about 10 minutes on synthetic 64x64 scenes (README: 10.1 with an empty teacher cache). The iteration budgets are tiny next to the
     # report's 1000 epochs; the students learn the frequent classes only.
     "default": {},
     # The report's settings (Section 4); batch, weights, phase lengths and patience are our choices (docstring).
@@ -263,6 +264,7 @@ class Experiment:
             self.train_set, self.val_set = voc_dataset(cfg.data_root, "train"), voc_dataset(cfg.data_root, "val")
             self.data_name = "VOC 2012 train / val"
             self.eval_side = cfg.eval_size
+            check_eval_size(self.val_set.images, cfg.eval_size)
         else:
             self.train_set = SyntheticScenes("train", cfg.train_images, cfg.image_size, cfg.seed)
             self.val_set = SyntheticScenes("val", cfg.val_images, cfg.image_size, cfg.seed)
@@ -648,6 +650,15 @@ class Experiment:
         return out
 
 
+def check_eval_size(images: list[Path], side: int) -> None:
+    """Every validation image must fit the padded evaluation square: checked from the file headers, before any
+    training, so that a too small --eval-size does not stop the run at its first evaluation."""
+    largest = max((max(Image.open(path).size) for path in images), default=0)
+    if largest > side:
+        raise UserError(f"--eval-size {side}: the largest validation image has a side of {largest} pixels; use a "
+                        f"multiple of 16 of at least that size (e.g. --eval-size {16 * math.ceil(largest / 16)}).")
+
+
 def is_trainable(model: nn.Module) -> bool:
     """False for a converted int8 graph, which only runs inference (no train/eval modes)."""
     return not getattr(model, "is_converted_int8", False)
@@ -827,7 +838,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                     "student distilled from DeepLabV3-ResNet101 (pixel-wise and pair-wise, Section 3.1), "
                     "quantization-aware distillation (QKD, Section 3.2) at several bit widths, and a real int8 model. "
                     "Without --data-root it runs on built-in synthetic scenes; everything goes to a run folder.",
-        epilog="examples:\n  python reproduce_qkd.py                                   # reduced, CPU, ~12 min\n"
+        epilog="examples:\n  python reproduce_qkd.py                                   # reduced, CPU, ~10 min\n"
                "  python reproduce_qkd.py --bits 8,4,2 --ranges tracked\n"
                "  python reproduce_qkd.py --preset paper --data-root data --teacher-weights coco\n"
                "  python reproduce_qkd.py --resume runs/reproduce_qkd/20261121-120000",

@@ -187,3 +187,13 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
     assert "fcn_resnet101" in str(error.value) and "deeplabv3_resnet101" in str(error.value)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_voc_images_larger_than_the_evaluation_square_stop_before_training(tmp_path) -> None:
+    from test_voc import make_voc   # tiny VOC 2012 files in the published layout (validation images up to 28 px)
+
+    make_voc(tmp_path / "data")
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, "--data-root", str(tmp_path / "data"), "--eval-size", "16", "--crop", "32"))
+    assert "--eval-size 16" in str(error.value) and "28 pixels" in str(error.value) and "32" in str(error.value)
+    assert not (tmp_path / "run").exists()
