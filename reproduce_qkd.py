@@ -280,6 +280,7 @@ class Experiment:
         self.run: RunDir | None = None
         self.results: ResultsCSV | None = None
         self.teacher_memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.memo_bytes = 0
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -367,9 +368,9 @@ class Experiment:
         with torch.no_grad(), autocast(self.device, self.cfg.amp):
             logits, features = teacher(x, return_features=True)
         logits, feat = logits.float(), features["head"].float()
-        held = sum(t.numel() * 4 for pair in self.teacher_memo.values() for t in pair)
-        if step is not None and held < MEMO_BYTES:    # float32: a weak teacher's logits can overflow float16
+        if step is not None and self.memo_bytes < MEMO_BYTES:  # float32: a weak teacher's logits overflow float16
             self.teacher_memo[step] = (logits.cpu(), feat.cpu())
+            self.memo_bytes += 4 * (logits.numel() + feat.numel())
         return logits, feat
 
     # ------------------------------------------------------------------ training
@@ -558,7 +559,6 @@ class Experiment:
             converted = lower_int8(reference, torch.randn(1, 3, self.eval_side, self.eval_side))
             self.int8_for_profile = (converted if cfg.profile_size == self.eval_side else
                                      lower_int8(reference, torch.randn(1, 3, cfg.profile_size, cfg.profile_size)))
-            converted.is_converted_int8 = self.int8_for_profile.is_converted_int8 = True
             trained.model = converted
             trained.metrics.update(self.evaluate(converted))                 # the int8 model's own score
         finally:
@@ -585,36 +585,31 @@ class Experiment:
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict:
         """mIoU over the 21 classes, pixel accuracy and cross-entropy on the whole validation images, single scale."""
-        trainable = is_trainable(model)
         was_training = model.training
-        if trainable:
-            model.eval()
+        model.eval()
         cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)
         for i in range(len(self.val_set)):
             image, mask = self.val_set[i]
             h, w = mask.shape
             x, y = self.padded(image).to(self.device), mask[None].to(self.device)
-            with autocast(self.device, self.cfg.amp and trainable):
+            with autocast(self.device, self.cfg.amp):
                 logits = logits_of(model, x)[..., :h, :w].float()
             totals[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
             totals[1] += (y != IGNORE_INDEX).sum()
             cm.update(logits.argmax(1), y)
-        if trainable:
-            model.train(was_training)
+        model.train(was_training)
         loss_sum, pixels = totals.tolist()
         return {"miou": cm.miou, "val_loss": loss_sum / max(pixels, 1), "pixel_accuracy": cm.pixel_accuracy}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, image: torch.Tensor) -> np.ndarray:
         h, w = image.shape[-2:]
-        trainable, was_training = is_trainable(model), model.training
-        if trainable:
-            model.eval()
-        device = next(model.parameters()).device if trainable else torch.device("cpu")
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters(), torch.empty(0)).device     # the int8 graph holds no parameters: CPU
         logits = logits_of(model, self.padded(image).to(device))[..., :h, :w]
-        if trainable:
-            model.train(was_training)
+        model.train(was_training)
         return logits.argmax(1)[0].cpu().numpy()
 
     # ------------------------------------------------------------------ cost columns (common/profiler.py)
@@ -646,7 +641,8 @@ class Experiment:
             except Exception as e:   # no C++ compiler, or inductor unsupported here: say so, keep the eager time
                 self.say(f"  torch.compile failed ({type(e).__name__}: {str(e)[:80]}); the fp32 latency is eager")
         if "int8" in rows:
-            out["int8_latency"] = time_graph(self.int8_for_profile, shape, cfg.latency_repeats)
+            out["int8_latency"] = measure_latency(self.int8_for_profile, shape, "cpu", warmup=2,
+                                                  repeats=cfg.latency_repeats)
             out["int8_bytes"] = int8_weight_bytes(rows["int8"].model)
         return out
 
@@ -658,24 +654,6 @@ def check_eval_size(images: list[Path], side: int) -> None:
     if largest > side:
         raise UserError(f"--eval-size {side}: the largest validation image has a side of {largest} pixels; use a "
                         f"multiple of 16 of at least that size (e.g. --eval-size {16 * math.ceil(largest / 16)}).")
-
-
-def is_trainable(model: nn.Module) -> bool:
-    """False for a converted int8 graph, which only runs inference (no train/eval modes)."""
-    return not getattr(model, "is_converted_int8", False)
-
-
-def time_graph(model: nn.Module, shape: tuple, repeats: int) -> float:
-    """Median seconds per forward pass of a lowered (exported) graph on the CPU, after two warm-up passes."""
-    x = torch.randn(shape)
-    times = []
-    with torch.no_grad():
-        for i in range(repeats + 2):
-            start = time.perf_counter()
-            model(x)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 # =============================================================================================== the table

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.int8 import convert_reference, count_int8_convolutions, lower_int8, prepare_int8_qat  # noqa: E402
+from common.profiler import measure_latency  # noqa: E402
 from common.quantization import fake_quantize_model  # noqa: E402
 from common.segmentation_models import build_segmenter  # noqa: E402
 from common.training import autocast, pick_device  # noqa: E402
@@ -75,31 +74,20 @@ def training_steps(args, device: torch.device) -> list:
     return steps
 
 
-def latency(model, x: torch.Tensor, repeats: int) -> float:
-    with torch.inference_mode():
-        for _ in range(2):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def inference_latencies(args) -> list:
+    """Median CPU latency (common.profiler.measure_latency) of each form of the student, batch 1."""
     cfg, _ = parse_args([])
-    x = torch.randn(1, 3, args.size, args.size)
+    shape = (1, 3, args.size, args.size)
+    time_it = lambda model: measure_latency(model, shape, "cpu", warmup=2, repeats=args.repeats)  # noqa: E731
     student = new_student(cfg).eval()
-    rows = [("U-Net fp32, eager", latency(student, x, args.repeats))]
+    rows = [("U-Net fp32, eager", time_it(student))]
     if args.compile:
-        rows.append(("U-Net fp32, torch.compile", latency(torch.compile(student), x, args.repeats)))
-    rows.append(("U-Net fake-quant W8A8 (runs in float)", latency(fake_quantize_model(student, 8).eval(), x,
-                                                                   args.repeats)))
+        rows.append(("U-Net fp32, torch.compile", time_it(torch.compile(student))))
+    rows.append(("U-Net fake-quant W8A8 (runs in float)", time_it(fake_quantize_model(student, 8))))
     prepared = prepare_int8_qat(LogitsAndFeature(new_student(cfg)), torch.randn(2, 3, 64, 64), multiple=16)
     prepared(torch.randn(2, 3, 64, 64))          # the observers see one batch
-    int8 = lower_int8(convert_reference(prepared), x)
-    rows.append((f"U-Net int8, oneDNN ({count_int8_convolutions(int8)} int8 convs)", latency(int8, x, args.repeats)))
+    int8 = lower_int8(convert_reference(prepared), torch.randn(shape))
+    rows.append((f"U-Net int8, oneDNN ({count_int8_convolutions(int8)} int8 convs)", time_it(int8)))
     return rows
 
 

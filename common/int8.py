@@ -154,7 +154,15 @@ def lower_int8(reference: torch.fx.GraphModule, example: torch.Tensor) -> torch.
     with torch.no_grad():
         lowered = _torchao()["lower"](reference, (example,))
     _drop_unused_tensors(lowered)
+    # An exported graph refuses train()/eval(); this one only ever runs inference, so both are no-ops and code
+    # written for ordinary modules (evaluation loops, common.profiler.measure_latency) works unchanged.
+    _preserve(lowered, train=types.MethodType(_inference_only, lowered),
+              eval=types.MethodType(_inference_only, lowered), training=False)
     return lowered
+
+
+def _inference_only(self: torch.fx.GraphModule, mode: bool = False) -> torch.fx.GraphModule:
+    return self
 
 
 def _drop_unused_tensors(gm: torch.fx.GraphModule) -> None:
