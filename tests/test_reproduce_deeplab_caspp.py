@@ -2,7 +2,6 @@
 a distillation table, --resume of a finished run, two processes under torchrun, and its user errors."""
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import reproduce_deeplab_caspp as script
 from common.deeplab import build_deeplabv3plus
 from common.errors import UserError
 from common.training import save_weights
+from script_runs import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "reproduce_deeplab_caspp.py"
@@ -35,11 +35,6 @@ def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> Non
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
-
-
-def read_results(folder: Path) -> list[dict]:
-    with open(folder / "results.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_profile_only_prints_the_thesis_columns_beside_ours(tmp_path):

@@ -2,7 +2,6 @@
 two classification models against their published sizes, tiny end-to-end runs, and bad input."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 import urllib.error
@@ -16,6 +15,7 @@ from common.errors import UserError
 from common.losses import soft_cross_entropy
 from common.segmentation_models import build_segmenter
 from common.training import save_weights
+from script_runs import read_results, tiny
 
 
 # ----------------------------------------------------------------------------------------------- Section II
@@ -108,16 +108,6 @@ TINY_A = ["--experiment", "A", "--a-train-images", "16", "--a-test-images", "10"
 TINY_B = ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
           "--epochs", "1", "--teacher-iterations", "2", "--pretrain-iterations", "2", "--pretrain-images", "4",
           "--eval-every-epochs", "1", "--profile-size", "64"]
-
-
-def tiny(tmp_path, *args: str, out: str = "run") -> list[str]:
-    return [*args, "--out", str(tmp_path / out), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-            "--device", "cpu"]
-
-
-def read_results(run) -> list[dict]:
-    with open(run / "results.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_experiment_a_end_to_end(tmp_path, capsys) -> None:

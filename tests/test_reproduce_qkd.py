@@ -2,7 +2,6 @@
 published size, a tiny end-to-end run (every row, the int8 one included) and its resume, and bad input."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 
@@ -14,6 +13,7 @@ import reproduce_qkd as script
 from common.errors import UserError
 from common.segmentation_models import build_segmenter
 from common.training import save_weights
+from script_runs import read_results, tiny
 
 
 # ----------------------------------------------------------------------------------------------- Section 3.1
@@ -92,16 +92,6 @@ SMALL = ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-ima
          "--co-study", "1", "--tutor", "1", "--int8-iterations", "1", "--teacher-iterations", "1",
          "--profile-size", "32", "--no-compile"]
 TINY = [*SMALL, "--bits", "8,4"]
-
-
-def tiny(tmp_path, *args: str, out: str = "run") -> list[str]:
-    return [*args, "--out", str(tmp_path / out), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-            "--device", "cpu"]
-
-
-def read_results(run) -> list[dict]:
-    with open(run / "results.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_end_to_end_every_row(tmp_path) -> None:

@@ -2,7 +2,6 @@
 with SIGKILL mid-training that, resumed, ends with exactly the numbers of an uninterrupted run."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -10,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from script_runs import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--teacher", "4", "--teacher-iterations", "30", "--iterations", "60", "--eval-every", "10",
@@ -25,11 +25,6 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-def read_results(folder: Path) -> list[dict]:
-    with open(folder / "results.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_headline_writes_the_run_folder_and_reuses_the_cached_teacher(tmp_path):
