@@ -50,12 +50,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +69,9 @@ from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
 from common.segmentation_models import PUBLISHED, TorchvisionSegmenter, build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, add_run_folder_arguments, autocast, config_from_args,
-                             fit, load_weights, make_scheduler, pick_device, resume_run, run_main, save_weights,
-                             seed_everything)
+from common.training import (BatchStream, RunDir, StepBatches, Trained, add_run_folder_arguments, autocast,
+                             cache_path, config_from_args, load_weights, make_scheduler, pick_device, resume_run,
+                             run_main, save_weights, train_job)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
 # The report's tables, as printed (Section IV).
@@ -224,17 +222,6 @@ def voc_sample(dataset, crop: int, scale: tuple, index: int,
     return augment(image, mask, generator, crop=crop, scale=tuple(scale))
 
 
-@dataclass
-class Trained:
-    name: str
-    label: str                         # the row's name in our table
-    model: nn.Module
-    metrics: dict                      # A: accuracy, test_loss; B: miou, val_loss, ...
-    train_loss: list = field(default_factory=list)
-    evals: list = field(default_factory=list)
-    diverged: bool = False
-
-
 class Lab:
     """What the experiments share: config, device, run folder, results and the cache of trained teachers."""
 
@@ -247,18 +234,12 @@ class Lab:
 
     def train(self, name: str, label: str, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn,
               iterations: int, evaluate, eval_every: int, schedule: str) -> Trained:
-        """The shared loop (common.training.fit): resumable, logged to metrics.jsonl, evaluated every
+        """The shared loop (common.training.train_job): resumable, logged to metrics.jsonl, evaluated every
         ``eval_every`` iterations and at the end; the final model is reported (not the best evaluation)."""
-        scheduler = make_scheduler(optimizer, schedule, iterations)
-        history = fit(model, optimizer, loss_fn, iterations, name=name, run=self.run, device=self.device,
-                      scheduler=scheduler, evaluate=evaluate, eval_every=eval_every,
-                      checkpoint_every=self.cfg.checkpoint_every, amp=self.cfg.amp, best_key=None,
-                      progress=self.cfg.progress, diverge_above=math.inf)
-        metrics = {k: v for k, v in (history.evals[-1] if history.evals else evaluate()).items() if k != "iteration"}
-        self.run.log({"job": name, "event": "final", **metrics})
-        if history.diverged:
-            self.say(f"  {name}: the loss became non-finite; its row is marked 'diverged' (try a lower rate)")
-        return Trained(name, label, model, metrics, history.train_loss, history.evals, history.diverged)
+        return train_job(model, optimizer, loss_fn, iterations, name=name, label=label, run=self.run,
+                         device=self.device, evaluate=evaluate, eval_every=eval_every,
+                         checkpoint_every=self.cfg.checkpoint_every, amp=self.cfg.amp, progress=self.cfg.progress,
+                         seed=self.cfg.seed, scheduler=make_scheduler(optimizer, schedule, iterations))
 
     def cost(self, model: nn.Module, shape: tuple) -> dict:
         model = model.eval()
@@ -272,12 +253,6 @@ class Lab:
                          iou=round(trained.metrics["miou"], 5) if metric == "miou" else None,
                          iterations=len(trained.train_loss),
                          notes="; ".join(filter(None, [notes, "diverged" if trained.diverged else ""])))
-
-
-def cache_path(cfg: Config, stem: str, key: dict) -> Path:
-    """Where a trained teacher or backbone is cached: named by a hash of everything that shapes it."""
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return Path(cfg.cache_dir) / f"fcn_kd_{stem}_{digest}.pt"
 
 
 # ----------------------------------------------------------------------------------------------- experiment A
@@ -345,7 +320,7 @@ class ClassificationExperiment:
         lab, cfg = self.lab, self.lab.cfg
         key = {"what": "A teacher", "data": self.data_name, "epochs": cfg.a_teacher_epochs, "lr": cfg.a_lr,
                "batch": cfg.a_teacher_batch_size, "schedule": "poly", "seed": cfg.seed}
-        path = cache_path(cfg, "A_teacher", key)
+        path = cache_path(cfg.cache_dir, "fcn_kd_A_teacher", key)
         model = CifarResNet18().to(lab.device)
         if path.exists():
             load_weights(model, path, what="cached teacher")
@@ -370,7 +345,6 @@ class ClassificationExperiment:
     def _train(self, name: str, label: str, model: nn.Module, epochs: int, teacher: nn.Module | None,
                batch_size: int, schedule: str = "constant") -> Trained:
         lab, cfg = self.lab, self.lab.cfg
-        seed_everything(cfg.seed)
         batches = StepBatches(len(self.train_set), batch_size, cfg.seed,
                               functools.partial(cifar_sample, self.train_set))
         steps_per_epoch = len(self.train_set) // batch_size
@@ -500,7 +474,7 @@ class SegmentationExperiment:
         key = {"what": "B teacher", "data": self.data_name, "iterations": cfg.teacher_iterations,
                "lr": cfg.teacher_lr, "batch": cfg.batch_size, "crop": cfg.crop, "init": cfg.backbone_init,
                "pretrain": [cfg.pretrain_images, cfg.pretrain_iterations], "seed": cfg.seed}
-        path = cache_path(cfg, "B_teacher", key)
+        path = cache_path(cfg.cache_dir, "fcn_kd_B_teacher", key)
         label = PAPER_B_NAMES["teacher"] + " (teacher)"
         if path.exists():
             model = build_segmenter("fcn_resnet101", NUM_CLASSES).to(lab.device)
@@ -544,7 +518,7 @@ class SegmentationExperiment:
         key = {"what": "B synthetic pre-training", "images": cfg.pretrain_images, "size": cfg.image_size,
                "iterations": cfg.pretrain_iterations, "lr": cfg.pretrain_lr, "batch": cfg.batch_size,
                "crop": cfg.crop, "seed": cfg.seed}
-        path = cache_path(cfg, "B_pretraining", key)
+        path = cache_path(cfg.cache_dir, "fcn_kd_B_pretraining", key)
         model = build_segmenter("fcn_resnet50", NUM_CLASSES).to(lab.device)
         if path.exists():
             load_weights(model, path, what="cached pre-training")
@@ -587,7 +561,6 @@ class SegmentationExperiment:
         """Train on ``dataset`` with Section II's loss from ``teacher``, or with the cross-entropy alone; validate
         every ``eval_every`` iterations (None: at the end only)."""
         lab, cfg = self.lab, self.lab.cfg
-        seed_everything(cfg.seed)
         batches = StepBatches(len(dataset), cfg.batch_size, cfg.seed,
                               functools.partial(voc_sample, dataset, cfg.crop, tuple(cfg.scale)))
         stream = BatchStream(batches, iterations, cfg.workers, pin_memory=lab.device.type == "cuda")

@@ -65,14 +65,12 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import hashlib
 import importlib.util
-import json
 import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -89,9 +87,9 @@ from common.profiler import count_macs, count_parameters, measure_latency
 from common.quantization import fake_quantize_model, quantized_weight_bytes, strip_fake_quantization
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
 from common.segmentation_models import build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, add_run_folder_arguments, autocast, config_from_args,
-                             fit, load_weights, make_scheduler, pick_device, resume_run, run_main, save_weights,
-                             seed_everything)
+from common.training import (BatchStream, RunDir, StepBatches, Trained, add_run_folder_arguments, autocast,
+                             cache_path, config_from_args, load_weights, make_scheduler, pick_device, resume_run,
+                             run_main, save_weights, train_job)
 from common.unet import UNet
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
@@ -242,18 +240,6 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-@dataclass
-class Trained:
-    name: str
-    label: str
-    model: nn.Module
-    metrics: dict
-    train_loss: list = field(default_factory=list)
-    evals: list = field(default_factory=list)
-    diverged: bool = False
-    start_step: int = 0
-
-
 # =============================================================================================== the experiment
 class Experiment:
     """Sections 3 and 4 on VOC 2012 (--data-root) or synthetic scenes: teacher, pretrained student, the rows."""
@@ -335,8 +321,7 @@ class Experiment:
         key = {"what": "qkd teacher", "arch": TEACHER_ARCH, "data": self.data_name,
                "iterations": cfg.teacher_iterations, "lr": cfg.teacher_lr, "batch": cfg.batch_size, "crop": cfg.crop,
                "scale": list(cfg.scale), "seed": cfg.seed}
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-        path = Path(cfg.cache_dir) / f"qkd_teacher_{digest}.pt"
+        path = cache_path(cfg.cache_dir, "qkd_teacher", key)
         with torch.random.fork_rng():          # initial weights from the seed alone: a rerun trains the same teacher
             torch.manual_seed(cfg.seed)
             model = build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(self.device)
@@ -398,22 +383,15 @@ class Experiment:
     def fit(self, name: str, label: str, model: nn.Module, optimizer, loss_fn, iterations: int, scheduler=None,
             eval_every: int | None = None, evaluated: nn.Module | None = None, amp: bool | None = None,
             start_step: int = 0) -> Trained:
-        """common.training.fit: resumable, logged to metrics.jsonl, evaluated every ``eval_every`` iterations and at
-        the end (``evaluated``: the network to score, if ``model`` holds more); the final model is reported."""
+        """common.training.train_job: resumable, logged to metrics.jsonl, evaluated every ``eval_every`` iterations
+        and at the end (``evaluated``: the network to score, if ``model`` holds more); the final model is reported."""
         cfg = self.cfg
-        seed_everything(cfg.seed)
         target = evaluated if evaluated is not None else model
-        history = fit(model, optimizer, loss_fn, iterations, name=name, run=self.run, device=self.device,
-                      scheduler=scheduler, evaluate=lambda: self.evaluate(target),
-                      eval_every=eval_every or cfg.eval_every,
-                      checkpoint_every=cfg.checkpoint_every, amp=cfg.amp if amp is None else amp, best_key=None,
-                      progress=cfg.progress, diverge_above=math.inf)
-        metrics = {k: v for k, v in (history.evals[-1] if history.evals else self.evaluate(target)).items()
-                   if k != "iteration"}
-        self.run.log({"job": name, "event": "final", **metrics})
-        if history.diverged:
-            self.say(f"  {name}: the loss became non-finite; its row is marked 'diverged'")
-        return Trained(name, label, target, metrics, history.train_loss, history.evals, history.diverged, start_step)
+        return train_job(model, optimizer, loss_fn, iterations, name=name, label=label, run=self.run,
+                         device=self.device, evaluate=lambda: self.evaluate(target),
+                         eval_every=eval_every or cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+                         amp=cfg.amp if amp is None else amp, progress=cfg.progress, seed=cfg.seed,
+                         scheduler=scheduler, evaluated=evaluated, start_step=start_step)
 
     def train_fp32(self, name: str, label: str, student: UNet, start_step: int, iterations: int,
                    teacher: nn.Module | None, pixel: bool, pair: bool) -> Trained:

@@ -196,3 +196,106 @@ def pairwise_similarity_loss(student_feat: torch.Tensor, teacher_feat: torch.Ten
         return nodes.transpose(1, 2) @ nodes
 
     return (affinity(student_feat.float()) - affinity(teacher_feat.float())).pow(2).mean()
+
+
+def intra_affinity_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: torch.Tensor,
+                        num_classes: int, ignore_index: int = 255,
+                        weights: Sequence[float] = (1.0, 1.0, 1.0), eps: float = 1e-6) -> torch.Tensor:
+    """Inter-region affinity distillation, IntRA-KD (source 003, 'Inter-Region Affinity Distillation'; Hou et al.
+    CVPR 2020, Sec. 3): the student's inter-region affinity graphs must match the teacher's.
+
+    1. Areas of interest: one binary mask per class present in the image's labels, the labels nearest-resized to
+       each feature map's size (so teacher and student may have different strides). Pixels labelled
+       ``ignore_index`` belong to no region.
+    2. Moment pooling per region k and channel j over the region's pixels:
+           mu_k(j) = mean F_j,   sigma^2_k(j) = mean (F_j - mu_k(j))^2,
+           gamma_k(j) = mean ((F_j - mu_k(j)) / sqrt(sigma^2_k(j) + eps))^3      (skewness).
+    3. One affinity graph per moment m over the n regions present: C_m(i, j) = cosine(m_i, m_j) over channels, so
+       the channel counts of teacher and student need not match.
+    4. L = sum_m weights[m] * (1 / n^2) sum_ij (C_m^S(i, j) - C_m^T(i, j))^2, averaged over the images.
+
+    Our readings (the paper leaves them open; see also the project notes): a class absent from an image (at
+    either feature resolution) is *dropped* from that image's graph, not zero-filled; an image with fewer than two
+    regions contributes 0 (its 1x1 graphs are both 1); ``eps`` inside the square root of the variance; hard
+    (nearest) masks. The teacher's features carry no gradient. Labels outside [0, num_classes) other than
+    ``ignore_index`` are a ValueError.
+    """
+    if student_feat.dim() != 4 or teacher_feat.dim() != 4 or labels.dim() != 3:
+        raise ValueError(f"expected (N, C, H, W) features and (N, H, W) labels, got {tuple(student_feat.shape)}, "
+                         f"{tuple(teacher_feat.shape)} and {tuple(labels.shape)}")
+    if not student_feat.shape[0] == teacher_feat.shape[0] == labels.shape[0]:
+        raise ValueError(f"batch sizes differ: student {student_feat.shape[0]}, teacher {teacher_feat.shape[0]}, "
+                         f"labels {labels.shape[0]}")
+    if len(weights) != 3:
+        raise ValueError(f"weights are (mean, variance, skewness), got {tuple(weights)}")
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if bad.any():
+        raise ValueError(f"labels must lie in [0, {num_classes}) or be {ignore_index}; found "
+                         f"{labels[bad].unique()[:10].tolist()}")
+
+    def region_masks(feat: torch.Tensor) -> torch.Tensor:            # (N, K, h*w) one-hot, ignore -> no region
+        small = F.interpolate(labels[:, None].float(), size=feat.shape[-2:], mode="nearest")[:, 0].long()
+        small = torch.where(small == ignore_index, num_classes, small)
+        return F.one_hot(small.flatten(1), num_classes + 1)[..., :num_classes].transpose(1, 2).float()
+
+    def moment_graphs(feat: torch.Tensor, masks: torch.Tensor) -> list[torch.Tensor]:   # 3 x (N, K, K)
+        # raw moments E[x], E[x^2], E[x^3] per region by matrix products (no (N, K, C, h*w) tensor), in float64
+        # so that the central moments below lose nothing to cancellation
+        flat = feat.double().flatten(2).transpose(1, 2)                                 # (N, h*w, C)
+        masks = masks.double()
+        count = masks.sum(-1, keepdim=True).clamp_min(1)                                # (N, K, 1)
+        m1, m2, m3 = (masks @ flat.pow(p) / count for p in (1, 2, 3))                   # (N, K, C) each
+        var = (m2 - m1.pow(2)).clamp_min(0)
+        skew = (m3 - 3 * m1 * m2 + 2 * m1.pow(3)) / (var + eps).pow(1.5)
+        graphs = []
+        for moment in (m1, var, skew):
+            unit = F.normalize(moment, p=2, dim=-1)
+            graphs.append((unit @ unit.transpose(1, 2)).float())
+        return graphs
+
+    s_masks, t_masks = region_masks(student_feat), region_masks(teacher_feat)
+    present = (s_masks.sum(-1) > 0) & (t_masks.sum(-1) > 0)                              # (N, K)
+    pairs = (present[:, :, None] & present[:, None, :]).float()                         # (N, K, K)
+    n_sq = present.sum(-1).float().pow(2).clamp_min(1)                                  # (N,)
+    s_graphs = moment_graphs(student_feat, s_masks)
+    with torch.no_grad():
+        t_graphs = moment_graphs(teacher_feat.detach(), t_masks)
+    total = student_feat.new_zeros((), dtype=torch.float32)
+    for weight, s_graph, t_graph in zip(weights, s_graphs, t_graphs):
+        if weight:
+            per_image = (pairs * (s_graph - t_graph).pow(2)).sum((1, 2)) / n_sq
+            total = total + weight * per_image.mean()
+    return total
+
+
+def sad_attention(feat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Psi(A) of self-attention distillation (source 003, 'Self Attention Distillation'; Hou et al. ICCV 2019):
+    G(A) = sum_c A_c^2 (N, H, W), bilinearly resized to ``size``, then a softmax over all spatial positions
+    -> (N, h * w), each row summing to 1."""
+    if feat.dim() != 4:
+        raise ValueError(f"expected (N, C, H, W) features, got shape {tuple(feat.shape)}")
+    energy = feat.float().pow(2).sum(dim=1, keepdim=True)
+    if energy.shape[-2:] != tuple(size):
+        energy = F.interpolate(energy, size=size, mode="bilinear", align_corners=False)
+    return F.softmax(energy.flatten(1), dim=1)
+
+
+def self_attention_distillation_loss(block_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Self-attention distillation, SAD (source 003; Hou et al. ICCV 2019, Eq. 2): each encoder block's attention
+    map mimics the next deeper block's,
+
+        L_distill = sum_{m=1}^{M-1} MSE(Psi(A_m), Psi(A_{m+1})),      Psi = ``sad_attention``,
+
+    both maps at the shallower block's (larger) size, the MSE averaged over positions and images. The deeper map is
+    the target and is detached (our reading: it plays the teacher; the paper does not say). The paper weighs this
+    term by 0.1 and switches it on late in training (after 40k of 60k iterations); the caller does both.
+    """
+    if len(block_feats) < 2:
+        raise ValueError(f"SAD needs at least two blocks, got {len(block_feats)}")
+    total = block_feats[0].new_zeros((), dtype=torch.float32)
+    for shallow, deep in zip(block_feats[:-1], block_feats[1:]):
+        if shallow.shape[0] != deep.shape[0]:
+            raise ValueError(f"batch sizes differ: {shallow.shape[0]} and {deep.shape[0]}")
+        size = tuple(shallow.shape[-2:])
+        total = total + (sad_attention(shallow, size) - sad_attention(deep.detach(), size)).pow(2).mean()
+    return total

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import (attention_map, attention_transfer_loss, class_prior_loss, kd_kl_div,
-                           pairwise_similarity_loss, soft_cross_entropy, weighted_cross_entropy)
+from common.losses import (attention_map, attention_transfer_loss, class_prior_loss, intra_affinity_loss,
+                           kd_kl_div, pairwise_similarity_loss, sad_attention, self_attention_distillation_loss,
+                           soft_cross_entropy, weighted_cross_entropy)
 
 LN3 = math.log(3.0)
 
@@ -292,3 +293,121 @@ def test_pairwise_partial_patches_and_resized_teacher():
     assert pairwise_similarity_loss(s, t_).item() == pytest.approx(pairwise_similarity_loss(s, resized).item())
     with pytest.raises(ValueError, match="batch"):
         pairwise_similarity_loss(torch.rand(2, 2, 4, 4), torch.rand(1, 2, 4, 4))
+
+
+# ---- intra_affinity_loss (IntRA-KD, source 003) ------------------------------------------------------------------
+
+def two_row_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Labels [[0, 0], [1, 1]]: region 0 = top row, region 1 = bottom row.
+    Student (2 channels): top (1,0), (3,0) -> mean (2,0), var (1,0), skew (0,0); bottom (0,2), (0,2) -> mean (0,2),
+    var (0,0), skew (0,0). Graphs: mean [[1,0],[0,1]], var [[1,0],[0,0]] (a zero vector has cosine 0), skew zeros.
+    Teacher (3 channels): top (1,1,0) twice -> mean (1,1,0), var 0; bottom (1,0,0), (3,0,0) -> mean (2,0,0),
+    var (1,0,0). Graphs: mean [[1, 1/sqrt 2], [1/sqrt 2, 1]], var [[0,0],[0,1]], skew zeros.
+    So L_mean = 2 (1/sqrt 2)^2 / 4 = 0.25, L_var = (1 + 1) / 4 = 0.5, L_skew = 0."""
+    labels = torch.tensor([[[0, 0], [1, 1]]])
+    student = t([[[[1, 3], [0, 0]], [[0, 0], [2, 2]]]])
+    teacher = t([[[[1, 1], [1, 3]], [[1, 1], [0, 0]], [[0, 0], [0, 0]]]])
+    return student, teacher, labels
+
+
+def test_intra_hand_value_per_moment():
+    student, teacher, labels = two_row_case()
+    assert intra_affinity_loss(student, teacher, labels, 2, weights=(1, 0, 0)).item() == pytest.approx(0.25, abs=1e-6)
+    assert intra_affinity_loss(student, teacher, labels, 2, weights=(0, 1, 0)).item() == pytest.approx(0.5, abs=1e-6)
+    assert intra_affinity_loss(student, teacher, labels, 2, weights=(0, 0, 1)).item() == pytest.approx(0.0, abs=1e-6)
+    assert intra_affinity_loss(student, teacher, labels, 2).item() == pytest.approx(0.75, abs=1e-6)
+    assert intra_affinity_loss(student, teacher, labels, 2, weights=(2, 0, 5)).item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_intra_skewness_graph_by_hand():
+    # one channel that matters: region 0 holds (0, 0, 3): mean 1, var 2, skew ((-1)^3 + (-1)^3 + 2^3) / 3 / 2^1.5
+    # = +1/sqrt 2; region 1 holds (0, 3, 3): mean 2, var 2, skew (-8 + 1 + 1) / 3 / 2^1.5 = -1/sqrt 2. The student's
+    # skewness vectors point opposite ways (cosine -1), the teacher's (both regions (0, 0, 3)) the same way (+1):
+    # L_skew = 2 (-1 - 1)^2 / 4 = 2.
+    labels = torch.tensor([[[0, 0, 0, 1, 1, 1]]])
+    student = t([[[[0, 0, 3, 0, 3, 3]], [[5, 5, 5, 5, 5, 5]]]])
+    teacher = t([[[[0, 0, 3, 0, 0, 3]]]])
+    loss = intra_affinity_loss(student, teacher, labels, 2, weights=(0, 0, 1))   # the constant channel: skew 0
+    assert loss.item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_intra_identical_features_give_zero_and_only_the_student_gets_a_gradient():
+    torch.manual_seed(0)
+    feat = torch.randn(2, 6, 8, 8, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 16, 16))
+    assert intra_affinity_loss(feat, feat, labels, 4).item() == pytest.approx(0.0, abs=1e-6)
+    teacher = torch.randn(2, 9, 8, 8, requires_grad=True)
+    intra_affinity_loss(feat, teacher, labels, 4).backward()
+    assert feat.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_intra_is_unchanged_by_renumbering_the_classes():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(2, 5, 8, 8), torch.randn(2, 7, 8, 8)
+    labels = torch.randint(0, 4, (2, 8, 8))
+    labels[0, 0] = 255
+    permutation = torch.tensor([2, 0, 3, 1])
+    renumbered = torch.where(labels == 255, labels, permutation[labels.clamp_max(3)])
+    assert intra_affinity_loss(student, teacher, renumbered, 4).item() == pytest.approx(
+        intra_affinity_loss(student, teacher, labels, 4).item(), rel=1e-5)
+
+
+def test_intra_drops_absent_classes_and_ignored_pixels():
+    student, teacher, labels = two_row_case()
+    reference = intra_affinity_loss(student, teacher, labels, 2).item()
+    # three more classes that occur nowhere: zero-filled nodes would change the graphs and the 1/n^2
+    assert intra_affinity_loss(student, teacher, labels, 5).item() == pytest.approx(reference, abs=1e-6)
+    # a third column labelled 255 with wild features belongs to no region
+    wide_labels = torch.tensor([[[0, 0, 255], [1, 1, 255]]])
+    wide_student = torch.cat([student, t([[[[100], [-50]], [[7], [9]]]])], dim=3)
+    wide_teacher = torch.cat([teacher, t([[[[-3], [8]], [[40], [1]], [[2], [2]]]])], dim=3)
+    assert intra_affinity_loss(wide_student, wide_teacher, wide_labels, 2).item() == pytest.approx(reference, abs=1e-6)
+
+
+def test_intra_one_region_contributes_zero_and_the_batch_is_averaged():
+    student, teacher, labels = two_row_case()
+    one_region = torch.zeros_like(labels)
+    assert intra_affinity_loss(student, teacher, one_region, 2).item() == 0.0
+    batch = intra_affinity_loss(torch.cat([student, student]), torch.cat([teacher, teacher]),
+                                torch.cat([labels, one_region]), 2)
+    assert batch.item() == pytest.approx(0.75 / 2, abs=1e-6)
+
+
+def test_intra_different_strides_and_bad_labels():
+    torch.manual_seed(2)
+    labels = torch.randint(0, 3, (2, 32, 32))
+    loss = intra_affinity_loss(torch.randn(2, 4, 16, 16), torch.randn(2, 8, 4, 4), labels, 3)
+    assert torch.isfinite(loss) and loss.item() > 0
+    with pytest.raises(ValueError, match="labels must lie in"):
+        intra_affinity_loss(torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2), torch.tensor([[[0, 7], [1, 1]]]), 3)
+
+
+# ---- self-attention distillation (SAD, source 003) ---------------------------------------------------------------
+
+def test_sad_attention_is_a_spatial_softmax_of_the_summed_squares():
+    feat = t([[[[1, 0]], [[1, 0]]]])                       # G = [2, 0] -> softmax [e^2, 1] / (e^2 + 1)
+    psi = sad_attention(feat, (1, 2))
+    e2 = math.exp(2)
+    assert psi.tolist()[0] == pytest.approx([e2 / (e2 + 1), 1 / (e2 + 1)], abs=1e-6)
+
+
+def test_sad_hand_value_and_the_deeper_block_is_the_detached_target():
+    shallow = torch.zeros(1, 1, 1, 2, requires_grad=True)   # G = [0, 0] -> [1/2, 1/2]
+    deep = t([[[[1, 0]]]]).requires_grad_()                  # G = [1, 0] -> [e, 1] / (e + 1)
+    loss = self_attention_distillation_loss([shallow, deep])
+    d = math.e / (math.e + 1) - 0.5
+    assert loss.item() == pytest.approx(d ** 2, abs=1e-7)    # the mean of d^2 and (-d)^2
+    loss.backward()
+    assert shallow.grad is not None and deep.grad is None
+
+
+def test_sad_resizes_the_deeper_map_to_the_shallower_and_sums_over_pairs():
+    a = t([[[[1, 3]]]])                                      # G = [1, 9]
+    b = t([[[[2]]]])                                         # G = [4], upsampled to [4, 4] -> uniform
+    c = t([[[[0]], [[0]]]])                                  # G = [0] -> uniform
+    p = 1 / (1 + math.exp(8))                                # softmax([1, 9])[0]
+    ab = ((p - 0.5) ** 2 + (0.5 - p) ** 2) / 2
+    assert self_attention_distillation_loss([a, b]).item() == pytest.approx(ab, abs=1e-7)
+    assert self_attention_distillation_loss([a, b, c]).item() == pytest.approx(ab + 0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="at least two"):
+        self_attention_distillation_loss([a])

@@ -1,0 +1,733 @@
+#!/usr/bin/env python
+"""Reproduce Hou, "Improving Deep Network Performance via Model Compression" (CUHK talk): inter-region affinity
+distillation (IntRA-KD, Hou et al. CVPR 2020) for road-marking segmentation, against logit KD, attention transfer
+and self-attention distillation (SAD, Hou et al. ICCV 2019), with an ERFNet student and a ResNet-101 teacher.
+
+Source: ../shared/seeds/003_eeafccd6d19bb3db.txt ("the talk"). What it says, and where this script does it:
+
+  'Inter-Region Affinity Distillation'  road marking segmentation is hard for a small model: "tiny road elements,
+        poor lighting, occlusions by vehicles, sparsity" of the ground truth. Data: ApolloScape (--data-root with
+        --dataset apolloscape), CULane (--dataset culane), or by default synthetic road scenes made to have exactly
+        these difficulties (common/roads.py: thin, rare marking classes in perspective, vehicles, shadows, lighting).
+  'Motivation'  "a road scene typically exhibits consistent configuration ... The structural relationship is crucial
+        ... especially for small networks, to combat against the sparsity of supervision."
+  'Method'  "Knowledge on scene structure is represented as inter-region affinity graphs. Through graph matching, a
+        distillation loss on graph consistency is generated to update the student network": per class region of
+        the labels, the mean, variance and skewness of the features; one cosine affinity graph per moment over the
+        regions; the student matches the teacher's graphs (common.losses.intra_affinity_loss).
+  'Self Attention Distillation'  "attention maps derived from different layers of a well-trained network capture
+        diverse and rich contextual information": each encoder block's attention map mimics the next deeper one's,
+        switched on late in training (common.losses.self_attention_distillation_loss).
+  'Qualitative Results' / 'Visualization of the Affinity Graph'  predictions of ERFNet and ERFNet-IntRA-KD, and
+        the affinity graphs of teacher and students ("a closer feature structure between the student model and the
+        ResNet-101 teacher"): figures/predictions.png, figures/affinity_graphs.png, figures/sad_attention.png.
+  Models  the student ERFNet [Romera et al. 2017] (common/erfnet.py, 2.06 M parameters); the teacher ResNet-101:
+        torchvision's DeepLabV3-ResNet101 with the task's classes, trained here first and cached, or
+        --teacher-checkpoint FILE.
+
+The table (table_intra_kd.md/.csv): ERFNet alone, + KD, + AT, + SAD, + IntRA-KD, + IntRA-KD + KD, and the teacher;
+mIoU and per-class IoU, parameters, multiply-adds and latency; beside ours the published ApolloScape test mIoU of
+the IntRA-KD repository (ResNet-101 46.63, ERFNet 43.48). The talk itself shows no numbers.
+
+Readings we had to choose (repeated under the table; the talk shows figures only):
+  * Every student is trained from the same initial weights on the same batches; each distillation term is added
+    to the same segmentation loss: cross-entropy with the background weighted 0.05 and every marking 1, against the
+    sparsity of markings (the IntRA-KD repository's ApolloScape training of ERFNet, train_erfnet_vanilla.py).
+  * Features: the student's encoder output (ERFNet block 4: 128 channels, stride 8) against the teacher's DeepLab
+    head after ASPP and its 3x3 conv (256 channels, stride 8) -- the same pair for AT and IntRA-KD, so that those
+    rows differ by the loss only.
+  * IntRA-KD: moment weights (1, 1, 1); masks nearest-resized to the feature size; a class absent from an image is
+    dropped from its graph; ignore pixels belong to no region (common.losses). "+ IntRA-KD + KD": both terms, the
+    paper's best setting.
+  * KD: T^2 KL(p_T || p_S) at T = 1 and weight 1 (Hinton et al.; our choice of weight). AT: source 004's form of
+    Zagoruyko & Komodakis (common.losses.attention_transfer_loss), weight 1 (our choice).
+  * SAD: blocks 2 -> 3 -> 4 of the encoder (strides 4, 8, 8), weight 0.1, from 2/3 of training on (the SAD paper's
+    40k of 60k iterations); the deeper map is the target and is detached.
+  * Recipe (not in the talk; --preset paper): the IntRA-KD repository's ERFNet training on ApolloScape
+    (train_erfnet_vanilla.py/.sh): SGD 0.01, momentum 0.9, weight decay 1e-4, poly schedule, frames at half scale,
+    random 496x1488 crops (its random rotation of +-10 degrees is left out). The default preset trains with Adam
+    (lr 2e-3) instead, which gets further in the few hundred iterations a CPU allows.
+  * mIoU is the mean over the classes present in the validation labels or predictions; the IntRA-KD repository
+    averages over all 37 (absent ones count 0), which only matters on subsets where classes are missing.
+
+Run: python reproduce_intra_kd.py [--preset paper] [--data-root DIR --dataset apolloscape|culane]  (see --help)
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.erfnet import ERFNet
+from common.errors import UserError
+from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_div, self_attention_distillation_loss,
+                           weighted_cross_entropy)
+from common.metrics import ConfusionMatrix
+from common.profiler import count_macs, count_parameters, measure_latency
+from common.results import ResultsCSV, Table, plot_curves, plot_panel
+from common.roads import SyntheticRoads, colorize_roads, road_dataset
+from common.segmentation_models import build_segmenter
+from common.training import (BatchStream, RunDir, StepBatches, Trained, add_run_folder_arguments, autocast,
+                             cache_path, config_from_args, load_weights, make_scheduler, pick_device, resume_run,
+                             run_main, save_weights, train_job)
+from common.voc import IGNORE_INDEX, normalize
+
+TEACHER_ARCH = "deeplabv3_resnet101"
+# The published ApolloScape test mIoU of the IntRA-KD repository's README (project notes); the talk has no table.
+PUBLISHED = {"teacher": 46.63, "alone": 43.48}
+METHODS = {   # row -> (label, distillation terms)
+    "alone": ("ERFNet", ()),
+    "kd": ("ERFNet + KD", ("kd",)),
+    "at": ("ERFNet + AT", ("at",)),
+    "sad": ("ERFNet + SAD", ("sad",)),
+    "intra": ("ERFNet + IntRA-KD", ("intra",)),
+    "intra_kd": ("ERFNet + IntRA-KD + KD", ("intra", "kd")),
+}
+SAD_BLOCKS = ("block2", "block3", "block4")
+MEMO_BYTES = 1 << 29     # the teacher's head features kept for reuse by later students (512 MiB)
+
+
+# =============================================================================================== the losses
+def student_loss(terms: tuple, logits: torch.Tensor, feats: dict, target: torch.Tensor, class_weights: torch.Tensor,
+                 num_classes: int, teacher_logits: torch.Tensor | None, teacher_feat: torch.Tensor | None,
+                 weights: dict, sad_on: bool) -> tuple[torch.Tensor, dict]:
+    """L = L_seg + the row's distillation terms:
+
+        kd:    weights["kd"] T^2 KL(p_T || p_S)                 (Hinton et al.; pixels labelled 255 left out)
+        at:    weights["at"] L_A(student block 4, teacher head)  (common.losses.attention_transfer_loss)
+        sad:   weights["sad"] sum_m MSE(Psi(A_m), Psi(A_m+1))    (blocks 2 -> 3 -> 4; only once ``sad_on``)
+        intra: sum_m alpha_m L_m(student block 4, teacher head)  (the talk's 'Method'; common.losses)
+
+    L_seg is the class-weighted cross-entropy. The teacher's tensors are not differentiated. Returns the loss and
+    its terms for the log.
+    """
+    seg = weighted_cross_entropy(logits, target, class_weights, ignore_index=IGNORE_INDEX)
+    loss, logs = seg, {"train_seg": seg.detach()}
+    if "kd" in terms:
+        kl = kd_kl_div(logits, teacher_logits, weights["T"], valid_mask=target != IGNORE_INDEX)
+        loss = loss + weights["kd"] * weights["T"] ** 2 * kl
+        logs["train_kd"] = kl.detach()
+    if "at" in terms:
+        at = attention_transfer_loss([feats["block4"]], [teacher_feat])
+        loss = loss + weights["at"] * at
+        logs["train_at"] = at.detach()
+    if "sad" in terms and sad_on:
+        sad = self_attention_distillation_loss([feats[name] for name in SAD_BLOCKS])
+        loss = loss + weights["sad"] * sad
+        logs["train_sad"] = sad.detach()
+    if "intra" in terms:
+        intra = intra_affinity_loss(feats["block4"], teacher_feat, target, num_classes, IGNORE_INDEX,
+                                    weights["intra"])
+        loss = loss + intra
+        logs["train_intra"] = intra.detach()
+    return loss, logs
+
+
+def class_weights_for(num_classes: int, background_weight: float) -> torch.Tensor:
+    """Cross-entropy weights: ``background_weight`` for class 0 (background), 1 for every marking class. The IntRA-KD
+    repository trains ERFNet on ApolloScape with 0.05 (train_erfnet_vanilla.py); SAD's CULane code uses 0.4."""
+    weights = torch.ones(num_classes)
+    weights[0] = background_weight
+    return weights
+
+
+# =============================================================================================== configuration
+@dataclass
+class Config:
+    preset: str = "default"
+    # ----- recipe (students)
+    optimizer: str = "adam"              # adam | sgd (momentum 0.9, weight decay 1e-4)
+    lr: float = 2e-3
+    batch_size: int = 8
+    iterations: int = 240
+    eval_every: int = 60
+    background_weight: float = 0.05      # the IntRA-KD repository's (SAD's CULane code: 0.4)
+    # ----- distillation
+    kd_weight: float = 1.0
+    T: float = 1.0
+    at_weight: float = 1.0
+    sad_weight: float = 0.1
+    sad_start: float = 2 / 3             # fraction of training after which SAD is on
+    intra_weights: tuple = (1.0, 1.0, 1.0)   # mean, variance, skewness
+    methods: tuple = tuple(METHODS)
+    # ----- the teacher
+    teacher_checkpoint: str | None = None
+    teacher_backbone: str | None = None  # "imagenet" or a ResNet-101 file, for a teacher trained here
+    teacher_iterations: int = 200
+    teacher_lr: float = 1e-3
+    # ----- data
+    data_root: str | None = None
+    dataset: str = "apolloscape"         # with --data-root: apolloscape | culane
+    train_images: int = 512              # synthetic scenes
+    val_images: int = 48
+    height: int = 64                     # network input (synthetic scene size; real images are resized)
+    width: int = 128
+    crop_top: float = 0.0                # the fraction of each frame's top left out
+    crop_height: int = 0                 # training crops (0: whole images)
+    crop_width: int = 0
+    # ----- run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    workers: int = 0
+    latency_repeats: int = 5
+    panel_images: int = 3
+    cache_dir: str = "runs/teacher_cache"
+    out: str | None = None
+    checkpoint_every: int = 100
+    progress: bool = True
+
+
+PRESETS = {
+    # A 2-core CPU: about 14 minutes with an empty teacher cache (README), on 64x128 synthetic scenes.
+    "default": {},
+    # The IntRA-KD repository's ERFNet training on ApolloScape (train_erfnet_vanilla.sh, options.py): SGD 0.01,
+    # momentum 0.9, weight decay 1e-4, poly, batch 8; frames at half scale (1355x1692, here 1352x1688, multiples of
+    # 8), random crops of 496x1488. It trains 24 epochs; 60k iterations with SAD from 40k (the SAD paper's) and an
+    # ImageNet ResNet-101 under the teacher are our choices.
+    "paper": dict(optimizer="sgd", lr=0.01, batch_size=8, iterations=60_000, eval_every=5_000,
+                  teacher_iterations=60_000, teacher_lr=0.01, teacher_backbone="imagenet", height=1352, width=1688,
+                  crop_height=496, crop_width=1488, latency_repeats=20, checkpoint_every=2_000, workers=8),
+}
+
+
+# =============================================================================================== data and models
+def road_sample(dataset, crop: tuple[int, int] | None, index: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training sample, normalised, randomly cropped to ``crop`` (height, width) if given (the IntRA-KD
+    repository's GroupRandomCropRatio); no flips (they would swap left and right turn arrows)."""
+    image, mask = dataset[index]
+    if crop:
+        h, w = mask.shape
+        top = int(torch.randint(0, h - crop[0] + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - crop[1] + 1, (1,), generator=generator))
+        image, mask = image[:, top:top + crop[0], left:left + crop[1]], mask[top:top + crop[0], left:left + crop[1]]
+    return normalize(image), mask
+
+
+def new_student(cfg: Config, num_classes: int) -> ERFNet:
+    """ERFNet with the task's classes; its initial weights depend on the seed only, so every row starts alike."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return ERFNet(num_classes)
+
+
+class Experiment:
+    """The talk's comparison on ApolloScape / CULane (--data-root) or synthetic road scenes."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        size = (cfg.height, cfg.width)
+        if cfg.data_root:
+            self.train_set = road_dataset(cfg.dataset, cfg.data_root, "train", size, crop_top=cfg.crop_top)
+            self.val_set = road_dataset(cfg.dataset, cfg.data_root, "val", size, crop_top=cfg.crop_top)
+        else:
+            self.train_set = SyntheticRoads("train", cfg.train_images, size, cfg.seed)
+            self.val_set = SyntheticRoads("val", cfg.val_images, size, cfg.seed)
+        self.data_name = f"{self.train_set.name} / {self.val_set.name}"
+        self.num_classes, self.class_names = self.train_set.num_classes, self.train_set.class_names
+        if len(self.train_set) < cfg.batch_size:
+            raise UserError(f"{len(self.train_set)} training images are fewer than one batch of {cfg.batch_size}; "
+                            f"raise --train-images or lower --batch-size.")
+        for dataset in (self.train_set, self.val_set):   # a wrong label file stops us before the run folder exists
+            for i in range(min(2, len(dataset))):
+                dataset[i]
+        self.given_teacher = None
+        if cfg.teacher_checkpoint:
+            self.given_teacher = build_segmenter(TEACHER_ARCH, self.num_classes, weights=cfg.teacher_checkpoint)
+        self.class_weights = class_weights_for(self.num_classes, cfg.background_weight).to(device)
+        self.run: RunDir | None = None
+        self.results: ResultsCSV | None = None
+        self.memo: dict[int, torch.Tensor] = {}
+        self.memo_bytes = 0
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    # ------------------------------------------------------------------ the whole run
+    def run_all(self, run: RunDir) -> None:
+        cfg = self.cfg
+        self.run, self.results = run, ResultsCSV(run.path / "results.csv")
+        self.say(f"data: {self.data_name}; {self.num_classes} classes; device {self.device}; student ERFNet, "
+                 f"teacher {TEACHER_ARCH}")
+        teacher = self.teacher()
+        rows = {name: self.train_student(name, teacher.model) for name in cfg.methods}
+        costs = self.costs(teacher.model, next(iter(rows.values())).model)
+        write_tables(self, teacher, rows, costs)
+        plot_figures(self, teacher, rows)
+
+    # ------------------------------------------------------------------ the teacher
+    def teacher(self) -> Trained:
+        label = "DeepLabV3-ResNet101 (teacher)"
+        if self.given_teacher is not None:
+            model = self.given_teacher.to(self.device)
+            trained = Trained("teacher", label, model, self.evaluate(model, bf16=True))
+            source = self.cfg.teacher_checkpoint
+        else:
+            trained, source = self.train_teacher(label)
+        trained.metrics["source"] = source
+        trained.model.eval().requires_grad_(False)
+        self.say(f"  teacher from {source}: mIoU {100 * trained.metrics['miou']:.1f}")
+        return trained
+
+    def train_teacher(self, label: str) -> tuple[Trained, str]:
+        """No --teacher-checkpoint: train the DeepLabV3-ResNet101 on the training set first, once, and cache it."""
+        cfg = self.cfg
+        key = {"what": "intra_kd teacher", "arch": TEACHER_ARCH, "data": self.data_name, "size": [cfg.height,
+               cfg.width], "iterations": cfg.teacher_iterations, "lr": cfg.teacher_lr, "optimizer": cfg.optimizer,
+               "batch": cfg.batch_size, "background_weight": cfg.background_weight, "seed": cfg.seed,
+               "backbone": cfg.teacher_backbone}
+        path = cache_path(cfg.cache_dir, "intra_kd_teacher", key)
+        with torch.random.fork_rng():          # initial weights from the seed alone: a rerun trains the same teacher
+            torch.manual_seed(cfg.seed)
+            model = build_segmenter(TEACHER_ARCH, self.num_classes, backbone_weights=cfg.teacher_backbone)
+        model = model.to(self.device)
+        if path.exists():
+            load_weights(model, path, what="cached teacher")
+            return Trained("teacher", label, model, self.evaluate(model, bf16=True)), f"the cache ({path})"
+        self.say(f"training the {TEACHER_ARCH} teacher ({cfg.teacher_iterations} iterations; cached in {path})")
+        optimizer, scheduler = self.optimizer(model.parameters(), cfg.teacher_lr, cfg.teacher_iterations)
+        stream = self.batches(cfg.teacher_iterations)
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+            x, y = stream(step)
+            return weighted_cross_entropy(model(x).float(), y, self.class_weights, IGNORE_INDEX), {}
+
+        trained = self.fit("teacher", label, model, optimizer, scheduler, loss_fn, cfg.teacher_iterations,
+                           bf16=True)
+        save_weights(path, model)
+        return trained, f"training by this run ({cfg.teacher_iterations} iterations; cached)"
+
+    def teacher_outputs(self, teacher: nn.Module, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen teacher's (logits, head features) for batch ``step``. Every student sees the same batch at the
+        same step, so the head features (stride 8) are computed once and kept, up to MEMO_BYTES; the logits are
+        the head's last 1x1 conv and bilinear upsampling of them, exactly as the teacher's own forward pass."""
+        if step in self.memo:
+            feat = self.memo[step].to(self.device)
+        else:
+            with torch.no_grad(), autocast(self.device, self.cfg.amp, cpu_bf16=True):
+                _, features = teacher(x, return_features=True)
+            feat = features["head"].float()
+            if self.memo_bytes < MEMO_BYTES:
+                self.memo[step] = feat.cpu()
+                self.memo_bytes += 4 * feat.numel()
+        with torch.no_grad():
+            logits = F.interpolate(teacher.net.classifier[-1](feat), size=x.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        return logits, feat
+
+    # ------------------------------------------------------------------ the students
+    def train_student(self, name: str, teacher: nn.Module) -> Trained:
+        cfg = self.cfg
+        label, terms = METHODS[name]
+        student = new_student(cfg, self.num_classes).to(self.device)
+        optimizer, scheduler = self.optimizer(student.parameters(), cfg.lr, cfg.iterations)
+        stream = self.batches(cfg.iterations)
+        sad_from = round(cfg.sad_start * cfg.iterations)
+        weights = {"kd": cfg.kd_weight, "T": cfg.T, "at": cfg.at_weight, "sad": cfg.sad_weight,
+                   "intra": tuple(cfg.intra_weights)}
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+            x, y = stream(step)
+            logits, feats = student(x, return_features=True)
+            t_logits = t_feat = None
+            if {"kd", "at", "intra"} & set(terms):
+                t_logits, t_feat = self.teacher_outputs(teacher, x, step)
+            return student_loss(terms, logits.float(), feats, y, self.class_weights, self.num_classes, t_logits,
+                                t_feat, weights, sad_on=step >= sad_from)
+
+        trained = self.fit(f"student_{name}", label, student, optimizer, scheduler, loss_fn, cfg.iterations)
+        self.say(f"  {label}: mIoU {100 * trained.metrics['miou']:.1f}")
+        return trained
+
+    # ------------------------------------------------------------------ training
+    def optimizer(self, params, lr: float, iterations: int):
+        """Adam (default preset), or SGD with momentum 0.9 and weight decay 1e-4 (paper preset); poly schedule."""
+        if self.cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+        else:
+            optimizer = torch.optim.Adam(params, lr=lr)
+        return optimizer, make_scheduler(optimizer, "poly", iterations)
+
+    def batches(self, iterations: int):
+        """Batch ``step`` is a pure function of (seed, step): every job sees the same batches (common.training)."""
+        cfg = self.cfg
+        batches = StepBatches(len(self.train_set), cfg.batch_size, cfg.seed,
+                              functools.partial(road_sample, self.train_set,
+                                                (cfg.crop_height, cfg.crop_width) if cfg.crop_height else None))
+        stream = BatchStream(batches, iterations, cfg.workers, pin_memory=self.device.type == "cuda")
+        device = self.device
+
+        def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return tuple(t.to(device, non_blocking=True) for t in stream(step))
+
+        return batch
+
+    def fit(self, name: str, label: str, model: nn.Module, optimizer, scheduler, loss_fn, iterations: int,
+            bf16: bool = False) -> Trained:
+        """common.training.train_job; ``bf16``: the teacher, in bfloat16 also on CPUs that have it natively."""
+        cfg = self.cfg
+        return train_job(model, optimizer, loss_fn, iterations, name=name, label=label, run=self.run,
+                         device=self.device, evaluate=lambda: self.evaluate(model, bf16), eval_every=cfg.eval_every,
+                         checkpoint_every=cfg.checkpoint_every, amp=cfg.amp, progress=cfg.progress, seed=cfg.seed,
+                         scheduler=scheduler, cpu_bf16=bf16)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, bf16: bool = False) -> dict:
+        """mIoU over the classes present (in the labels or the predictions), per-class IoU, pixel accuracy and
+        the (unweighted) cross-entropy on the validation images; ``bf16``: see ``fit``."""
+        was_training = model.training
+        model.eval()
+        cm = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
+        loss_sum, pixels = 0.0, 0
+        for i in range(len(self.val_set)):
+            image, mask = self.val_set[i]
+            x, y = normalize(image)[None].to(self.device), mask[None].to(self.device)
+            with autocast(self.device, self.cfg.amp, cpu_bf16=bf16):
+                logits = model(x).float()
+            loss_sum += float(F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum"))
+            pixels += int((y != IGNORE_INDEX).sum())
+            cm.update(logits.argmax(1), y)
+        model.train(was_training)
+        return {"miou": cm.miou, "val_loss": loss_sum / max(pixels, 1), "pixel_accuracy": cm.pixel_accuracy,
+                "iou_per_class": [None if math.isnan(v) else v for v in cm.iou_per_class().tolist()]}
+
+    @torch.no_grad()
+    def forward(self, model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(logits, features) of one image, in eval mode: the student's blocks or the teacher's head."""
+        was_training = model.training
+        model.eval()
+        logits, feats = model(normalize(image)[None].to(self.device), return_features=True)
+        model.train(was_training)
+        return logits.float(), feats
+
+    # ------------------------------------------------------------------ cost columns (common/profiler.py)
+    def costs(self, teacher: nn.Module, student: nn.Module) -> dict:
+        cfg = self.cfg
+        shape = (1, 3, cfg.height, cfg.width)
+        self.say(f"measuring parameters, multiply-adds and latency at {shape} on {self.device}")
+        out = {"shape": shape, "threads": torch.get_num_threads()}
+        for name, model in (("student", student), ("teacher", teacher)):
+            out[f"{name}_params"] = count_parameters(model)
+            out[f"{name}_macs"] = count_macs(model, shape)
+            out[f"{name}_latency"] = measure_latency(model, shape, self.device, warmup=1,
+                                                    repeats=cfg.latency_repeats)
+        return out
+
+
+# =============================================================================================== the tables
+def miou_cell(trained: Trained) -> str:
+    return f"{100 * trained.metrics['miou']:.2f}" + (" (diverged)" if trained.diverged else "")
+
+
+def iou_cells(trained: Trained) -> list[str]:
+    return ["-" if v is None else f"{100 * v:.1f}" for v in trained.metrics["iou_per_class"]]
+
+
+def findings(teacher: Trained, rows: dict) -> list[str]:
+    """What this run measured, in words (computed here, not written beforehand)."""
+    lines = []
+    if "alone" in rows:
+        alone = rows["alone"].metrics["miou"]
+        gains = ", ".join(f"{METHODS[name][0].replace('ERFNet ', '')} {100 * (r.metrics['miou'] - alone):+.2f}"
+                          for name, r in rows.items() if name != "alone")
+        if gains:
+            lines.append(f"mIoU points against ERFNet alone (same initial weights and batches): {gains}; one seed, "
+                         f"so differences of a point or two are within run-to-run spread.")
+        collapsed = [r.label for r in (teacher, *rows.values())
+                     if all((v or 0) == 0 for v in r.metrics["iou_per_class"][1:])]
+        if collapsed:
+            lines.append(f"{', '.join(collapsed)}: IoU 0 on every marking class (background predicted everywhere).")
+        relation = "above" if teacher.metrics["miou"] > alone else "below"
+        lines.append(f"the teacher scores {relation} the student trained alone ({100 * teacher.metrics['miou']:.2f} "
+                     f"against {100 * alone:.2f} mIoU).")
+    return lines
+
+
+def write_tables(exp: Experiment, teacher: Trained, rows: dict, costs: dict) -> None:
+    cfg = exp.cfg
+    table = Table("IntRA-KD and baselines: ERFNet student, ResNet-101 teacher (ApolloScape in the paper)",
+                  ["Model", "mIoU % (ours)", "mIoU % (paper, ApolloScape test)", "pixel acc. % (ours)", "params",
+                   "MAdds", f"latency ms (ours, {exp.device.type})"])
+
+    def add(key: str, trained: Trained, who: str) -> None:
+        m = trained.metrics
+        published = PUBLISHED.get(key)
+        table.add(trained.label, miou_cell(trained), "-" if published is None else f"{published:.2f}",
+                  f"{100 * m['pixel_accuracy']:.1f}", f"{costs[f'{who}_params']:,}",
+                  f"{costs[f'{who}_macs'] / 1e9:.2f}G", f"{1000 * costs[f'{who}_latency']:.1f}")
+        exp.results.add(experiment="intra_kd", model=trained.label, params=costs[f"{who}_params"],
+                        macs=costs[f"{who}_macs"], loss=round(m["val_loss"], 5), iou=round(m["miou"], 5),
+                        iterations=len(trained.train_loss), notes="diverged" if trained.diverged else "")
+
+    add("teacher", teacher, "teacher")
+    for name, trained in rows.items():
+        add(name, trained, "student")
+    weights = ", ".join(f"{w:g}" for w in cfg.intra_weights)
+    recipe = (f"Adam, lr {cfg.lr}" if cfg.optimizer == "adam" else
+              f"SGD, lr {cfg.lr}, momentum 0.9, weight decay 1e-4")
+    table.notes = findings(teacher, rows) + [
+        f"the paper's column: the IntRA-KD repository's ApolloScape test mIoU (ResNet-101 teacher, ERFNet alone); the "
+        f"talk (source 003) shows figures only; ours: {exp.data_name}, measured by this run, single scale, final "
+        f"model, one seed.",
+        f"teacher: {teacher.metrics['source']}.",
+        f"students: ERFNet (Romera et al. 2017), {recipe}, poly schedule, batch {cfg.batch_size}, {cfg.iterations} "
+        f"iterations, the same initial weights and batches for every row; L_seg = cross-entropy with the "
+        f"background weighted {cfg.background_weight:g} and every marking 1 (the IntRA-KD repository: 0.05).",
+        f"KD: {cfg.kd_weight:g} T^2 KL(p_T || p_S), T = {cfg.T:g}. AT: {cfg.at_weight:g} x source 004's Eq. 4.8 "
+        f"between student block 4 and the teacher's head. SAD: {cfg.sad_weight:g} x sum of MSEs of spatial-softmax "
+        f"attention maps, blocks 2 -> 3 -> 4, on from iteration {round(cfg.sad_start * cfg.iterations)}. IntRA-KD: "
+        f"moment weights ({weights}) between student block 4 (128 channels, stride 8) and the teacher's head (256 "
+        f"channels, stride 8); masks nearest-resized, absent classes dropped (our readings).",
+        f"cost columns: parameters; MAdds (ptflops, module hooks) and latency (median of {cfg.latency_repeats}, "
+        f"batch 1, {costs['threads']} threads) at {costs['shape'][2]}x{costs['shape'][3]}."]
+    table.write(exp.run.path, "table_intra_kd")
+    print("\n" + table.markdown(), flush=True)
+
+    per_class = Table("Per-class IoU % (ours; '-' = class absent from the validation labels and predictions)",
+                      ["Model", *exp.class_names])
+    for trained in (teacher, *rows.values()):
+        per_class.add(trained.label, *iou_cells(trained))
+    per_class.write(exp.run.path, "table_intra_kd_per_class")
+    print(per_class.markdown(), flush=True)
+
+
+# =============================================================================================== figures
+def running_mean(values: list, window: int = 10) -> list:
+    c = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
+    return [(c[i + 1] - c[max(0, i + 1 - window)]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(values))]
+
+
+def affinity_graphs(feat: torch.Tensor, mask: torch.Tensor, num_classes: int) -> tuple[list[int], list[np.ndarray]]:
+    """The regions present in ``mask`` and the three moment graphs (mean, variance, skewness) of one image's
+    features -- what intra_affinity_loss compares -- for the figure."""
+    small = F.interpolate(mask[None, None].float(), size=feat.shape[-2:], mode="nearest")[0, 0].long()
+    classes = [c for c in range(num_classes) if (small == c).any()]
+    flat = feat[0].double().flatten(1)                                      # (C, h*w)
+    moments = []
+    for c in classes:
+        region = flat[:, (small == c).flatten()]
+        mean = region.mean(1)
+        var = region.var(1, unbiased=False)
+        skew = ((region - mean[:, None]) / (var[:, None] + 1e-6).sqrt()).pow(3).mean(1)
+        moments.append((mean, var, skew))
+    graphs = []
+    for m in range(3):
+        unit = F.normalize(torch.stack([moment[m] for moment in moments]), dim=1)
+        graphs.append((unit @ unit.T).numpy())
+    return classes, graphs
+
+
+def plot_affinity_figure(path: Path, exp: Experiment, models: list[tuple[str, nn.Module, str]]) -> None:
+    """The talk's 'Visualization of the Affinity Graph': the graphs of teacher and students on one image."""
+    import matplotlib.pyplot as plt
+
+    index = max(range(min(16, len(exp.val_set))), key=lambda i: len(exp.val_set[i][1].unique()))
+    image, mask = exp.val_set[index]
+    fig, axes = plt.subplots(3, len(models), figsize=(3.2 * len(models), 9), squeeze=False)
+    for col, (caption, model, key) in enumerate(models):
+        _, feats = exp.forward(model, image)
+        classes, graphs = affinity_graphs(feats[key].float().cpu(), mask, exp.num_classes)
+        names = [exp.class_names[c] for c in classes]
+        for row, (moment, graph) in enumerate(zip(("mean", "variance", "skewness"), graphs)):
+            ax = axes[row][col]
+            ax.imshow(graph, cmap="magma", vmin=-1, vmax=1)
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(names)), names, fontsize=6)
+            ax.set_title(f"{caption}: {moment}", fontsize=8)
+    fig.suptitle("Inter-region affinity graphs (cosine similarity of region moments), one validation image")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_figures(exp: Experiment, teacher: Trained, rows: dict) -> None:
+    cfg, figures = exp.cfg, exp.run.figures
+    plot_curves(figures / "training_loss.png",
+                {r.label: (list(range(1, len(r.train_loss) + 1)), running_mean(r.train_loss)) for r in rows.values()},
+                "Training loss (segmentation + distillation terms)", ylabel="loss (running mean of 10)")
+    plot_curves(figures / "val_miou.png",
+                {r.label: ([e["iteration"] for e in r.evals], [100 * e["miou"] for e in r.evals])
+                 for r in [teacher, *rows.values()] if r.evals}, "Validation mIoU during training",
+                ylabel="mIoU %", marker="o")
+    shown = [("teacher", teacher.model)] + [(METHODS[k][0], rows[k].model) for k in ("alone", "intra", "intra_kd")
+                                            if k in rows]
+    samples = [exp.val_set[i] for i in range(min(cfg.panel_images, len(exp.val_set)))]
+    plot_panel(figures / "predictions.png",
+               [[("image", image.permute(1, 2, 0).numpy()), ("ground truth", colorize_roads(mask))]
+                + [(name, colorize_roads(exp.forward(model, image)[0].argmax(1)[0].cpu().numpy()))
+                   for name, model in shown] for image, mask in samples],
+               "Validation predictions ('Qualitative Results')")
+    graphs = [("teacher", teacher.model, "head")] + [(METHODS[k][0], rows[k].model, "block4")
+                                                    for k in ("alone", "intra") if k in rows]
+    plot_affinity_figure(figures / "affinity_graphs.png", exp, graphs)
+    attention_rows = []
+    image = samples[0][0]
+    for key in ("alone", "sad"):
+        if key in rows:
+            _, feats = exp.forward(rows[key].model, image)
+            attention_rows.append([(f"{METHODS[key][0]}: {block}", feats[block].pow(2).sum(1)[0].cpu().numpy())
+                                   for block in SAD_BLOCKS])
+    if attention_rows:   # G itself: its spatial softmax Psi is nearly one-hot on unnormalised activations
+        plot_panel(figures / "sad_attention.png", attention_rows,
+                   "Attention energy G(A_m) = sum_c A_c^2 of encoder blocks (SAD mimics its spatial softmax)",
+                   cmap="magma")
+
+
+# =============================================================================================== command line
+def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    p = argparse.ArgumentParser(
+        description="Reproduce Hou, 'Improving Deep Network Performance via Model Compression': an ERFNet student "
+                    "learns road-marking segmentation from a DeepLabV3-ResNet101 teacher by inter-region affinity "
+                    "distillation (IntRA-KD), compared with logit KD, attention transfer and self-attention "
+                    "distillation (SAD). Without --data-root it runs on built-in synthetic road scenes; everything "
+                    "goes to a run folder.",
+        epilog="examples:\n  python reproduce_intra_kd.py                          # reduced, CPU, ~14 min\n"
+               "  python reproduce_intra_kd.py --methods alone,intra --iterations 400\n"
+               "  python reproduce_intra_kd.py --preset paper --data-root data/apolloscape --dataset apolloscape\n"
+               "  python reproduce_intra_kd.py --resume runs/reproduce_intra_kd/20261121-120000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="default: reduced, for a CPU; paper: the lane "
+                                                             "codebases' recipe at full scale")
+    r = p.add_argument_group("training (every student row)")
+    r.add_argument("--methods", metavar="LIST", help=f"rows to train, comma-separated, from {','.join(METHODS)} "
+                                                     f"(default all)")
+    r.add_argument("--optimizer", choices=["adam", "sgd"], help="adam (default) or sgd (paper preset)")
+    r.add_argument("--lr", type=float, metavar="LR", help="students' learning rate (default 2e-3; paper 0.01)")
+    r.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default 8)")
+    r.add_argument("--iterations", type=int, metavar="N", help="iterations per student (default 240)")
+    r.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations (default 60)")
+    r.add_argument("--background-weight", type=float, metavar="W",
+                   help="cross-entropy weight of the background, markings 1 (default 0.05, the IntRA-KD "
+                        "repository's; SAD's CULane code: 0.4)")
+    d = p.add_argument_group("distillation")
+    d.add_argument("--kd-weight", type=float, metavar="W", help="weight of T^2 KL(p_T || p_S) (default 1)")
+    d.add_argument("--T", type=float, help="KD temperature (default 1)")
+    d.add_argument("--at-weight", type=float, metavar="W", help="weight of attention transfer (default 1)")
+    d.add_argument("--sad-weight", type=float, metavar="W", help="weight of SAD (default 0.1, the SAD paper's)")
+    d.add_argument("--sad-start", type=float, metavar="F",
+                   help="fraction of training after which SAD is on (default 0.667: the SAD paper's 40k of 60k)")
+    d.add_argument("--intra-weights", metavar="A,B,C",
+                   help="IntRA-KD weights of the mean, variance and skewness graphs (default 1,1,1)")
+    t = p.add_argument_group("the teacher (DeepLabV3-ResNet101)")
+    t.add_argument("--teacher-checkpoint", metavar="FILE",
+                   help="deeplabv3_resnet101 weights with the task's classes: a file this script cached, or a "
+                        "torchvision state dict (default: train one here, once, and cache it)")
+    t.add_argument("--teacher-backbone", metavar="imagenet|FILE",
+                   help="ImageNet ResNet-101 weights under a teacher trained here (paper preset: imagenet)")
+    t.add_argument("--teacher-iterations", type=int, metavar="N",
+                   help="iterations of a teacher trained here (default 200)")
+    t.add_argument("--teacher-lr", type=float, metavar="LR", help="its learning rate (default 1e-3)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", metavar="FOLDER", help="the real data set's folder (default: synthetic scenes)")
+    g.add_argument("--dataset", choices=["apolloscape", "culane"],
+                   help="which real data set --data-root holds (default apolloscape)")
+    g.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes (default 512)")
+    g.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes (default 48)")
+    g.add_argument("--height", type=int, metavar="PIXELS", help="input height, a multiple of 8 (default 64)")
+    g.add_argument("--width", type=int, metavar="PIXELS", help="input width, a multiple of 8 (default 128)")
+    g.add_argument("--crop-top", type=float, metavar="F", help="the fraction of each frame's top left out (default 0)")
+    g.add_argument("--crop-height", type=int, metavar="PIXELS",
+                   help="training crops' height, a multiple of 8 (default 0: whole images; paper preset 496)")
+    g.add_argument("--crop-width", type=int, metavar="PIXELS",
+                   help="training crops' width, a multiple of 8 (paper preset 1488)")
+    u = p.add_argument_group("run")
+    u.add_argument("--seed", type=int, help="random seed (default 0)")
+    u.add_argument("--device", help="auto (default), cpu or cuda")
+    u.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
+    u.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
+    u.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers (default runs/teacher_cache)")
+    add_run_folder_arguments(u, "reproduce_intra_kd")
+    args = p.parse_args(argv)
+    parsed = {}
+    if args.methods is not None:
+        parsed["methods"] = parse_methods(args.methods)
+    if args.intra_weights is not None:
+        parsed["intra_weights"] = parse_intra_weights(args.intra_weights)
+    return config_from_args(args, Config, PRESETS, **parsed), args
+
+
+def parse_methods(text: str) -> tuple:
+    methods = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise UserError(f"--methods {text!r}: choose from {', '.join(METHODS)} (comma-separated).")
+    return methods
+
+
+def parse_intra_weights(text: str) -> tuple:
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise UserError(f"--intra-weights {text!r}: give three numbers, e.g. 1,1,1") from None
+    if len(weights) != 3 or min(weights) < 0:
+        raise UserError(f"--intra-weights {text!r}: give three non-negative numbers (mean, variance, skewness), "
+                        f"e.g. 1,1,1")
+    return weights
+
+
+def check_config(cfg: Config) -> None:
+    """Impossible settings are user errors, reported before any work starts."""
+    counts = {"--iterations": cfg.iterations, "--eval-every": cfg.eval_every, "--val-images": cfg.val_images,
+              "--teacher-iterations": cfg.teacher_iterations}
+    bad = [k for k, v in counts.items() if v < 1]
+    if bad:
+        raise UserError(f"{', '.join(bad)} must be >= 1.")
+    if cfg.batch_size < 2:
+        raise UserError("--batch-size must be >= 2: BatchNorm needs two images per batch to train.")
+    if min(cfg.lr, cfg.teacher_lr) <= 0 or cfg.T <= 0:
+        raise UserError("--lr, --teacher-lr and --T must be positive.")
+    if min(cfg.kd_weight, cfg.at_weight, cfg.sad_weight, cfg.background_weight) < 0 or not 0 <= cfg.sad_start <= 1:
+        raise UserError("the loss weights must be non-negative and --sad-start in [0, 1].")
+    if cfg.height % 8 or cfg.width % 8 or min(cfg.height, cfg.width) < 16:
+        raise UserError(f"--height {cfg.height} --width {cfg.width}: ERFNet downsamples three times and DeepLabV3 "
+                        f"to stride 8, so both must be multiples of 8, at least 16.")
+    crop = (cfg.crop_height, cfg.crop_width)
+    if any(crop) and (min(crop) < 16 or cfg.crop_height % 8 or cfg.crop_width % 8 or cfg.crop_height > cfg.height
+                      or cfg.crop_width > cfg.width):
+        raise UserError(f"--crop-height {cfg.crop_height} --crop-width {cfg.crop_width}: give both, multiples of 8 "
+                        f"of at least 16 and at most --height {cfg.height} / --width {cfg.width}.")
+    if not 0 <= cfg.crop_top < 1:
+        raise UserError(f"--crop-top {cfg.crop_top}: a fraction of the frame in [0, 1).")
+    if cfg.teacher_checkpoint and cfg.teacher_backbone:
+        raise UserError("--teacher-checkpoint (a trained teacher) and --teacher-backbone (weights to train one "
+                        "from) both name the teacher: give one.")
+    for name in ("data_root", "teacher_checkpoint"):
+        value = getattr(cfg, name)
+        if value and not Path(value).exists():
+            raise UserError(f"--{name.replace('_', '-')} {value}: no such file or folder.")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("this script trains on one device (ERFNet students); run it with python, not torchrun.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = parse_args(argv)
+    run = None
+    if args.resume:
+        cfg, run = resume_run(args, Config)
+    else:
+        check_config(cfg)
+    device = pick_device(cfg.device)
+    experiment = Experiment(cfg, device)          # missing data, bad labels or a wrong teacher file stop us here
+    if run is None:
+        run = RunDir.create("reproduce_intra_kd", cfg.out)
+        run.write_config(asdict(cfg))
+    print(f"run folder: {run.path}", flush=True)
+    start = time.time()
+    experiment.run_all(run)
+    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} (results.csv, table_intra_kd.md, "
+          f"figures/)", flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,183 @@
+"""reproduce_intra_kd.py (source 003): the student's loss assembled from its terms, the recipe, a tiny end-to-end
+run with every row (synthetic, and on ApolloScape files in the published layout) and its resume, and bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import reproduce_intra_kd as script
+from common.errors import UserError
+from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_div, self_attention_distillation_loss,
+                           weighted_cross_entropy)
+from common.segmentation_models import build_segmenter
+from common.training import save_weights
+from script_runs import read_results, tiny
+from test_roads import apollo_ids, write_apollo
+
+WEIGHTS = {"kd": 0.5, "T": 2.0, "at": 3.0, "sad": 0.1, "intra": (1.0, 0.5, 0.25)}
+
+
+def random_case(seed: int = 0) -> tuple:
+    torch.manual_seed(seed)
+    logits = torch.randn(2, 4, 16, 16, requires_grad=True)
+    feats = {"block2": torch.randn(2, 6, 4, 4, requires_grad=True), "block3": torch.randn(2, 8, 2, 2),
+             "block4": torch.randn(2, 8, 2, 2, requires_grad=True)}
+    target = torch.randint(0, 4, (2, 16, 16))
+    target[0, 0] = 255
+    t_logits, t_feat = torch.randn(2, 4, 16, 16, requires_grad=True), torch.randn(2, 5, 2, 2, requires_grad=True)
+    return logits, feats, target, t_logits, t_feat
+
+
+def test_the_student_loss_is_the_segmentation_loss_plus_each_rows_terms() -> None:
+    logits, feats, target, t_logits, t_feat = random_case()
+    w = script.class_weights_for(4, 0.05)
+    assert w.tolist() == pytest.approx([0.05, 1.0, 1.0, 1.0])
+    seg = weighted_cross_entropy(logits, target, w)
+    terms = {"kd": 0.5 * 4 * kd_kl_div(logits, t_logits, 2.0, valid_mask=target != 255),
+             "at": 3.0 * attention_transfer_loss([feats["block4"]], [t_feat]),
+             "sad": 0.1 * self_attention_distillation_loss([feats["block2"], feats["block3"], feats["block4"]]),
+             "intra": intra_affinity_loss(feats["block4"], t_feat, target, 4, weights=(1.0, 0.5, 0.25))}
+    for row in (("kd",), ("at",), ("sad",), ("intra",), ("intra", "kd")):
+        loss, logs = script.student_loss(row, logits, feats, target, w, 4, t_logits, t_feat, WEIGHTS, sad_on=True)
+        assert loss.item() == pytest.approx((seg + sum(terms[k] for k in row)).item(), rel=1e-5)
+        assert set(logs) == {"train_seg", *(f"train_{k}" for k in row)}
+    before, logs = script.student_loss(("sad",), logits, feats, target, w, 4, None, None, WEIGHTS, sad_on=False)
+    assert before.item() == pytest.approx(seg.item(), rel=1e-6) and "train_sad" not in logs   # SAD not yet on
+    loss, _ = script.student_loss(("intra", "kd", "at"), logits, feats, target, w, 4, t_logits, t_feat, WEIGHTS,
+                                  sad_on=True)
+    loss.backward()
+    assert logits.grad.abs().sum() > 0 and feats["block4"].grad.abs().sum() > 0
+    assert t_logits.grad is None and t_feat.grad is None                                    # the teacher is frozen
+
+
+def test_the_figures_affinity_graphs_are_the_ones_the_loss_compares() -> None:
+    torch.manual_seed(3)
+    student, teacher = torch.randn(1, 5, 8, 8), torch.randn(1, 7, 8, 8)
+    labels = torch.randint(0, 4, (1, 16, 16))
+    classes, s_graphs = script.affinity_graphs(student, labels[0], 4)
+    assert classes == [0, 1, 2, 3] and s_graphs[0].shape == (4, 4)
+    _, t_graphs = script.affinity_graphs(teacher, labels[0], 4)
+    expected = sum(float(((s - t) ** 2).mean()) for s, t in zip(s_graphs, t_graphs))
+    assert intra_affinity_loss(student, teacher, labels, 4).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_presets() -> None:
+    cfg, _ = script.parse_args([])
+    assert cfg.methods == ("alone", "kd", "at", "sad", "intra", "intra_kd")
+    assert (cfg.sad_weight, cfg.sad_start, cfg.intra_weights) == (0.1, 2 / 3, (1.0, 1.0, 1.0))
+    paper, _ = script.parse_args(["--preset", "paper"])
+    assert (paper.optimizer, paper.lr, paper.iterations) == ("sgd", 0.01, 60_000)
+    assert round(paper.sad_start * paper.iterations) == 40_000            # the SAD paper's 40k of 60k
+    assert (paper.background_weight, paper.crop_height, paper.crop_width) == (0.05, 496, 1488)   # IntRA-KD's code
+    assert script.parse_methods("intra, alone") == ("intra", "alone")
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+SMALL = ["--height", "32", "--width", "64", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
+         "--iterations", "2", "--eval-every", "1", "--teacher-iterations", "1"]
+
+
+def test_end_to_end_every_row(tmp_path) -> None:
+    script.main(tiny(tmp_path, *SMALL))
+    run = tmp_path / "run"
+    rows = read_results(run)
+    assert [r["model"] for r in rows] == ["DeepLabV3-ResNet101 (teacher)", "ERFNet", "ERFNet + KD", "ERFNet + AT",
+                                          "ERFNet + SAD", "ERFNet + IntRA-KD", "ERFNet + IntRA-KD + KD"]
+    assert all(0 <= float(r["iou"]) <= 1 for r in rows)
+    assert rows[1]["params"] == str(2_064_256 - 12 * 16 * 4 - 12)      # ERFNet with 8 classes, not 20
+    table = (run / "table_intra_kd.md").read_text()
+    assert "46.63" in table and "43.48" in table and "(ours)" in table and "(paper" in table
+    per_class = (run / "table_intra_kd_per_class.md").read_text()
+    assert "zebra crossing" in per_class and "turn arrow" in per_class
+    for name in ("training_loss.png", "val_miou.png", "predictions.png", "affinity_graphs.png",
+                 "sad_attention.png"):
+        assert (run / "figures" / name).stat().st_size > 0
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for job, term in (("student_kd", "train_kd"), ("student_at", "train_at"), ("student_sad", "train_sad"),
+                      ("student_intra", "train_intra")):
+        assert any(term in r for r in logged if r.get("job") == job), job
+    assert list((tmp_path / "cache").glob("intra_kd_teacher_*.pt"))            # trained once, cached
+
+
+def test_a_run_interrupted_in_a_student_resumes_to_the_same_numbers(tmp_path, monkeypatch) -> None:
+    flags = [*SMALL, "--methods", "alone,intra_kd"]
+    script.main(tiny(tmp_path, *flags, out="whole"))
+    real = script.Experiment.train_student
+
+    def interrupted(self, name, teacher):
+        if name == "intra_kd":
+            raise KeyboardInterrupt
+        return real(self, name, teacher)
+
+    monkeypatch.setattr(script.Experiment, "train_student", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(tiny(tmp_path, *flags, out="cut"))
+    assert not (tmp_path / "cut" / "results.csv").exists()
+    monkeypatch.setattr(script.Experiment, "train_student", real)
+    script.main(["--resume", str(tmp_path / "cut"), "--no-progress"])
+    whole, cut = read_results(tmp_path / "whole"), read_results(tmp_path / "cut")
+    assert [(r["model"], r["iou"], r["loss"]) for r in cut] == [(r["model"], r["iou"], r["loss"]) for r in whole]
+
+
+def write_apollo_records(root, bad_id: int | None = None) -> None:
+    """Ten frames of 8x12 pixels in ApolloScape's published layout, one record (so every 10th pair is val)."""
+    for k in range(10):
+        ids = apollo_ids(k)
+        if bad_id is not None and k == 0:
+            ids[1, 1] = bad_id
+        write_apollo(root, "road02", "Record001", 5, f"170927_0638{k:05d}", ids)
+
+
+def test_apollo_scape_files_in_the_published_layout(tmp_path) -> None:
+    write_apollo_records(tmp_path / "apollo")
+    script.main(tiny(tmp_path, *SMALL, "--data-root", str(tmp_path / "apollo"), "--height", "16", "--width", "24",
+                     "--methods", "alone,intra"))
+    rows = read_results(tmp_path / "run")
+    assert [r["model"] for r in rows] == ["DeepLabV3-ResNet101 (teacher)", "ERFNet", "ERFNet + IntRA-KD"]
+    assert "ApolloScape" in (tmp_path / "run" / "table_intra_kd.md").read_text()
+    assert "c_wy_z" in (tmp_path / "run" / "table_intra_kd_per_class.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("flags, words", [
+    (["--data-root", "/no/such/folder"], "no such file or folder"),
+    (["--height", "30"], "multiples of 8"),
+    (["--crop-height", "96"], "at most --height 64"),
+    (["--methods", "alone,fitnet"], "choose from"),
+    (["--intra-weights", "1,1"], "three"),
+    (["--batch-size", "1"], "BatchNorm"),
+    (["--teacher-checkpoint", "x.pt", "--teacher-backbone", "imagenet"], "give one"),
+])
+def test_bad_flags_are_one_clear_line(tmp_path, flags, words) -> None:
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, *flags))
+    assert words in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_label_ids_outside_the_data_sets_range(tmp_path) -> None:
+    write_apollo_records(tmp_path / "apollo", bad_id=7)
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, *SMALL, "--data-root", str(tmp_path / "apollo"), "--height", "16", "--width", "24"))
+    assert "_bin.png" in str(error.value) and "[7]" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_data_root(tmp_path) -> None:
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, "--data-root", str(tmp_path / "data"), "--dataset", "culane"))
+    assert str(tmp_path / "data") in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
+    path = tmp_path / "fcn_resnet101.pt"
+    save_weights(path, build_segmenter("fcn_resnet101", 8))
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, *SMALL, "--teacher-checkpoint", str(path)))
+    assert "fcn_resnet101" in str(error.value) and "deeplabv3_resnet101" in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
