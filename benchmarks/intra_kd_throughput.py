@@ -58,8 +58,8 @@ def student_steps(args, device: torch.device, teacher: torch.nn.Module) -> list:
             optimizer.step()
         return step
 
-    rows = [(f"ERFNet, {label}", step_of(terms, online=False)) for label, terms in METHODS.values()]
-    rows[0] = ("ERFNet, cross-entropy", rows[0][1])
+    rows = [(label if terms else "ERFNet, cross-entropy", step_of(terms, online=False))
+            for label, terms in METHODS.values()]
     rows.append(("ERFNet + IntRA-KD + KD, teacher fwd every batch", step_of(("intra", "kd"), online=True)))
     return rows
 
