@@ -9,8 +9,9 @@ pixel the loss is a zero that still has a grad_fn. No T^2 factor is applied insi
 whatever factor their paper uses: Hinton et al. multiply by T^2 (source 001, 002); source 004 by 2 alpha T^2.
 
 Attention transfer (source 004, Eq. 4.7-4.9; Zagoruyko & Komodakis 2017) works on feature maps, not logits:
-``attention_map`` and ``attention_transfer_loss`` below; so does the pair-wise distillation of source 000
-(Liu et al. 2019): ``pairwise_similarity_loss``.
+``attention_map`` and ``attention_transfer_loss`` below; so do the pair-wise distillation of source 000
+(Liu et al. 2019), ``pairwise_similarity_loss``, and source 003's inter-region affinity distillation (IntRA-KD,
+``intra_affinity_loss``) and self-attention distillation (SAD, ``self_attention_distillation_loss``).
 """
 from __future__ import annotations
 
