@@ -69,9 +69,9 @@ from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
 from common.segmentation_models import PUBLISHED, TorchvisionSegmenter, build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, Trained, add_run_folder_arguments, autocast,
-                             cache_path, config_from_args, load_weights, make_scheduler, pick_device, resume_run,
-                             run_main, save_weights, train_job)
+from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments,
+                             add_run_folder_arguments, autocast, cache_path, config_from_args, load_weights,
+                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
 # The report's tables, as printed (Section IV).
@@ -778,10 +778,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     r.add_argument("--data-root", metavar="FOLDER",
                    help="folder holding cifar-10-batches-py (experiment A) and/or VOCdevkit/VOC2012 (B); default: "
                         "synthetic data")
-    r.add_argument("--seed", type=int, help="random seed (default 0)")
-    r.add_argument("--device", help="auto (default), cpu or cuda")
-    r.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
-    r.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
+    add_device_arguments(r)
     r.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers and backbones (default runs/teacher_cache)")
     add_run_folder_arguments(r, "reproduce_fcn_kd")
     args = p.parse_args(argv)

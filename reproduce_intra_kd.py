@@ -79,12 +79,12 @@ from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_d
                            weighted_cross_entropy)
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency
-from common.results import ResultsCSV, Table, plot_curves, plot_panel
+from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
 from common.roads import SyntheticRoads, colorize_roads, road_dataset
 from common.segmentation_models import build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, Trained, add_run_folder_arguments, autocast,
-                             cache_path, config_from_args, load_weights, make_scheduler, pick_device, resume_run,
-                             run_main, save_weights, train_job)
+from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments,
+                             add_run_folder_arguments, autocast, cache_path, config_from_args, load_weights,
+                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
 from common.voc import IGNORE_INDEX, normalize
 
 TEACHER_ARCH = "deeplabv3_resnet101"
@@ -509,11 +509,6 @@ def write_tables(exp: Experiment, teacher: Trained, rows: dict, costs: dict) -> 
 
 
 # =============================================================================================== figures
-def running_mean(values: list, window: int = 10) -> list:
-    c = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
-    return [(c[i + 1] - c[max(0, i + 1 - window)]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(values))]
-
-
 def affinity_graphs(feat: torch.Tensor, mask: torch.Tensor, num_classes: int) -> tuple[list[int], list[np.ndarray]]:
     """The regions present in ``mask`` and the three moment graphs (mean, variance, skewness) of one image's
     features -- what intra_affinity_loss compares -- for the figure."""
@@ -648,10 +643,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     g.add_argument("--crop-width", type=int, metavar="PIXELS",
                    help="training crops' width, a multiple of 8 (paper preset 1488)")
     u = p.add_argument_group("run")
-    u.add_argument("--seed", type=int, help="random seed (default 0)")
-    u.add_argument("--device", help="auto (default), cpu or cuda")
-    u.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
-    u.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
+    add_device_arguments(u)
     u.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers (default runs/teacher_cache)")
     add_run_folder_arguments(u, "reproduce_intra_kd")
     args = p.parse_args(argv)

@@ -85,11 +85,11 @@ from common.losses import kd_kl_div, pairwise_similarity_loss, weighted_cross_en
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency
 from common.quantization import fake_quantize_model, quantized_weight_bytes, strip_fake_quantization
-from common.results import ResultsCSV, Table, plot_curves, plot_panel
+from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
 from common.segmentation_models import build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, Trained, add_run_folder_arguments, autocast,
-                             cache_path, config_from_args, load_weights, make_scheduler, pick_device, resume_run,
-                             run_main, save_weights, train_job)
+from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments,
+                             add_run_folder_arguments, autocast, cache_path, config_from_args, load_weights,
+                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
 from common.unet import UNet
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
@@ -743,11 +743,6 @@ def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: di
 
 
 # =============================================================================================== figures
-def running_mean(values: list, window: int = 10) -> list:
-    c = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
-    return [(c[i + 1] - c[max(0, i + 1 - window)]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(values))]
-
-
 def loss_curve(trained: Trained) -> tuple[list, list]:
     return (list(range(trained.start_step + 1, trained.start_step + len(trained.train_loss) + 1)),
             running_mean(trained.train_loss))
@@ -851,10 +846,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     g.add_argument("--profile-size", type=int, metavar="PIXELS",
                    help="image side of the params/MAdds/latency columns, a multiple of 16 (default 256)")
     u = p.add_argument_group("run")
-    u.add_argument("--seed", type=int, help="random seed (default 0)")
-    u.add_argument("--device", help="auto (default), cpu or cuda; the int8 model always runs on the CPU")
-    u.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
-    u.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
+    add_device_arguments(u, "auto (default), cpu or cuda; the int8 model always runs on the CPU")
     u.add_argument("--no-int8", dest="int8", action="store_const", const=False,
                    help="skip the int8 row (it needs an x86 CPU and torchao)")
     u.add_argument("--no-compile", dest="compile", action="store_const", const=False,

@@ -89,6 +89,12 @@ class ResultsCSV:
 
 
 # ------------------------------------------------------------------------------------------------ figures
+def running_mean(values: Sequence[float], window: int = 10) -> list[float]:
+    """The mean of the last ``window`` values at each position (fewer at the start): smooths loss curves."""
+    c = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
+    return [(c[i + 1] - c[max(0, i + 1 - window)]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(values))]
+
+
 def plot_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float | None]]], title: str,
                 xlabel: str = "iteration", ylabel: str = "cross-entropy", hline: tuple[float, str] | None = None,
                 logx: bool = False, logy: bool = False, marker: str | None = None) -> None:

@@ -200,6 +200,16 @@ class RunDir:
         atomic_write_text(self.metrics_file, "".join(line + "\n" for line in keep))
 
 
+def add_device_arguments(group, device_help: str = "auto (default), cpu or cuda") -> None:
+    """--seed, --device, --no-amp and --workers, the same in the scripts that share ``Config`` fields of those
+    names (``group``: an argparse parser or argument group; argparse's None means "not given", see
+    ``config_from_args``)."""
+    group.add_argument("--seed", type=int, help="random seed (default 0)")
+    group.add_argument("--device", help=device_help)
+    group.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
+    group.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
+
+
 def add_run_folder_arguments(group, script: str) -> None:
     """The flags that go with ``RunDir`` and ``resume_run``: --out, --resume and --no-progress, the same in every
     script (``group``: an argparse parser or argument group)."""

@@ -61,3 +61,10 @@ def test_figures_are_written(tmp_path):
     for name in ("c.png", "p.png", "h.png", "s.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_running_mean_averages_the_last_window_values():
+    from common.results import running_mean
+
+    assert running_mean([1.0, 2.0, 3.0, 4.0], window=2) == [1.0, 1.5, 2.5, 3.5]
+    assert running_mean([], window=3) == []
