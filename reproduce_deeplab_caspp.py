@@ -62,13 +62,14 @@ import torch.nn.functional as F
 
 from common.deeplab import (ASPP_KINDS, BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, build_deeplabv3plus,
                             load_backbone_weights)
-from common.errors import UserError
+from common.errors import UserError, check_flags
+from common.filecheck import VERDICTS_FILE
 from common.losses import attention_map, attention_transfer_loss, soft_cross_entropy, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_scatter
-from common.training import (BatchStream, Distributed, RunDir, StepBatches, add_run_folder_arguments,
-                             all_reduce_sum, autocast, barrier, broadcast_from_main, config_from_args, fit,
+from common.training import (BatchStream, Distributed, RunDir, StepBatches, add_run_folder_arguments, all_reduce_sum,
+                             autocast, barrier, broadcast_from_main, config_from_args, default_text, fit,
                              init_distributed, load_weights, make_scheduler, resume_run, run_main, save_weights,
                              seed_everything, shutdown_distributed)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
@@ -244,7 +245,9 @@ def load_data(cfg: Config) -> tuple[torch.utils.data.Dataset, torch.utils.data.D
     """(training set, validation set, description): VOC 2012 trainaug / val with --data-root, else the synthetic
     21-class scenes (common/voc.py)."""
     if cfg.data_root:
-        return voc_dataset(cfg.data_root, "trainaug"), voc_dataset(cfg.data_root, "val"), "VOC 2012 trainaug / val"
+        checked = dict(verdicts=Path(cfg.cache_dir) / VERDICTS_FILE, progress=cfg.progress)  # every file, up front
+        return (voc_dataset(cfg.data_root, "trainaug", **checked), voc_dataset(cfg.data_root, "val", **checked),
+                "VOC 2012 trainaug / val")
     train = SyntheticScenes("train", cfg.train_images, cfg.image_size, cfg.seed)
     val = SyntheticScenes("val", cfg.val_images, cfg.image_size, cfg.seed)
     return train, val, f"synthetic scenes {cfg.image_size}x{cfg.image_size} ({cfg.train_images} / {cfg.val_images})"
@@ -396,7 +399,7 @@ class Lab:
                       diverge_above=math.inf)  # only a non-finite loss: beta * L_A alone can exceed 1000
         metrics = history.evals[-1] if history.evals else self.evaluate(model)
         metrics = {k: v for k, v in metrics.items() if k != "iteration"}
-        if ddp.is_main:
+        if ddp.is_main and not self.run.logged(name, "final"):   # a resumed run reloads finished jobs
             self.run.log({"job": name, "event": "final", **metrics})
         self.say(f"  {name}: IoU {100 * metrics['miou']:.2f}  (val loss {metrics['val_loss']:.3f})")
         if history.diverged:
@@ -729,54 +732,63 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  torchrun --nproc_per_node=4 reproduce_deeplab_caspp.py --preset paper --data-root data/voc\n"
                "  python reproduce_deeplab_caspp.py --resume runs/reproduce_deeplab_caspp/20261121-120000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--table", choices=list(TABLES), help="which table to reproduce (default 5.1)")
+    h = help_default   # "default X; paper preset Y", read from Config and PRESETS
+    p.add_argument("--table", choices=list(TABLES), help=f"which table to reproduce ({h('table')})")
     p.add_argument("--rows", metavar="LIST", help="row numbers of the table as printed, e.g. 1,3,5 (default all)")
     p.add_argument("--profile-only", action="store_const", const=True,
                    help="only the Params, MAdds and latency columns, no training (seconds)")
     one = p.add_argument_group("one model instead of a table")
-    one.add_argument("--backbone", choices=BACKBONES, help="train this one architecture (with the flags below)")
-    one.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, help="output stride (default 16)")
-    one.add_argument("--aspp", choices=ASPP_KINDS, help="ASPP block: ST, DS, BTN or CASPP-1..4 (default ST)")
+    one.add_argument("--backbone", choices=BACKBONES,
+                     help="train this one architecture, with the flags below (default: the table's rows)")
+    one.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, help=f"output stride ({h('output_stride')})")
+    one.add_argument("--aspp", choices=ASPP_KINDS, help=f"ASPP block: ST, DS, BTN or CASPP-1..4 ({h('aspp')})")
     one.add_argument("--ksac", action="store_const", const=True, help="kernel-sharing atrous convolution")
-    one.add_argument("--method", choices=METHODS, help="distillation from the thesis's teacher (default none)")
+    one.add_argument("--method", choices=METHODS, help=f"distillation from the thesis's teacher ({h('method')})")
     d = p.add_argument_group("distillation (Section 4.2.2)")
-    d.add_argument("--alpha", type=float, help="KD weight alpha of Eq. 4.6 (default 0.9)")
-    d.add_argument("--T", type=float, help="KD temperature (default 4)")
-    d.add_argument("--beta", type=float, help="attention-transfer weight beta of Eq. 4.9 (default 1000)")
+    d.add_argument("--alpha", type=float, help=f"KD weight alpha of Eq. 4.6, in [0, 1] ({h('alpha')})")
+    d.add_argument("--T", type=float, help=f"KD temperature ({h('T')})")
+    d.add_argument("--beta", type=float, help=f"attention-transfer weight beta of Eq. 4.9 ({h('beta')})")
     d.add_argument("--teacher-checkpoint", metavar="FILE",
-                   help="teacher weights (ResNet-50, OS16, KSAC, ST; a file this script cached) instead of training")
+                   help="teacher weights (ResNet-50, OS16, KSAC, ST; a file this script cached) instead of training "
+                        "(default: train one, or reuse the cached one)")
     t = p.add_argument_group("training")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="default: reduced, for a CPU; paper: the thesis's")
-    t.add_argument("--iterations", type=int, metavar="N",
-                   help="training iterations of each model (default 250; paper 30,000)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help="default (the default): reduced, for a CPU; paper: the thesis's")
+    t.add_argument("--iterations", type=int, metavar="N", help=f"training iterations of each model ({h('iterations')})")
     t.add_argument("--batch-size", type=int, metavar="N",
-                   help="images per batch, over all processes (default 8; paper 16)")
-    t.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side (default 64; thesis 256)")
-    t.add_argument("--lr", type=float, help="SGD learning rate (default 0.01)")
+                   help=f"images per batch, over all processes ({h('batch_size')})")
+    t.add_argument("--crop", type=int, metavar="PIXELS", help=f"training crop side ({h('crop')}, the thesis's)")
+    t.add_argument("--lr", type=float, help=f"SGD learning rate ({h('lr')})")
     t.add_argument("--backbone-lr", type=float, metavar="LR",
-                   help="rate of a pre-trained backbone (thesis and paper preset 0.001; default preset 0: frozen)")
-    t.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay (default 1e-4)")
+                   help=f"rate of a pre-trained backbone, 0 = frozen ({h('backbone_lr')}, the thesis's)")
+    t.add_argument("--weight-decay", type=float, metavar="WD", help=f"SGD weight decay ({h('weight_decay')})")
     t.add_argument("--backbone-init", choices=["auto", "imagenet", "synthetic", "scratch"],
                    help="imagenet: torchvision's weights; synthetic: one backbone trained on the synthetic scenes, "
-                        "a stand-in; scratch: random; auto (default): synthetic without --data-root, else imagenet")
-    t.add_argument("--backbone-weights", metavar="FILE", help="a local torchvision ImageNet file for the backbone")
-    t.add_argument("--pretrain-iterations", type=int, metavar="N", help="iterations of the synthetic backbone")
-    t.add_argument("--repeats", type=int, metavar="R", help="runs per model, keeping the best (thesis: 2)")
-    t.add_argument("--seed", type=int, help="random seed")
+                        "a stand-in; scratch: random; auto (default): synthetic without --data-root, else imagenet; "
+                        f"paper preset {PRESETS['paper']['backbone_init']}")
+    t.add_argument("--backbone-weights", metavar="FILE",
+                   help="a local torchvision ImageNet file for the backbone (default: as --backbone-init says)")
+    t.add_argument("--pretrain-iterations", type=int, metavar="N",
+                   help=f"iterations of the synthetic backbone ({h('pretrain_iterations')})")
+    t.add_argument("--repeats", type=int, metavar="R",
+                   help=f"runs per model, keeping the best ({h('repeats')}, the thesis's)")
+    t.add_argument("--seed", type=int, help=f"random seed ({h('seed')})")
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
     t.add_argument("--sync-bn", action="store_const", const=True, help="SyncBatchNorm across torchrun's GPUs")
-    t.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
-    t.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations (default: end)")
-    t.add_argument("--checkpoint-every", type=int, metavar="N", help="iterations between resumable checkpoints")
+    t.add_argument("--workers", type=int, metavar="N", help=f"data-loading worker processes ({h('workers')})")
+    t.add_argument("--eval-every", type=int, metavar="N",
+                   help=f"iterations between validations, 0 = only at the end ({h('eval_every')})")
+    t.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help=f"iterations between resumable checkpoints ({h('checkpoint_every')})")
     io = p.add_argument_group("data and files")
     io.add_argument("--data-root", metavar="FOLDER",
                     help="folder holding VOCdevkit/VOC2012 (and SegmentationClassAug or benchmark_RELEASE for "
                          "trainaug); default: synthetic scenes")
-    io.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes (default 384)")
-    io.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes (default 48)")
-    io.add_argument("--image-size", type=int, metavar="PIXELS", help="synthetic scene side (default 128)")
-    io.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers/backbones (default runs/teacher_cache)")
+    io.add_argument("--train-images", type=int, metavar="N", help=f"synthetic training scenes ({h('train_images')})")
+    io.add_argument("--val-images", type=int, metavar="N", help=f"synthetic validation scenes ({h('val_images')})")
+    io.add_argument("--image-size", type=int, metavar="PIXELS", help=f"synthetic scene side ({h('image_size')})")
+    io.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers/backbones ({h('cache_dir')})")
     add_run_folder_arguments(io, "reproduce_deeplab_caspp")
     args = p.parse_args(argv)
     parsed = {"rows": parse_rows(args.rows)} if args.rows is not None else {}
@@ -796,6 +808,11 @@ def parse_rows(text: str) -> tuple:
     return rows
 
 
+def help_default(name: str) -> str:
+    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
+    return default_text(Config, PRESETS, name)
+
+
 def check_config(cfg: Config, args: argparse.Namespace) -> None:
     """Impossible flag combinations are user errors, reported before any work starts."""
     one_model = [f for f in ("backbone", "output_stride", "aspp", "ksac", "method") if getattr(args, f) is not None]
@@ -813,17 +830,41 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
                         f"{'5.1' if cfg.table == '5.2' else 'A.1'}: profile that table instead.")
     if not 0 <= cfg.alpha <= 1:
         raise UserError(f"--alpha must lie in [0, 1] (Eq. 4.6); got {cfg.alpha}.")
-    if cfg.T <= 0 or cfg.beta < 0:
-        raise UserError(f"--T must be positive and --beta non-negative; got T={cfg.T}, beta={cfg.beta}.")
-    if min(cfg.iterations, cfg.batch_size, cfg.repeats, cfg.checkpoint_every, cfg.latency_repeats) < 1 or \
-            cfg.crop < 32 or cfg.eval_every < 0 or cfg.workers < 0 or cfg.pretrain_iterations < 1:
-        raise UserError("--iterations, --batch-size, --repeats, --checkpoint-every and --pretrain-iterations must "
-                        "be >= 1, --crop >= 32, --eval-every and --workers >= 0.")
-    if cfg.lr <= 0 or cfg.backbone_lr < 0:
-        raise UserError(f"--lr must be positive and --backbone-lr non-negative (0 freezes the backbone); got "
-                        f"{cfg.lr} and {cfg.backbone_lr}.")
-    if cfg.batch_size < 2:
-        raise UserError("--batch-size must be >= 2: BatchNorm needs more than one image per batch to train.")
+    if not 0 < cfg.T < math.inf:   # NaN fails too
+        raise UserError(f"--T must be positive (the softmax divides the logits by it); got {cfg.T}.")
+    check_flags({"--iterations": cfg.iterations, "--repeats": cfg.repeats, "--checkpoint-every": cfg.checkpoint_every,
+                 "--pretrain-iterations": cfg.pretrain_iterations, "--val-images": cfg.val_images}, "must be >= 1",
+                lambda v: v >= 1)
+    check_flags({"--batch-size": cfg.batch_size}, "must be >= 2 (BatchNorm needs more than one image per batch to "
+                "train)", lambda v: v >= 2)
+    check_flags({"--crop": cfg.crop, "--image-size": cfg.image_size},
+                "must be >= 32 (DeepLabV3+ downsamples up to 32 times)", lambda v: v >= 32)
+    check_flags({"--eval-every": cfg.eval_every, "--workers": cfg.workers}, "must be >= 0", lambda v: v >= 0)
+    check_flags({"--lr": cfg.lr}, "must be positive", lambda v: 0 < v < math.inf)
+    check_flags({"--backbone-lr": cfg.backbone_lr}, "must be non-negative (0 freezes the backbone)",
+                lambda v: 0 <= v < math.inf)
+    check_flags({"--weight-decay": cfg.weight_decay, "--beta": cfg.beta}, "must be non-negative",
+                lambda v: 0 <= v < math.inf)
+    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    if not cfg.data_root:   # VOC's sizes are known only once it is read
+        check_flags({"--train-images": cfg.train_images}, f"must hold at least one batch (--batch-size "
+                    f"{cfg.batch_size})", lambda v: v >= cfg.batch_size)
+    # Flags this run would ignore: silently, they would change nothing.
+    if cfg.profile_only:
+        training = ["iterations", "batch_size", "crop", "lr", "backbone_lr", "weight_decay", "backbone_init",
+                    "backbone_weights", "pretrain_iterations", "repeats", "eval_every", "checkpoint_every", "workers",
+                    "method", "alpha", "T", "beta", "teacher_checkpoint"]
+        given = [name for name in training if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} is ignored by --profile-only, which trains nothing: "
+                            f"drop one of them.")
+    methods = set(METHODS) if TABLES[cfg.table].distill and not cfg.backbone else {cfg.method}
+    for flag, value, prefix, loss in (("--alpha", args.alpha, "kd", "KD"), ("--T", args.T, "kd", "KD"),
+                                      ("--beta", args.beta, "at-", "attention transfer")):
+        if value is not None and not any(m.startswith(prefix) for m in methods):
+            raise UserError(f"{flag} sets the {loss} loss, and this run trains no {loss} student: drop it, or use "
+                            f"--table 5.2 or 5.3, or --method {'kd' if prefix == 'kd' else 'at-all'} (with "
+                            f"--backbone).")
     if cfg.backbone_init == "synthetic" and cfg.data_root:
         raise UserError("--backbone-init synthetic pre-trains on the synthetic scenes, which --data-root replaces; "
                         "use --backbone-init imagenet (or scratch) with real data.")
@@ -835,6 +876,10 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
         value = getattr(cfg, name)
         if value and not Path(value).exists():
             raise UserError(f"--{name.replace('_', '-')} {value}: no such file or folder.")
+    import os   # torchrun's RANK: under it every process checks the config, one says so
+    if cfg.preset == "paper" and not cfg.data_root and os.environ.get("RANK", "0") == "0":
+        print("note: --preset paper without --data-root: the thesis's hyper-parameters on the built-in synthetic "
+              "21-class scenes (no VOC data is read).")
 
 
 def new_run(cfg: Config, ddp: Distributed) -> RunDir:
@@ -876,8 +921,7 @@ def main(argv: list[str] | None = None) -> None:
         if not TABLES[cfg.table].distill and not cfg.profile_only and lab.trained and not cfg.backbone:
             # Figure 5.2 shows the best model; we prefer output stride 16, whose maps have 4x the positions
             plot_attention(lab, max(lab.trained, key=lambda t: (t.row.output_stride <= 16, t.metrics["miou"])))
-        lab.say(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} (results.csv, tables, "
-                f"figures/)")
+        lab.say(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})")
     finally:
         shutdown_distributed()
 

@@ -63,15 +63,16 @@ import torchvision
 from torch import nn
 
 from common.cifar import SyntheticObjects, augment_cifar, cifar10, normalize_cifar
-from common.errors import UserError
+from common.errors import UserError, check_flags
+from common.filecheck import VERDICTS_FILE
 from common.losses import kd_kl_div, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
-from common.segmentation_models import PUBLISHED, TorchvisionSegmenter, build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments,
-                             add_run_folder_arguments, autocast, cache_path, config_from_args, load_weights,
-                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
+from common.segmentation_models import PUBLISHED, TorchvisionSegmenter, WeightFlags, build_segmenter
+from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments, add_run_folder_arguments,
+                             autocast, cache_path, config_from_args, default_text, load_weights, make_scheduler,
+                             pick_device, resume_run, run_main, save_weights, train_job)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
 # The report's tables, as printed (Section IV).
@@ -142,6 +143,7 @@ class Config:
     #                                   its counts
     # ----- run
     data_root: str | None = None
+    cifar_md5: bool = True            # check CIFAR-10's files against the published md5 sums (off: a user's own copy)
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -153,6 +155,10 @@ class Config:
     checkpoint_every: int = 100
     progress: bool = True
 
+
+# the weights on the command line, named in errors
+FLAGS = WeightFlags(network_file="--teacher-checkpoint", network_download="--teacher-weights coco",
+                    backbone_file="--backbone-weights", backbone_download="--backbone-init imagenet")
 
 PRESETS = {
     # A 2-core CPU: experiment B in about 13 minutes, A in about 8.5 (measured; README), on synthetic data. The
@@ -263,7 +269,8 @@ class ClassificationExperiment:
         self.cfg, self.device = cfg, device
         self.lab: Lab | None = None
         if cfg.data_root:
-            self.train_set, self.test_set = cifar10(cfg.data_root, train=True), cifar10(cfg.data_root, train=False)
+            self.train_set, self.test_set = (cifar10(cfg.data_root, True, cfg.cifar_md5),
+                                                cifar10(cfg.data_root, False, cfg.cifar_md5))
             self.data_name = "CIFAR-10"
         else:
             self.train_set = SyntheticObjects("train", cfg.a_train_images, 32, cfg.seed)
@@ -398,7 +405,9 @@ class SegmentationExperiment:
         self.cfg, self.device = cfg, device
         self.lab: Lab | None = None
         if cfg.data_root:
-            self.train_set, self.val_set = voc_dataset(cfg.data_root, "train"), voc_dataset(cfg.data_root, "val")
+            checked = dict(verdicts=Path(cfg.cache_dir) / VERDICTS_FILE, progress=cfg.progress)  # every file, now
+            self.train_set = voc_dataset(cfg.data_root, "train", **checked)
+            self.val_set = voc_dataset(cfg.data_root, "val", **checked)
             self.data_name = "VOC 2012 train / val"
         else:
             self.train_set = SyntheticScenes("train", cfg.train_images, cfg.image_size, cfg.seed)
@@ -415,9 +424,9 @@ class SegmentationExperiment:
                             f"{cfg.batch_size}; raise --train-images or lower --batch-size.")
         # weights named on the command line are fetched now: a missing file or download stops the script before
         # its run folder exists
-        self.given_teacher = (build_segmenter("fcn_resnet101", NUM_CLASSES, weights=cfg.teacher_weights
-                                              or cfg.teacher_checkpoint) if cfg.teacher_weights or
-                              cfg.teacher_checkpoint else None)
+        given = cfg.teacher_weights or cfg.teacher_checkpoint
+        self.given_teacher = (build_segmenter("fcn_resnet101", NUM_CLASSES, weights=given, flags=FLAGS) if given
+                              else None)
         self.start_backbone = self.given_backbone()
         self.teacher_net: nn.Module | None = None
 
@@ -427,7 +436,8 @@ class SegmentationExperiment:
         cfg = self.cfg
         if not (cfg.backbone_weights or cfg.backbone_init == "imagenet"):
             return None
-        model = build_segmenter("fcn_resnet50", NUM_CLASSES, backbone_weights=cfg.backbone_weights or "imagenet")
+        model = build_segmenter("fcn_resnet50", NUM_CLASSES, backbone_weights=cfg.backbone_weights or "imagenet",
+                                flags=FLAGS)
         return model.backbone.state_dict()
 
     def run(self, lab: Lab) -> None:
@@ -483,7 +493,7 @@ class SegmentationExperiment:
         if cfg.backbone_init == "synthetic":
             model, init = deepen_to_resnet101(self.synthetic_pretraining()), "the deepened stand-in"
         else:
-            model = build_segmenter("fcn_resnet101", NUM_CLASSES,
+            model = build_segmenter("fcn_resnet101", NUM_CLASSES, flags=FLAGS,
                                     backbone_weights="imagenet" if cfg.backbone_init == "imagenet" else None)
             init = f"{cfg.backbone_init} backbone"
         lab.say(f"training the FCN-ResNet101 teacher ({cfg.teacher_iterations} iterations from {init}; cached in "
@@ -723,64 +733,84 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_fcn_kd.py --resume runs/reproduce_fcn_kd/20261121-120000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", choices=["A", "B", "all"],
-                   help="A: classification (Section III.A); B: segmentation (III.B, default); all: both")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="default: reduced, for a CPU; paper: the report's")
+                   help=f"A: classification (Section III.A); B: segmentation (III.B); all: both "
+                        f"({help_default('experiment')})")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="default (the default): reduced, for a CPU; paper: the report's")
+    h = help_default   # "default X; paper preset Y", read from Config and PRESETS
     d = p.add_argument_group("distillation (Section II)")
-    d.add_argument("--T", type=float, help="temperature (default 20)")
-    d.add_argument("--alpha", type=float, help="weight of the KD term, in [0, 1] (default 0.9)")
+    d.add_argument("--T", type=float, help=f"temperature ({h('T')})")
+    d.add_argument("--alpha", type=float, help=f"weight of the KD term, in [0, 1] ({h('alpha')})")
     a = p.add_argument_group("experiment A (Section III.A)")
-    a.add_argument("--a-epochs", type=int, metavar="N", help="student epochs (default 8; report 30)")
-    a.add_argument("--a-teacher-epochs", type=int, metavar="N", help="ResNet-18 teacher epochs (default 10)")
-    a.add_argument("--a-batch-size", type=int, metavar="N", help="the students' batch size (default 128)")
+    a.add_argument("--a-epochs", type=int, metavar="N", help=f"student epochs ({h('a_epochs')}, the report's)")
+    a.add_argument("--a-teacher-epochs", type=int, metavar="N",
+                   help=f"ResNet-18 teacher epochs ({h('a_teacher_epochs')})")
+    a.add_argument("--a-batch-size", type=int, metavar="N", help=f"the students' batch size ({h('a_batch_size')})")
     a.add_argument("--a-teacher-batch-size", type=int, metavar="N",
-                   help="the teacher's batch size (not given by the report; default 32, paper preset 128)")
-    a.add_argument("--a-lr", type=float, metavar="LR", help="Adam learning rate (default 1e-3)")
-    a.add_argument("--a-train-images", type=int, metavar="N", help="synthetic training images (default 1280)")
-    a.add_argument("--a-test-images", type=int, metavar="N", help="synthetic test images (default 1000)")
+                   help=f"the teacher's batch size (not given by the report; {h('a_teacher_batch_size')})")
+    a.add_argument("--a-lr", type=float, metavar="LR", help=f"Adam learning rate ({h('a_lr')})")
+    a.add_argument("--a-train-images", type=int, metavar="N", help=f"synthetic training images ({h('a_train_images')})")
+    a.add_argument("--a-test-images", type=int, metavar="N", help=f"synthetic test images ({h('a_test_images')})")
+    a.add_argument("--no-cifar-md5", dest="cifar_md5", action="store_const", const=False,
+                   help="read CIFAR-10 files that differ from the published ones (a copy you re-saved); by default "
+                        "each file must match its published md5 sum")
     b = p.add_argument_group("experiment B (Section III.B)")
     b.add_argument("--epochs", type=int, metavar="N",
-                   help="student epochs (default 20, as the report; the '40-epochs' variant trains twice as many)")
+                   help=f"student epochs ({h('epochs')}, as the report; the '40-epochs' variant trains twice as many)")
     b.add_argument("--variants", metavar="LIST",
                    help=f"students besides the report's main one, comma-separated from {', '.join(VARIANTS)} "
-                        "(default alone,no-weight-decay,40-epochs; 'none' for none)")
-    b.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default 8)")
+                        f"({h('variants')}; 'none' for none)")
+    b.add_argument("--batch-size", type=int, metavar="N", help=f"images per batch ({h('batch_size')})")
     b.add_argument("--head-lr", type=float, metavar="LR",
-                   help="FCN head learning rate (report and paper preset 2e-3; default preset 0.02)")
+                   help=f"FCN head learning rate ({h('head_lr')}, the report's)")
     b.add_argument("--backbone-lr", type=float, metavar="LR",
-                   help="backbone learning rate (report and paper preset 2e-4; default preset 0: fixed)")
-    b.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay (default 5e-4)")
+                   help=f"backbone learning rate, 0 = fixed ({h('backbone_lr')}, the report's)")
+    b.add_argument("--weight-decay", type=float, metavar="WD", help=f"SGD weight decay ({h('weight_decay')})")
     b.add_argument("--teacher-weights", choices=["coco"],
-                   help="coco: torchvision's FCN-ResNet101 COCO-with-VOC-labels weights, the report's teacher")
+                   help="coco: torchvision's FCN-ResNet101 COCO-with-VOC-labels weights, the report's teacher "
+                        "(default: train one here, or reuse the cached one)")
     b.add_argument("--teacher-checkpoint", metavar="FILE",
-                   help="FCN-ResNet101 teacher weights: a file this script cached, or a torchvision state dict")
+                   help="FCN-ResNet101 teacher weights: a file this script cached, or a torchvision state dict "
+                        "(default: train one here, or reuse the cached one)")
     b.add_argument("--teacher-iterations", type=int, metavar="N",
-                   help="iterations of a teacher trained here (without --teacher-weights/--teacher-checkpoint; "
-                        "default 120; paper preset 3,660 = 20 epochs of VOC train)")
+                   help=f"iterations of a teacher trained here (without --teacher-weights/--teacher-checkpoint; "
+                        f"{h('teacher_iterations')} = 20 epochs of VOC train)")
     b.add_argument("--backbone-init", choices=["auto", "imagenet", "synthetic", "scratch"],
                    help="the students' starting backbone: imagenet (torchvision's weights, the report's), synthetic "
                         "(a stand-in trained on the synthetic scenes), scratch; auto (default): synthetic without "
                         "--data-root, else imagenet")
-    b.add_argument("--backbone-weights", metavar="FILE", help="a local torchvision ResNet-50 ImageNet file")
+    b.add_argument("--backbone-weights", metavar="FILE",
+                   help="a local torchvision ResNet-50 ImageNet file (default: as --backbone-init says)")
     b.add_argument("--pretrain-iterations", type=int, metavar="N",
-                   help="iterations of the synthetic stand-in pre-training (--backbone-init synthetic; default 200)")
-    b.add_argument("--pretrain-lr", type=float, metavar="LR", help="SGD rate of that pre-training (default 0.01)")
+                   help=f"iterations of the synthetic stand-in pre-training (--backbone-init synthetic; "
+                        f"{h('pretrain_iterations')})")
+    b.add_argument("--pretrain-lr", type=float, metavar="LR",
+                   help=f"SGD rate of that pre-training ({h('pretrain_lr')})")
     b.add_argument("--pretrain-images", type=int, metavar="N",
-                   help="other synthetic scenes for the stand-in pre-training and the teacher (default 512)")
-    b.add_argument("--teacher-lr", type=float, metavar="LR", help="SGD rate of a teacher trained here (default 0.01)")
-    b.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side (default 64; paper preset 480)")
-    b.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes (default 48)")
-    b.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes (default 32)")
-    b.add_argument("--image-size", type=int, metavar="PIXELS", help="synthetic scene side (default 64)")
-    b.add_argument("--eval-every-epochs", type=int, metavar="N", help="epochs between validations (default 4)")
+                   help=f"other synthetic scenes for the stand-in pre-training and the teacher "
+                        f"({h('pretrain_images')})")
+    b.add_argument("--teacher-lr", type=float, metavar="LR",
+                   help=f"SGD rate of a teacher trained here ({h('teacher_lr')})")
+    b.add_argument("--crop", type=int, metavar="PIXELS", help=f"training crop side ({h('crop')})")
+    b.add_argument("--train-images", type=int, metavar="N", help=f"synthetic training scenes ({h('train_images')})")
+    b.add_argument("--val-images", type=int, metavar="N", help=f"synthetic validation scenes ({h('val_images')})")
+    b.add_argument("--image-size", type=int, metavar="PIXELS", help=f"synthetic scene side ({h('image_size')})")
+    b.add_argument("--eval-every-epochs", type=int, metavar="N",
+                   help=f"epochs between validations ({h('eval_every_epochs')})")
     b.add_argument("--profile-size", type=int, metavar="PIXELS",
-                   help="image side for the params/MAdds/latency columns (default 520, torchvision's)")
+                   help=f"image side for the params/MAdds/latency columns ({h('profile_size')}, torchvision's)")
     r = p.add_argument_group("run")
     r.add_argument("--data-root", metavar="FOLDER",
                    help="folder holding cifar-10-batches-py (experiment A) and/or VOCdevkit/VOC2012 (B); default: "
                         "synthetic data")
     add_device_arguments(r)
-    r.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers and backbones (default runs/teacher_cache)")
+    r.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers and backbones ({h('cache_dir')})")
     add_run_folder_arguments(r, "reproduce_fcn_kd")
+    paper = PRESETS["paper"]
+    for action in p._actions:   # common.training's flags (--workers): name the paper preset's value too
+        if action.dest in paper and paper[action.dest] != getattr(Config, action.dest) and \
+                "paper preset" not in action.help:
+            action.help = f"{action.help.removesuffix(')')}; paper preset {paper[action.dest]})"
     args = p.parse_args(argv)
     parsed = {"variants": parse_variants(args.variants)} if args.variants is not None else {}
     cfg = config_from_args(args, Config, PRESETS, **parsed)
@@ -799,32 +829,61 @@ def parse_variants(text: str) -> tuple:
     return tuple(dict.fromkeys(chosen))
 
 
-def check_config(cfg: Config) -> None:
-    """Impossible settings are user errors, reported before any work starts."""
+def help_default(name: str) -> str:
+    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
+    return default_text(Config, PRESETS, name)
+
+
+# The flags of each experiment's argument group: the other experiment ignores them.
+EXPERIMENT_FLAGS = {
+    "A": ("--a-epochs", "--a-teacher-epochs", "--a-batch-size", "--a-teacher-batch-size", "--a-lr", "--a-train-images",
+          "--a-test-images", "--no-cifar-md5"),
+    "B": ("--epochs", "--variants", "--batch-size", "--head-lr", "--backbone-lr", "--weight-decay", "--teacher-weights",
+          "--teacher-checkpoint", "--teacher-iterations", "--backbone-init", "--backbone-weights",
+          "--pretrain-iterations", "--pretrain-lr", "--pretrain-images", "--teacher-lr", "--crop", "--train-images",
+          "--val-images", "--image-size", "--eval-every-epochs", "--profile-size"),
+}
+
+
+def check_config(cfg: Config, args: argparse.Namespace) -> None:
+    """Impossible settings are user errors, reported before any work starts. ``args`` are the flags as given (None:
+    not given), to tell a flag the user set from a default."""
+    # A flag of the experiment that does not run would change nothing, silently.
+    dest = lambda flag: flag.removeprefix("--").removeprefix("no-").replace("-", "_")  # noqa: E731
+    for experiment, flags in EXPERIMENT_FLAGS.items():
+        given = [f for f in flags if getattr(args, dest(f)) is not None]
+        if given and cfg.experiment not in (experiment, "all"):
+            raise UserError(f"{given[0]} is an experiment {experiment} setting, ignored by --experiment "
+                            f"{cfg.experiment}: drop it, or use --experiment {experiment} or all.")
+    if args.cifar_md5 is not None and not cfg.data_root:
+        raise UserError("--no-cifar-md5 checks CIFAR-10 files, and without --data-root none are read: drop it.")
     if not 0 <= cfg.alpha <= 1:
         raise UserError(f"--alpha must lie in [0, 1] (it weighs the KD term against the cross-entropy, Section II); "
                         f"got {cfg.alpha}.")
-    if not cfg.T > 0:
+    if not 0 < cfg.T < math.inf:   # NaN fails too
         raise UserError(f"--T must be positive (the softmax divides the logits by it, Section II); got {cfg.T}.")
-    counts = {"--epochs": cfg.epochs, "--a-epochs": cfg.a_epochs, "--a-teacher-epochs": cfg.a_teacher_epochs,
-              "--teacher-iterations": cfg.teacher_iterations, "--pretrain-iterations": cfg.pretrain_iterations,
-              "--eval-every-epochs": cfg.eval_every_epochs, "--val-images": cfg.val_images,
-              "--a-test-images": cfg.a_test_images}
-    bad = [k for k, v in counts.items() if v < 1]
-    if bad:
-        raise UserError(f"{', '.join(bad)} must be >= 1.")
-    batches = {"--batch-size": cfg.batch_size, "--a-batch-size": cfg.a_batch_size,
-               "--a-teacher-batch-size": cfg.a_teacher_batch_size}
-    bad = [k for k, v in batches.items() if v < 2]
-    if bad:
-        raise UserError(f"{', '.join(bad)} must be >= 2: BatchNorm needs two images per batch to train.")
-    if min(cfg.train_images, cfg.pretrain_images) < cfg.batch_size:
-        raise UserError(f"--train-images and --pretrain-images must hold at least one batch ({cfg.batch_size}).")
-    rates = (cfg.head_lr, cfg.a_lr, cfg.teacher_lr, cfg.pretrain_lr)
-    if min(rates) <= 0 or cfg.backbone_lr < 0 or cfg.weight_decay < 0:
-        raise UserError("learning rates must be positive (--backbone-lr and --weight-decay non-negative).")
-    if min(cfg.crop, cfg.image_size, cfg.profile_size) < 32:
-        raise UserError("--crop, --image-size and --profile-size must be >= 32 (the FCN's output stride is 8).")
+    check_flags({"--epochs": cfg.epochs, "--a-epochs": cfg.a_epochs, "--a-teacher-epochs": cfg.a_teacher_epochs,
+                 "--teacher-iterations": cfg.teacher_iterations, "--pretrain-iterations": cfg.pretrain_iterations,
+                 "--eval-every-epochs": cfg.eval_every_epochs, "--val-images": cfg.val_images,
+                 "--a-test-images": cfg.a_test_images}, "must be >= 1", lambda v: v >= 1)
+    check_flags({"--batch-size": cfg.batch_size, "--a-batch-size": cfg.a_batch_size,
+                 "--a-teacher-batch-size": cfg.a_teacher_batch_size},
+                "must be >= 2 (BatchNorm needs two images per batch to train)", lambda v: v >= 2)
+    if not cfg.data_root:   # the real data sets' sizes are known only once they are read
+        check_flags({"--train-images": cfg.train_images, "--pretrain-images": cfg.pretrain_images},
+                    f"must hold at least one batch (--batch-size {cfg.batch_size})", lambda v: v >= cfg.batch_size)
+        a_batch = max(cfg.a_batch_size, cfg.a_teacher_batch_size)
+        check_flags({"--a-train-images": cfg.a_train_images}, f"must hold at least one batch of {a_batch} (the "
+                    f"larger of --a-batch-size and --a-teacher-batch-size)", lambda v: v >= a_batch)
+    check_flags({"--head-lr": cfg.head_lr, "--a-lr": cfg.a_lr, "--teacher-lr": cfg.teacher_lr,
+                 "--pretrain-lr": cfg.pretrain_lr}, "must be positive", lambda v: 0 < v < math.inf)
+    check_flags({"--backbone-lr": cfg.backbone_lr}, "must be non-negative (0 keeps the backbone fixed)",
+                lambda v: 0 <= v < math.inf)
+    check_flags({"--weight-decay": cfg.weight_decay}, "must be non-negative", lambda v: 0 <= v < math.inf)
+    check_flags({"--crop": cfg.crop, "--image-size": cfg.image_size, "--profile-size": cfg.profile_size},
+                "must be >= 32 (the FCN's output stride is 8)", lambda v: v >= 32)
+    check_flags({"--workers": cfg.workers}, "must be >= 0", lambda v: v >= 0)
+    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
     if cfg.teacher_weights and cfg.teacher_checkpoint:
         raise UserError("--teacher-weights coco and --teacher-checkpoint FILE both name the teacher: give one.")
     if cfg.backbone_init == "synthetic" and cfg.data_root:
@@ -837,6 +896,11 @@ def check_config(cfg: Config) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("this script trains on one device (the report's scale: batch 8 on one GPU); run it with "
                         "python, not torchrun.")
+    if cfg.preset == "paper" and not cfg.data_root:
+        task = {"A": "10-class images (no CIFAR-10 is read)", "B": "21-class scenes (no VOC data is read)",
+                "all": "10-class images and 21-class scenes (no CIFAR-10 or VOC data is read)"}[cfg.experiment]
+        print(f"note: --preset paper without --data-root: the report's hyper-parameters on the built-in synthetic "
+              f"{task}.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -845,7 +909,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         cfg, run = resume_run(args, Config)
     else:
-        check_config(cfg)
+        check_config(cfg, args)
     device = pick_device(cfg.device)
     # data that is missing or malformed, and weights that cannot be fetched, stop us before a run folder exists
     kinds = {"A": [ClassificationExperiment], "B": [SegmentationExperiment],
@@ -859,8 +923,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     for experiment in experiments:
         experiment.run(lab)
-    lab.say(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} (results.csv, table_*.md, "
-            f"figures/)")
+    lab.say(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})")
 
 
 if __name__ == "__main__":

@@ -74,20 +74,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.erfnet import ERFNet
-from common.errors import UserError
+from common.errors import UserError, check_flags
+from common.filecheck import VERDICTS_FILE
 from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_div, self_attention_distillation_loss,
                            weighted_cross_entropy)
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
 from common.roads import SyntheticRoads, colorize_roads, road_dataset
-from common.segmentation_models import build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments,
-                             add_run_folder_arguments, autocast, cache_path, config_from_args, load_weights,
-                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
+from common.segmentation_models import WeightFlags, build_segmenter
+from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments, add_run_folder_arguments,
+                             autocast, cache_path, config_from_args, default_text, load_weights, make_scheduler,
+                             pick_device, resume_run, run_main, save_weights, train_job)
 from common.voc import IGNORE_INDEX, normalize
 
 TEACHER_ARCH = "deeplabv3_resnet101"
+# the teacher's weights on the command line (named in errors); torchvision's COCO weights have 21 VOC classes, not
+# the road classes, so this script offers no download of them
+FLAGS = WeightFlags(network_file="--teacher-checkpoint", backbone_file="--teacher-backbone",
+                    backbone_download="--teacher-backbone imagenet")
 # The published ApolloScape test mIoU of the IntRA-KD repository's README (project notes); the talk has no table.
 PUBLISHED = {"teacher": 46.63, "alone": 43.48}
 METHODS = {   # row -> (label, distillation terms)
@@ -234,8 +239,10 @@ class Experiment:
         self.cfg, self.device = cfg, device
         size = (cfg.height, cfg.width)
         if cfg.data_root:
-            self.train_set = road_dataset(cfg.dataset, cfg.data_root, "train", size, crop_top=cfg.crop_top)
-            self.val_set = road_dataset(cfg.dataset, cfg.data_root, "val", size, crop_top=cfg.crop_top)
+            checked = dict(crop_top=cfg.crop_top, verdicts=Path(cfg.cache_dir) / VERDICTS_FILE,
+                           progress=cfg.progress)   # every file is checked now, before training
+            self.train_set = road_dataset(cfg.dataset, cfg.data_root, "train", size, **checked)
+            self.val_set = road_dataset(cfg.dataset, cfg.data_root, "val", size, **checked)
         else:
             self.train_set = SyntheticRoads("train", cfg.train_images, size, cfg.seed)
             self.val_set = SyntheticRoads("val", cfg.val_images, size, cfg.seed)
@@ -244,12 +251,10 @@ class Experiment:
         if len(self.train_set) < cfg.batch_size:
             raise UserError(f"{len(self.train_set)} training images are fewer than one batch of {cfg.batch_size}; "
                             f"raise --train-images or lower --batch-size.")
-        for dataset in (self.train_set, self.val_set):   # a wrong label file stops us before the run folder exists
-            for i in range(min(2, len(dataset))):
-                dataset[i]
         self.given_teacher = None
         if cfg.teacher_checkpoint:
-            self.given_teacher = build_segmenter(TEACHER_ARCH, self.num_classes, weights=cfg.teacher_checkpoint)
+            self.given_teacher = build_segmenter(TEACHER_ARCH, self.num_classes, weights=cfg.teacher_checkpoint,
+                                                 flags=FLAGS)
         self.class_weights = class_weights_for(self.num_classes, cfg.background_weight).to(device)
         self.run: RunDir | None = None
         self.results: ResultsCSV | None = None
@@ -295,7 +300,8 @@ class Experiment:
         path = cache_path(cfg.cache_dir, "intra_kd_teacher", key)
         with torch.random.fork_rng():          # initial weights from the seed alone: a rerun trains the same teacher
             torch.manual_seed(cfg.seed)
-            model = build_segmenter(TEACHER_ARCH, self.num_classes, backbone_weights=cfg.teacher_backbone)
+            model = build_segmenter(TEACHER_ARCH, self.num_classes, backbone_weights=cfg.teacher_backbone,
+                                    flags=FLAGS)
         model = model.to(self.device)
         if path.exists():
             load_weights(model, path, what="cached teacher")
@@ -598,54 +604,63 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_intra_kd.py --preset paper --data-root data/apolloscape --dataset apolloscape\n"
                "  python reproduce_intra_kd.py --resume runs/reproduce_intra_kd/20261121-120000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), help="default: reduced, for a CPU; paper: the lane "
-                                                             "codebases' recipe at full scale")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="default (the default): reduced, for a CPU; paper: the lane codebases' recipe at full scale")
+    h = help_default   # "default X; paper preset Y", read from Config and PRESETS
     r = p.add_argument_group("training (every student row)")
-    r.add_argument("--methods", metavar="LIST", help=f"rows to train, comma-separated, from {','.join(METHODS)} "
-                                                     f"(default all)")
-    r.add_argument("--optimizer", choices=["adam", "sgd"], help="adam (default) or sgd (paper preset)")
-    r.add_argument("--lr", type=float, metavar="LR", help="students' learning rate (default 2e-3; paper 0.01)")
-    r.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default 8)")
-    r.add_argument("--iterations", type=int, metavar="N", help="iterations per student (default 240)")
-    r.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations (default 60)")
+    r.add_argument("--methods", metavar="LIST",
+                   help=f"rows to train, comma-separated, from {','.join(METHODS)} (default all)")
+    r.add_argument("--optimizer", choices=["adam", "sgd"], help=f"the students' optimizer ({h('optimizer')})")
+    r.add_argument("--lr", type=float, metavar="LR", help=f"students' learning rate ({h('lr')})")
+    r.add_argument("--batch-size", type=int, metavar="N", help=f"images per batch ({h('batch_size')})")
+    r.add_argument("--iterations", type=int, metavar="N", help=f"iterations per student ({h('iterations')})")
+    r.add_argument("--eval-every", type=int, metavar="N", help=f"iterations between validations ({h('eval_every')})")
     r.add_argument("--background-weight", type=float, metavar="W",
-                   help="cross-entropy weight of the background, markings 1 (default 0.05, the IntRA-KD "
-                        "repository's; SAD's CULane code: 0.4)")
+                   help=f"cross-entropy weight of the background, markings 1 ({h('background_weight')}, the IntRA-KD "
+                        f"repository's; SAD's CULane code: 0.4)")
     d = p.add_argument_group("distillation")
-    d.add_argument("--kd-weight", type=float, metavar="W", help="weight of T^2 KL(p_T || p_S) (default 1)")
-    d.add_argument("--T", type=float, help="KD temperature (default 1)")
-    d.add_argument("--at-weight", type=float, metavar="W", help="weight of attention transfer (default 1)")
-    d.add_argument("--sad-weight", type=float, metavar="W", help="weight of SAD (default 0.1, the SAD paper's)")
+    d.add_argument("--kd-weight", type=float, metavar="W", help=f"weight of T^2 KL(p_T || p_S) ({h('kd_weight')})")
+    d.add_argument("--T", type=float, help=f"KD temperature ({h('T')})")
+    d.add_argument("--at-weight", type=float, metavar="W", help=f"weight of attention transfer ({h('at_weight')})")
+    d.add_argument("--sad-weight", type=float, metavar="W", help=f"weight of SAD ({h('sad_weight')}, the SAD paper's)")
     d.add_argument("--sad-start", type=float, metavar="F",
-                   help="fraction of training after which SAD is on (default 0.667: the SAD paper's 40k of 60k)")
+                   help=f"fraction of training after which SAD is on, in [0, 1] ({h('sad_start')}: the SAD paper's "
+                        f"40k of 60k)")
     d.add_argument("--intra-weights", metavar="A,B,C",
-                   help="IntRA-KD weights of the mean, variance and skewness graphs (default 1,1,1)")
+                   help=f"IntRA-KD weights of the mean, variance and skewness graphs ({h('intra_weights')})")
     t = p.add_argument_group("the teacher (DeepLabV3-ResNet101)")
     t.add_argument("--teacher-checkpoint", metavar="FILE",
                    help="deeplabv3_resnet101 weights with the task's classes: a file this script cached, or a "
                         "torchvision state dict (default: train one here, once, and cache it)")
     t.add_argument("--teacher-backbone", metavar="imagenet|FILE",
-                   help="ImageNet ResNet-101 weights under a teacher trained here (paper preset: imagenet)")
+                   help=f"ImageNet ResNet-101 weights under a teacher trained here (default: none, random; paper "
+                        f"preset {PRESETS['paper']['teacher_backbone']})")
     t.add_argument("--teacher-iterations", type=int, metavar="N",
-                   help="iterations of a teacher trained here (default 200)")
-    t.add_argument("--teacher-lr", type=float, metavar="LR", help="its learning rate (default 1e-3)")
+                   help=f"iterations of a teacher trained here ({h('teacher_iterations')})")
+    t.add_argument("--teacher-lr", type=float, metavar="LR", help=f"its learning rate ({h('teacher_lr')})")
     g = p.add_argument_group("data")
     g.add_argument("--data-root", metavar="FOLDER", help="the real data set's folder (default: synthetic scenes)")
     g.add_argument("--dataset", choices=["apolloscape", "culane"],
-                   help="which real data set --data-root holds (default apolloscape)")
-    g.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes (default 512)")
-    g.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes (default 48)")
-    g.add_argument("--height", type=int, metavar="PIXELS", help="input height, a multiple of 8 (default 64)")
-    g.add_argument("--width", type=int, metavar="PIXELS", help="input width, a multiple of 8 (default 128)")
-    g.add_argument("--crop-top", type=float, metavar="F", help="the fraction of each frame's top left out (default 0)")
+                   help=f"which real data set --data-root holds ({h('dataset')})")
+    g.add_argument("--train-images", type=int, metavar="N", help=f"synthetic training scenes ({h('train_images')})")
+    g.add_argument("--val-images", type=int, metavar="N", help=f"synthetic validation scenes ({h('val_images')})")
+    g.add_argument("--height", type=int, metavar="PIXELS", help=f"input height, a multiple of 8 ({h('height')})")
+    g.add_argument("--width", type=int, metavar="PIXELS", help=f"input width, a multiple of 8 ({h('width')})")
+    g.add_argument("--crop-top", type=float, metavar="F",
+                   help=f"the fraction of each real frame's top left out, in [0, 1) ({h('crop_top')})")
     g.add_argument("--crop-height", type=int, metavar="PIXELS",
-                   help="training crops' height, a multiple of 8 (default 0: whole images; paper preset 496)")
+                   help=f"training crops' height, a multiple of 8, 0 = whole images ({h('crop_height')})")
     g.add_argument("--crop-width", type=int, metavar="PIXELS",
-                   help="training crops' width, a multiple of 8 (paper preset 1488)")
+                   help=f"training crops' width, a multiple of 8, 0 = whole images ({h('crop_width')})")
     u = p.add_argument_group("run")
     add_device_arguments(u)
-    u.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers (default runs/teacher_cache)")
+    u.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers ({h('cache_dir')})")
     add_run_folder_arguments(u, "reproduce_intra_kd")
+    paper = PRESETS["paper"]
+    for action in p._actions:   # common.training's flags (--workers): name the paper preset's value too
+        if action.dest in paper and paper[action.dest] != getattr(Config, action.dest) and \
+                "paper preset" not in action.help:
+            action.help = f"{action.help.removesuffix(')')}; paper preset {paper[action.dest]})"
     args = p.parse_args(argv)
     parsed = {}
     if args.methods is not None:
@@ -668,36 +683,60 @@ def parse_intra_weights(text: str) -> tuple:
         weights = tuple(float(w) for w in text.split(","))
     except ValueError:
         raise UserError(f"--intra-weights {text!r}: give three numbers, e.g. 1,1,1") from None
-    if len(weights) != 3 or min(weights) < 0:
+    if len(weights) != 3 or not all(0 <= w < math.inf for w in weights):   # NaN fails too
         raise UserError(f"--intra-weights {text!r}: give three non-negative numbers (mean, variance, skewness), "
                         f"e.g. 1,1,1")
     return weights
 
 
-def check_config(cfg: Config) -> None:
-    """Impossible settings are user errors, reported before any work starts."""
-    counts = {"--iterations": cfg.iterations, "--eval-every": cfg.eval_every, "--val-images": cfg.val_images,
-              "--teacher-iterations": cfg.teacher_iterations}
-    bad = [k for k, v in counts.items() if v < 1]
-    if bad:
-        raise UserError(f"{', '.join(bad)} must be >= 1.")
-    if cfg.batch_size < 2:
-        raise UserError("--batch-size must be >= 2: BatchNorm needs two images per batch to train.")
-    if min(cfg.lr, cfg.teacher_lr) <= 0 or cfg.T <= 0:
-        raise UserError("--lr, --teacher-lr and --T must be positive.")
-    if min(cfg.kd_weight, cfg.at_weight, cfg.sad_weight, cfg.background_weight) < 0 or not 0 <= cfg.sad_start <= 1:
-        raise UserError("the loss weights must be non-negative and --sad-start in [0, 1].")
-    if cfg.height % 8 or cfg.width % 8 or min(cfg.height, cfg.width) < 16:
-        raise UserError(f"--height {cfg.height} --width {cfg.width}: ERFNet downsamples three times and DeepLabV3 "
-                        f"to stride 8, so both must be multiples of 8, at least 16.")
-    crop = (cfg.crop_height, cfg.crop_width)
-    if any(crop) and (min(crop) < 16 or cfg.crop_height % 8 or cfg.crop_width % 8 or cfg.crop_height > cfg.height
-                      or cfg.crop_width > cfg.width):
-        raise UserError(f"--crop-height {cfg.crop_height} --crop-width {cfg.crop_width}: give both, multiples of 8 "
-                        f"of at least 16 and at most --height {cfg.height} / --width {cfg.width}.")
-    if not 0 <= cfg.crop_top < 1:
-        raise UserError(f"--crop-top {cfg.crop_top}: a fraction of the frame in [0, 1).")
-    if cfg.teacher_checkpoint and cfg.teacher_backbone:
+def help_default(name: str) -> str:
+    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
+    return default_text(Config, PRESETS, name)
+
+
+def check_config(cfg: Config, args: argparse.Namespace) -> None:
+    """Impossible settings are user errors, reported before any work starts. ``args`` are the flags as given (None:
+    not given), to tell a flag the user set from a default or a preset."""
+    check_flags({"--iterations": cfg.iterations, "--eval-every": cfg.eval_every, "--val-images": cfg.val_images,
+                 "--teacher-iterations": cfg.teacher_iterations}, "must be >= 1", lambda v: v >= 1)
+    check_flags({"--batch-size": cfg.batch_size}, "must be >= 2 (BatchNorm needs two images per batch to train)",
+                lambda v: v >= 2)
+    check_flags({"--lr": cfg.lr, "--teacher-lr": cfg.teacher_lr, "--T": cfg.T}, "must be positive",
+                lambda v: 0 < v < math.inf)   # NaN fails too
+    check_flags({"--kd-weight": cfg.kd_weight, "--at-weight": cfg.at_weight, "--sad-weight": cfg.sad_weight,
+                 "--background-weight": cfg.background_weight}, "must be non-negative", lambda v: 0 <= v < math.inf)
+    check_flags({"--sad-start": cfg.sad_start}, "must lie in [0, 1] (a fraction of training)", lambda v: 0 <= v <= 1)
+    check_flags({"--height": cfg.height, "--width": cfg.width}, "must be one of the multiples of 8 from 16 up "
+                "(ERFNet downsamples three times, DeepLabV3 to stride 8)", lambda v: v >= 16 and v % 8 == 0)
+    for flag, crop, side, side_flag in (("--crop-height", cfg.crop_height, cfg.height, "--height"),
+                                        ("--crop-width", cfg.crop_width, cfg.width, "--width")):
+        check_flags({flag: crop or None}, f"must be a multiple of 8, at least 16 and at most {side_flag} {side} "
+                    f"(0: whole images)", lambda v: 16 <= v <= side and v % 8 == 0)
+    if bool(cfg.crop_height) != bool(cfg.crop_width):
+        given, missing = ("--crop-height", "--crop-width") if cfg.crop_height else ("--crop-width", "--crop-height")
+        raise UserError(f"{given} {cfg.crop_height or cfg.crop_width} without {missing}: a training crop needs "
+                        f"both sides; give {missing} too, or neither for whole images.")
+    check_flags({"--crop-top": cfg.crop_top}, "must lie in [0, 1) (a fraction of the frame)", lambda v: 0 <= v < 1)
+    check_flags({"--workers": cfg.workers}, "must be >= 0", lambda v: v >= 0)
+    if not cfg.data_root:   # the real data sets' sizes are known only once they are read
+        check_flags({"--train-images": cfg.train_images}, f"must hold at least one batch (--batch-size "
+                    f"{cfg.batch_size})", lambda v: v >= cfg.batch_size)
+    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    # Flags this run would ignore: silently, they would change nothing.
+    for flag, value in (("--dataset", args.dataset), ("--crop-top", args.crop_top)):
+        if value is not None and not cfg.data_root:
+            raise UserError(f"{flag} describes the real data set of --data-root; without --data-root the synthetic "
+                            f"road scenes are used: give --data-root, or drop {flag}.")
+    terms = {term for method in cfg.methods for term in METHODS[method][1]}
+    for flag, value, term in (("--kd-weight", args.kd_weight, "kd"), ("--T", args.T, "kd"),
+                              ("--at-weight", args.at_weight, "at"), ("--sad-weight", args.sad_weight, "sad"),
+                              ("--sad-start", args.sad_start, "sad"), ("--intra-weights", args.intra_weights, "intra")):
+        if value is not None and term not in terms:
+            rows = [method for method, (_, used) in METHODS.items() if term in used]
+            raise UserError(f"{flag} sets the {METHODS[term][0].removeprefix('ERFNet + ')} term, and --methods "
+                            f"{','.join(cfg.methods)} trains no row with it: drop it, or add {' or '.join(rows)} to "
+                            f"--methods.")
+    if cfg.teacher_checkpoint and args.teacher_backbone is not None:   # a preset's --teacher-backbone just goes unused
         raise UserError("--teacher-checkpoint (a trained teacher) and --teacher-backbone (weights to train one "
                         "from) both name the teacher: give one.")
     for name in ("data_root", "teacher_checkpoint"):
@@ -706,6 +745,9 @@ def check_config(cfg: Config) -> None:
             raise UserError(f"--{name.replace('_', '-')} {value}: no such file or folder.")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("this script trains on one device (ERFNet students); run it with python, not torchrun.")
+    if cfg.preset == "paper" and not cfg.data_root:
+        print("note: --preset paper without --data-root: the IntRA-KD repository's hyper-parameters on the built-in "
+              "synthetic road scenes (no ApolloScape or CULane data is read).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -714,7 +756,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         cfg, run = resume_run(args, Config)
     else:
-        check_config(cfg)
+        check_config(cfg, args)
     device = pick_device(cfg.device)
     experiment = Experiment(cfg, device)          # missing data, bad labels or a wrong teacher file stop us here
     if run is None:
@@ -723,8 +765,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"run folder: {run.path}", flush=True)
     start = time.time()
     experiment.run_all(run)
-    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} (results.csv, table_intra_kd.md, "
-          f"figures/)", flush=True)
+    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})", flush=True)
 
 
 if __name__ == "__main__":

@@ -79,21 +79,23 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from common.errors import UserError
+from common.errors import UserError, check_flags
+from common.filecheck import VERDICTS_FILE
 from common.int8 import convert_reference, count_int8_convolutions, int8_weight_bytes, lower_int8, prepare_int8_qat
 from common.losses import kd_kl_div, pairwise_similarity_loss, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency
 from common.quantization import fake_quantize_model, quantized_weight_bytes, strip_fake_quantization
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
-from common.segmentation_models import build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments,
-                             add_run_folder_arguments, autocast, cache_path, config_from_args, load_weights,
-                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
+from common.segmentation_models import WeightFlags, build_segmenter
+from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments, add_run_folder_arguments,
+                             autocast, cache_path, config_from_args, default_text, load_weights, make_scheduler,
+                             pick_device, resume_run, run_main, save_weights, train_job)
 from common.unet import UNet
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
 TEACHER_ARCH = "deeplabv3_resnet101"
+FLAGS = WeightFlags(network_file="--teacher-checkpoint", network_download="--teacher-weights coco")  # named in errors
 # What the report says of each row (Section 4); it prints no table and no mIoU.
 SOURCE_SAYS = {
     "teacher": "PyTorch's pretrained DeepLabV3-ResNet101 (Section 3); no score given",
@@ -247,7 +249,9 @@ class Experiment:
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         if cfg.data_root:
-            self.train_set, self.val_set = voc_dataset(cfg.data_root, "train"), voc_dataset(cfg.data_root, "val")
+            checked = dict(verdicts=Path(cfg.cache_dir) / VERDICTS_FILE, progress=cfg.progress)  # every file, now
+            self.train_set = voc_dataset(cfg.data_root, "train", **checked)
+            self.val_set = voc_dataset(cfg.data_root, "val", **checked)
             self.data_name = "VOC 2012 train / val"
             self.eval_side = cfg.eval_size
             check_eval_size(self.val_set.images, cfg.eval_size)
@@ -262,7 +266,7 @@ class Experiment:
                             f"raise --train-images or lower --batch-size.")
         # weights named on the command line are read now: a wrong file stops us before the run folder exists
         given = cfg.teacher_weights or cfg.teacher_checkpoint
-        self.given_teacher = build_segmenter(TEACHER_ARCH, NUM_CLASSES, weights=given) if given else None
+        self.given_teacher = build_segmenter(TEACHER_ARCH, NUM_CLASSES, weights=given, flags=FLAGS) if given else None
         self.run: RunDir | None = None
         self.results: ResultsCSV | None = None
         self.teacher_memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -796,63 +800,78 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_qkd.py --preset paper --data-root data --teacher-weights coco\n"
                "  python reproduce_qkd.py --resume runs/reproduce_qkd/20261121-120000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), help="default: reduced, for a CPU; paper: the report's scale")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="default (the default): reduced, for a CPU; paper: the report's scale")
+    h = help_default   # "default X; paper preset Y", read from Config and PRESETS
     r = p.add_argument_group("the report's recipe (Section 4)")
-    r.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 1e-4, the report's)")
-    r.add_argument("--beta1", type=float, metavar="B", help="Adam's beta1, the report's 'momentum' (default 0.8)")
-    r.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default 8; paper preset 16)")
+    r.add_argument("--lr", type=float, metavar="LR", help=f"Adam learning rate ({h('lr')}, the report's)")
+    r.add_argument("--beta1", type=float, metavar="B",
+                   help=f"Adam's beta1, the report's 'momentum', in [0, 1) ({h('beta1')})")
+    r.add_argument("--batch-size", type=int, metavar="N", help=f"images per batch ({h('batch_size')})")
     r.add_argument("--pretrain-iterations", type=int, metavar="N",
-                   help="the student's training alone before any compression (the report's '1000 epochs'; "
-                        "default 150)")
+                   help=f"the student's training alone before any compression (the report's '1000 epochs'; "
+                        f"{h('pretrain_iterations')})")
     r.add_argument("--iterations", type=int, metavar="N",
-                   help="iterations of each fp32 row after pre-training (the report's '20 more epochs'; default 60)")
-    r.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations (and plateau checks)")
+                   help=f"iterations of each fp32 row after pre-training (the report's '20 more epochs'; "
+                        f"{h('iterations')})")
+    r.add_argument("--eval-every", type=int, metavar="N",
+                   help=f"iterations between validations and plateau checks ({h('eval_every')})")
     r.add_argument("--plateau-patience", type=int, metavar="N",
-                   help="validations without improvement before the rate drops 10x (default 2; paper preset 10)")
+                   help=f"validations without improvement before the rate drops 10x ({h('plateau_patience')})")
     d = p.add_argument_group("distillation (Section 3.1)")
-    d.add_argument("--T", type=float, help="temperature of the pixel-wise term (default 1)")
-    d.add_argument("--pixel-weight", type=float, metavar="W", help="weight of the pixel-wise KL (default 10)")
-    d.add_argument("--pair-weight", type=float, metavar="W", help="weight of the pair-wise term (default 10)")
-    d.add_argument("--patch", type=int, metavar="P", help="pair-wise node size, P x P pixels (default 2)")
+    d.add_argument("--T", type=float, help=f"temperature of the pixel-wise term ({h('T')})")
+    d.add_argument("--pixel-weight", type=float, metavar="W", help=f"weight of the pixel-wise KL ({h('pixel_weight')})")
+    d.add_argument("--pair-weight", type=float, metavar="W", help=f"weight of the pair-wise term ({h('pair_weight')})")
+    d.add_argument("--patch", type=int, metavar="P", help=f"pair-wise node size, P x P pixels ({h('patch')})")
     q = p.add_argument_group("quantization-aware distillation (Section 3.2)")
-    q.add_argument("--bits", metavar="LIST", help="bit widths of weights and activations, comma-separated, each in "
-                                                  "2..8 (default 8,4)")
+    q.add_argument("--bits", metavar="LIST",
+                   help=f"bit widths of weights and activations, comma-separated, each in 2..8 ({h('bits')})")
     q.add_argument("--ranges", choices=["learned", "tracked"],
-                   help="learned clipping ranges (QKD's; default) or moving min/max ranges")
-    q.add_argument("--self-study", type=int, metavar="N", help="QKD self-studying iterations (default 20)")
-    q.add_argument("--co-study", type=int, metavar="N", help="QKD co-studying iterations (default 20)")
-    q.add_argument("--tutor", type=int, metavar="N", help="QKD tutoring iterations (default 20)")
+                   help=f"learned clipping ranges (QKD's) or moving min/max ranges ({h('ranges')})")
+    q.add_argument("--self-study", type=int, metavar="N", help=f"QKD self-studying iterations ({h('self_study')})")
+    q.add_argument("--co-study", type=int, metavar="N", help=f"QKD co-studying iterations ({h('co_study')})")
+    q.add_argument("--tutor", type=int, metavar="N", help=f"QKD tutoring iterations ({h('tutor')})")
     q.add_argument("--co-study-teacher", choices=["head", "all"],
-                   help="what of the teacher co-studying trains (default head; paper preset all)")
+                   help=f"what of the teacher co-studying trains ({h('co_study_teacher')})")
     q.add_argument("--int8-iterations", type=int, metavar="N",
-                   help="tutoring under the int8 backend's quantizer before conversion (default 20)")
+                   help=f"tutoring under the int8 backend's quantizer before conversion ({h('int8_iterations')})")
     t = p.add_argument_group("the teacher (DeepLabV3-ResNet101)")
     t.add_argument("--teacher-weights", choices=["coco"],
-                   help="coco: torchvision's pretrained weights (COCO with the VOC classes), the report's teacher")
+                   help="coco: torchvision's pretrained weights (COCO with the VOC classes), the report's teacher "
+                        "(default: train one here, or reuse the cached one)")
     t.add_argument("--teacher-checkpoint", metavar="FILE",
-                   help="deeplabv3_resnet101 weights: a file this script cached, or a torchvision state dict")
+                   help="deeplabv3_resnet101 weights: a file this script cached, or a torchvision state dict "
+                        "(default: train one here, or reuse the cached one)")
     t.add_argument("--teacher-iterations", type=int, metavar="N",
-                   help="iterations of a teacher trained here, without the two flags above (default 150)")
-    t.add_argument("--teacher-lr", type=float, metavar="LR", help="SGD rate of a teacher trained here (0.01)")
+                   help=f"iterations of a teacher trained here, without the two flags above "
+                        f"({h('teacher_iterations')})")
+    t.add_argument("--teacher-lr", type=float, metavar="LR",
+                   help=f"SGD rate of a teacher trained here ({h('teacher_lr')})")
     g = p.add_argument_group("data")
     g.add_argument("--data-root", metavar="FOLDER",
                    help="folder holding VOCdevkit/VOC2012 (or VOCdevkit/, or VOC2012/); default: synthetic scenes")
-    g.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes (default 256)")
-    g.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes (default 32)")
-    g.add_argument("--image-size", type=int, metavar="PIXELS", help="synthetic scene side (default 64)")
-    g.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side, a multiple of 16 (default 64)")
+    g.add_argument("--train-images", type=int, metavar="N", help=f"synthetic training scenes ({h('train_images')})")
+    g.add_argument("--val-images", type=int, metavar="N", help=f"synthetic validation scenes ({h('val_images')})")
+    g.add_argument("--image-size", type=int, metavar="PIXELS", help=f"synthetic scene side ({h('image_size')})")
+    g.add_argument("--crop", type=int, metavar="PIXELS", help=f"training crop side, a multiple of 16 ({h('crop')})")
     g.add_argument("--eval-size", type=int, metavar="PIXELS",
-                   help="VOC: validation images are padded to this square, a multiple of 16 (default 512)")
+                   help=f"VOC (--data-root): validation images are padded to this square, a multiple of 16 "
+                        f"({h('eval_size')})")
     g.add_argument("--profile-size", type=int, metavar="PIXELS",
-                   help="image side of the params/MAdds/latency columns, a multiple of 16 (default 256)")
+                   help=f"image side of the params/MAdds/latency columns, a multiple of 16 ({h('profile_size')})")
     u = p.add_argument_group("run")
     add_device_arguments(u, "auto (default), cpu or cuda; the int8 model always runs on the CPU")
     u.add_argument("--no-int8", dest="int8", action="store_const", const=False,
                    help="skip the int8 row (it needs an x86 CPU and torchao)")
     u.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                    help="time the fp32 student eager, not compiled (saves about 30 s of torch.compile)")
-    u.add_argument("--cache-dir", metavar="FOLDER", help="cached teachers (default runs/teacher_cache)")
+    u.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers ({h('cache_dir')})")
     add_run_folder_arguments(u, "reproduce_qkd")
+    paper = PRESETS["paper"]
+    for action in p._actions:   # common.training's flags (--workers): name the paper preset's value too
+        if action.dest in paper and paper[action.dest] != getattr(Config, action.dest) and \
+                "paper preset" not in action.help:
+            action.help = f"{action.help.removesuffix(')')}; paper preset {paper[action.dest]})"
     args = p.parse_args(argv)
     parsed = {"bits": parse_bits(args.bits)} if args.bits is not None else {}
     return config_from_args(args, Config, PRESETS, **parsed), args
@@ -870,27 +889,39 @@ def parse_bits(text: str) -> tuple:
     return bits
 
 
-def check_config(cfg: Config) -> None:
-    """Impossible settings are user errors, reported before any work starts."""
-    counts = {"--pretrain-iterations": cfg.pretrain_iterations, "--iterations": cfg.iterations,
-              "--eval-every": cfg.eval_every, "--self-study": cfg.self_study, "--co-study": cfg.co_study,
-              "--tutor": cfg.tutor, "--int8-iterations": cfg.int8_iterations, "--val-images": cfg.val_images,
-              "--teacher-iterations": cfg.teacher_iterations, "--patch": cfg.patch}
-    bad = [k for k, v in counts.items() if v < 1]
-    if bad:
-        raise UserError(f"{', '.join(bad)} must be >= 1.")
-    if cfg.batch_size < 2:
-        raise UserError("--batch-size must be >= 2: BatchNorm needs two images per batch to train.")
-    if min(cfg.lr, cfg.teacher_lr) <= 0 or not 0 <= cfg.beta1 < 1:
-        raise UserError("--lr and --teacher-lr must be positive, --beta1 in [0, 1).")
-    if not cfg.T > 0 or min(cfg.pixel_weight, cfg.pair_weight) < 0:
-        raise UserError("--T must be positive, --pixel-weight and --pair-weight non-negative.")
-    sides = {"--crop": cfg.crop, "--eval-size": cfg.eval_size, "--profile-size": cfg.profile_size}
-    bad = [f"{k} {v}" for k, v in sides.items() if v < 16 or v % 16]
-    if bad:
-        raise UserError(f"{', '.join(bad)}: the U-Net pools four times, so sides must be positive multiples of 16.")
-    if cfg.image_size < 16:
-        raise UserError("--image-size must be >= 16.")
+def help_default(name: str) -> str:
+    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
+    return default_text(Config, PRESETS, name)
+
+
+def check_config(cfg: Config, args: argparse.Namespace) -> None:
+    """Impossible settings are user errors, reported before any work starts. ``args`` are the flags as given (None:
+    not given), to tell a flag the user set from a default."""
+    check_flags({"--pretrain-iterations": cfg.pretrain_iterations, "--iterations": cfg.iterations,
+                 "--eval-every": cfg.eval_every, "--self-study": cfg.self_study, "--co-study": cfg.co_study,
+                 "--tutor": cfg.tutor, "--int8-iterations": cfg.int8_iterations, "--val-images": cfg.val_images,
+                 "--teacher-iterations": cfg.teacher_iterations, "--patch": cfg.patch}, "must be >= 1",
+                lambda v: v >= 1)
+    check_flags({"--plateau-patience": cfg.plateau_patience, "--workers": cfg.workers}, "must be >= 0",
+                lambda v: v >= 0)
+    check_flags({"--batch-size": cfg.batch_size}, "must be >= 2 (BatchNorm needs two images per batch to train)",
+                lambda v: v >= 2)
+    check_flags({"--lr": cfg.lr, "--teacher-lr": cfg.teacher_lr, "--T": cfg.T}, "must be positive",
+                lambda v: 0 < v < math.inf)   # NaN fails too
+    check_flags({"--beta1": cfg.beta1}, "must lie in [0, 1) (Adam's first-moment coefficient)", lambda v: 0 <= v < 1)
+    check_flags({"--pixel-weight": cfg.pixel_weight, "--pair-weight": cfg.pair_weight},
+                "must be non-negative (0 leaves the term out)", lambda v: 0 <= v < math.inf)
+    check_flags({"--crop": cfg.crop, "--eval-size": cfg.eval_size, "--profile-size": cfg.profile_size},
+                "must be one of the positive multiples of 16 (the U-Net pools four times)",
+                lambda v: v >= 16 and v % 16 == 0)
+    check_flags({"--image-size": cfg.image_size}, "must be >= 16", lambda v: v >= 16)
+    if not cfg.data_root:   # VOC's size is known only once it is read
+        check_flags({"--train-images": cfg.train_images}, f"must hold at least one batch (--batch-size "
+                    f"{cfg.batch_size})", lambda v: v >= cfg.batch_size)
+    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    if args.eval_size is not None and not cfg.data_root:   # the synthetic scenes are evaluated at their own size
+        raise UserError("--eval-size pads VOC's validation images, and without --data-root none are read: drop it, "
+                        "or give --data-root.")
     if cfg.teacher_weights and cfg.teacher_checkpoint:
         raise UserError("--teacher-weights coco and --teacher-checkpoint FILE both name the teacher: give one.")
     for name in ("data_root", "teacher_checkpoint"):
@@ -902,6 +933,9 @@ def check_config(cfg: Config) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("this script trains on one device (a U-Net student; the int8 path is a CPU one); run it "
                         "with python, not torchrun.")
+    if cfg.preset == "paper" and not cfg.data_root:
+        print("note: --preset paper without --data-root: the report's hyper-parameters on the built-in synthetic "
+              "21-class scenes (no VOC data is read).")
 
 
 def check_int8_support() -> None:
@@ -920,7 +954,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         cfg, run = resume_run(args, Config)
     else:
-        check_config(cfg)
+        check_config(cfg, args)
     device = pick_device(cfg.device)
     experiment = Experiment(cfg, device)          # missing data or a wrong teacher file stop us here
     if run is None:
@@ -929,8 +963,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"run folder: {run.path}", flush=True)
     start = time.time()
     experiment.run_all(run)
-    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} (results.csv, table_qkd.md, "
-          f"figures/)", flush=True)
+    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})", flush=True)
 
 
 if __name__ == "__main__":

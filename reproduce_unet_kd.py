@@ -57,12 +57,12 @@ import torch
 import torch.nn.functional as F
 
 from common.datasets import EPFLMitochondria, SyntheticEM, Volume, fixed_crops, normalize, random_crops
-from common.errors import UserError
+from common.errors import UserError, check_flags
 from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
-from common.training import (History, RunDir, add_run_folder_arguments, batches, config_from_args, fit,
+from common.training import (History, RunDir, add_run_folder_arguments, batches, config_from_args, default_text, fit,
                              load_weights, make_scheduler, moving_average_min, pick_device, resume_run, run_main,
                              save_weights, seed_everything)
 from common.unet import UNet
@@ -303,8 +303,9 @@ class Lab:
                       progress=cfg.progress)
         test = evaluate_slices(model, self.test, cfg, device)
         summary = self.averaged_losses(history)
-        self.run.log({"job": name, "event": "final", **{k_: v for k_, v in test.items() if k_ != "prediction"},
-                      **summary})
+        if not self.run.logged(name, "final"):   # a resumed run reloads finished jobs; their line is there
+            self.run.log({"job": name, "event": "final", **{k_: v for k_, v in test.items() if k_ != "prediction"},
+                          **summary})
         return Trained(name, model, history, test, summary)
 
     def lr_for(self, k: int) -> float:
@@ -354,10 +355,12 @@ class Lab:
             print(f"teacher {k}-UNet: reusing {path}")
             return Trained(f"teacher_k{k}", model, None, evaluate_slices(model, self.test, cfg, self.device),
                            json.loads(state["summary"]))
-        trained = self.train_model(f"teacher_k{k}{'_bn' if bn else ''}", k, "hard", bn=bn, iterations=iterations)
+        name = f"teacher_k{k}{'_bn' if bn else ''}"
+        restored = self.run.logged(name, "final")   # finished before an interruption: --resume reloads it
+        trained = self.train_model(name, k, "hard", bn=bn, iterations=iterations)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_weights(path, trained.model, {"summary": json.dumps(trained.summary), "key": json.dumps(key)})
-        print(f"teacher {k}-UNet: trained and cached in {path}")
+        print(f"teacher {k}-UNet: {'restored from this run' if restored else 'trained'} and cached in {path}")
         return trained
 
     def soft_targets(self, teacher: UNet) -> torch.Tensor:
@@ -630,59 +633,99 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_unet_kd.py --experiment all --preset paper --data-root data/epfl\n"
                "  python reproduce_unet_kd.py --resume runs/reproduce_unet_kd/20261121-120000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", choices=EXPERIMENTS + ["all"], help="which table to reproduce (default: headline)")
+    d = help_default   # "default X; paper preset Y", read from Config and PRESETS
+    p.add_argument("--experiment", choices=EXPERIMENTS + ["all"], help=f"which table to reproduce ({d('experiment')})")
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="default: reduced scale for a CPU; paper: the source's iteration counts and averaging")
-    p.add_argument("--k", type=int, help="student width k of the k-UNet (headline; default 2)")
-    p.add_argument("--teacher", type=int, help="teacher width (headline; default 64)")
+                   help="default (the default): reduced scale for a CPU; paper: the source's iteration counts and "
+                        "averaging")
+    p.add_argument("--k", type=int, help=f"student width k of the k-UNet (headline; {d('k')})")
+    p.add_argument("--teacher", type=int, help=f"teacher width (headline; {d('teacher')})")
     p.add_argument("--no-teacher-bn", dest="teacher_bn", action="store_const", const=False,
                    help="headline teacher without BatchNorm: the source labels its teacher so, but prints the "
                         "with-BN parameter count, which our default teacher matches")
     p.add_argument("--bn", action="store_const", const=True, help="BatchNorm in the Tables 1-6 U-Nets too")
-    p.add_argument("--T", type=float, help="distillation temperature tau of the headline (default 4)")
+    p.add_argument("--T", type=float, help=f"distillation temperature tau of the headline ({d('T')})")
     p.add_argument("--lambda", dest="lam", type=float,
-                   help="weight lambda of the soft term in mixed training (default 1)")
-    p.add_argument("--iterations", type=int, metavar="N", help="training iterations of each headline student")
-    p.add_argument("--teacher-iterations", type=int, metavar="N", help="training iterations of the headline teacher")
-    p.add_argument("--batch-size", type=int, metavar="N", help="crops per training batch")
-    p.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side (a multiple of 16)")
-    p.add_argument("--lr", type=float, help="Adam learning rate of U-Nets with k < 16, the students (default 3e-3)")
+                   help=f"weight lambda of the soft term in mixed training (headline, Table 5; {d('lam')})")
+    p.add_argument("--iterations", type=int, metavar="N",
+                   help=f"training iterations of each headline student ({d('iterations')})")
+    p.add_argument("--teacher-iterations", type=int, metavar="N",
+                   help=f"training iterations of the headline teacher ({d('teacher_iterations')})")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"crops per training batch (Table 1 has its own; {d('batch_size')})")
+    p.add_argument("--crop", type=int, metavar="PIXELS", help=f"training crop side, a multiple of 16 ({d('crop')})")
+    p.add_argument("--lr", type=float,
+                   help=f"Adam learning rate of U-Nets with k < 16, the students ({d('lr')})")
     p.add_argument("--teacher-lr", type=float, metavar="LR",
-                   help="Adam learning rate of U-Nets with k >= 16 (default 1e-3)")
-    p.add_argument("--schedule", choices=["poly", "constant"], help="learning-rate schedule (default poly)")
-    p.add_argument("--seed", type=int, help="random seed (data, initialisation, batches)")
+                   help=f"Adam learning rate of U-Nets with k >= 16 (Table 1, headline; {d('teacher_lr')})")
+    p.add_argument("--schedule", choices=["poly", "constant"], help=f"learning-rate schedule ({d('schedule')})")
+    p.add_argument("--seed", type=int, help=f"random seed: data, initialisation, batches ({d('seed')})")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
     p.add_argument("--data-root", metavar="FOLDER",
                    help="folder with the EPFL stacks training.tif, training_groundtruth.tif, "
                         "testing.tif, testing_groundtruth.tif (default: synthetic data)")
     p.add_argument("--teacher-checkpoint", metavar="FILE",
-                   help="headline teacher weights to use instead of training one (a file from --cache-dir)")
+                   help="headline teacher weights to use instead of training one, a file from --cache-dir "
+                        "(default: train one, or reuse the cached one)")
     p.add_argument("--online-teacher", action="store_const", const=True,
                    help="run the teacher on every batch instead of once per training slice")
-    p.add_argument("--cache-dir", metavar="FOLDER",
-                   help="where trained teachers are cached (default runs/teacher_cache)")
-    p.add_argument("--eval-every", type=int, metavar="N", help="iterations between test-loss evaluations")
-    p.add_argument("--checkpoint-every", type=int, metavar="N", help="iterations between resumable checkpoints")
-    p.add_argument("--class-weight-power", type=float, metavar="P", help="class weights ~ frequency^-p (default 0.5)")
+    p.add_argument("--cache-dir", metavar="FOLDER", help=f"where trained teachers are cached ({d('cache_dir')})")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help=f"iterations between test-loss evaluations ({d('eval_every')})")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help=f"iterations between resumable checkpoints ({d('checkpoint_every')})")
+    p.add_argument("--class-weight-power", type=float, metavar="P",
+                   help=f"class weights ~ frequency^-p (headline; {d('class_weight_power')})")
     add_run_folder_arguments(p, "reproduce_unet_kd")
     args = p.parse_args(argv)
     return config_from_args(args, Config, PRESETS), args
 
 
-def check_config(cfg: Config) -> None:
-    """Impossible flag combinations are user errors, reported before any work starts."""
-    if cfg.k < 1 or cfg.teacher < 1:
-        raise UserError(f"--k and --teacher must be >= 1 (got {cfg.k}, {cfg.teacher}).")
-    if cfg.crop % 16 or cfg.table1_crop % 16:
-        raise UserError(f"--crop must be a multiple of 16 (the U-Net pools four times); got {cfg.crop}.")
-    if cfg.T <= 0:
-        raise UserError(f"--T must be positive (got {cfg.T}).")
-    if min(cfg.iterations, cfg.teacher_iterations, cfg.batch_size, cfg.eval_every, cfg.checkpoint_every) < 1:
-        raise UserError("--iterations, --teacher-iterations, --batch-size, --eval-every and --checkpoint-every "
-                        "must be >= 1.")
-    if cfg.teacher_checkpoint and cfg.experiment not in ("headline", "all"):
-        raise UserError("--teacher-checkpoint sets the headline teacher; use it with --experiment headline or all.")
+def help_default(name: str) -> str:
+    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
+    return default_text(Config, PRESETS, name)
+
+
+def check_config(cfg: Config, args: argparse.Namespace) -> None:
+    """Impossible flag combinations are user errors, reported before any work starts. ``args`` are the flags as
+    given (None: not given), to tell a flag the user set from a default."""
+    positive, non_negative = (lambda v: 0 < v < math.inf), (lambda v: 0 <= v < math.inf)   # NaN fails both
+    check_flags({"--k": cfg.k, "--teacher": cfg.teacher, "--iterations": cfg.iterations,
+                 "--teacher-iterations": cfg.teacher_iterations, "--batch-size": cfg.batch_size,
+                 "--eval-every": cfg.eval_every, "--checkpoint-every": cfg.checkpoint_every}, "must be >= 1",
+                lambda v: v >= 1)
+    check_flags({"--crop": cfg.crop}, "must be a positive multiple of 16 (the U-Net pools four times)",
+                lambda v: v > 0 and v % 16 == 0)
+    if cfg.table1_crop <= 0 or cfg.table1_crop % 16:   # set by the preset, not by a flag
+        raise UserError(f"preset {cfg.preset}: its Table 1 crop {cfg.table1_crop} must be a positive multiple of 16.")
+    if not cfg.data_root:   # the EPFL slices' size is known only once they are read
+        check_flags({"--crop": cfg.crop}, f"must be at most the synthetic slices' side, {cfg.slice_size}",
+                    lambda v: v <= cfg.slice_size)
+    check_flags({"--T": cfg.T, "--lr": cfg.lr, "--teacher-lr": cfg.teacher_lr}, "must be positive", positive)
+    check_flags({"--lambda": cfg.lam, "--class-weight-power": cfg.class_weight_power}, "must be non-negative",
+                non_negative)
+    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    # Flags that only some experiments read: given to one that ignores them, they would change nothing, silently.
+    headline = ("headline",)
+    readers = {"--k": ("k", headline), "--teacher": ("teacher", headline), "--no-teacher-bn": ("teacher_bn", headline),
+               "--T": ("T", headline), "--iterations": ("iterations", headline),
+               "--teacher-iterations": ("teacher_iterations", headline),
+               "--teacher-checkpoint": ("teacher_checkpoint", headline),
+               "--class-weight-power": ("class_weight_power", headline),   # class weights: headline only
+               "--lambda": ("lam", ("table5", "headline")),
+               "--teacher-lr": ("teacher_lr", ("table1", "headline")),    # the only U-Nets with k >= 16
+               "--bn": ("bn", tuple(e for e in EXPERIMENTS if e != "headline")),   # the headline always has BN
+               "--batch-size": ("batch_size", tuple(e for e in EXPERIMENTS if e != "table1")),   # Table 1: its own
+               "--online-teacher": ("online_teacher", ("table2", "table3", "table5", "table6", "headline"))}
+    for flag, (dest, used_by) in readers.items():
+        if cfg.experiment != "all" and getattr(args, dest) is not None and cfg.experiment not in used_by:
+            raise UserError(f"{flag} is ignored by --experiment {cfg.experiment} (only {', '.join(used_by)} "
+                            f"read{'s' if len(used_by) == 1 else ''} it): drop it, or use --experiment {used_by[0]} "
+                            f"or all.")
+    if cfg.preset == "paper" and not cfg.data_root:
+        print("note: --preset paper without --data-root: the source's hyper-parameters on the built-in synthetic EM "
+              "slices (no EPFL data is read).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -692,7 +735,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg, run = resume_run(args, Config)
         print(f"resuming {run.path} with its saved config")
     else:
-        check_config(cfg)
+        check_config(cfg, args)
     pick_device(cfg.device)
     train, test = load_data(cfg)        # bad data stops us before a run folder exists
     if run is None:
@@ -706,7 +749,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{lab.barrier:.4f} (paper: {PAPER['barrier']}); device {lab.device}")
     for name in (EXPERIMENTS if cfg.experiment == "all" else [cfg.experiment]):
         RUNNERS[name](lab)
-    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} (results.csv, tables, figures/)")
+    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """CIFAR-10 for experiment A (knowledge distillation from a ResNet-18 to a 5-layer CNN), and a synthetic
 10-class stand-in for when no data is on disk.
 
-- ``cifar10(root, train)``: the real CIFAR-10 in its published python form (``cifar-10-batches-py/``).
+- ``cifar10(root, train, verify_md5=True)``: the real CIFAR-10 in its published python form
+  (``cifar-10-batches-py/``), md5-checked and unpickled without running any code a file may hold.
 - ``SyntheticObjects``: deterministic 32x32 images of one main object of 10 classes on a cluttered background,
   built with the synthetic VOC scene machinery of ``common.voc``.
 - ``augment_cifar``: the standard CIFAR training augmentation (4-pixel zero padding, random 32x32 crop, random
@@ -11,17 +12,19 @@ Every item is ``(image uint8 (3, 32, 32), label int)`` with labels 0..9 in the o
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from scipy import ndimage
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from common.errors import UserError
+from common.errors import UserError, one_line
+from common.filecheck import describe_folder
 from common.voc import SyntheticScenes, _smooth_noise
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -66,6 +69,28 @@ def augment_cifar(image: torch.Tensor, generator: torch.Generator, pad: int = 4)
 # --------------------------------------------------------------------------------------------------------------
 # The real data: CIFAR-10's python version
 # --------------------------------------------------------------------------------------------------------------
+# The published files are Python 2 pickles, and unpickling can run any code a file names. They are therefore read
+# only through _SafeUnpickler (numpy array reconstruction and nothing else), and, unless the user asks to read their
+# own copy, only after their md5 sum matched the published one.
+CIFAR10_TARBALL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{k}" for k in range(1, 6))
+TEST_BATCHES: tuple[str, ...] = ("test_batch",)
+META_FILE = "batches.meta"
+# the md5 sums of the files inside cifar-10-python.tar.gz, as torchvision.datasets.CIFAR10 lists them (its
+# train_list, test_list and meta; torchvision 0.29); a test compares them with torchvision's
+PUBLISHED_MD5: dict[str, str] = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+_PIXELS = 3 * 32 * 32   # one image: 1024 R, 1024 G, 1024 B values, each plane row-major
+_CHUNK = 1 << 20        # bytes read (and hashed) at a time
+
+
 class CIFARArrays(torch.utils.data.Dataset):
     """Images and labels held in memory (CIFAR-10 is 180 MB): item i is (image uint8 (3, 32, 32), label int)."""
 
@@ -83,55 +108,30 @@ class CIFARArrays(torch.utils.data.Dataset):
         return f"CIFARArrays({len(self)} images: {self.description})"
 
 
-class _CIFAR10Files(torchvision.datasets.CIFAR10):
-    """torchvision's CIFAR10 reader with its md5 checks replaced by checks that the files exist.
+def cifar10(root: str | Path, train: bool, verify_md5: bool = True) -> CIFARArrays:
+    """CIFAR-10's 50,000 training (``train``) or 10,000 test images from the published python version: ``root``
+    is the folder holding ``cifar-10-batches-py/`` (torchvision's convention) or ``cifar-10-batches-py/`` itself.
 
-    The md5 sums reject any copy of the data that was re-saved (another pickle protocol, a subset) and every
-    small file in the published layout, which would leave our loader untestable; torchvision's own parsing of
-    the pickles is kept, and a missing file is still an error.
-    """
+    The files are pickles, and a pickle can run code: a crafted ``data_batch_1`` would run it as soon as it was
+    read. So each file is unpickled by ``_SafeUnpickler``, which rebuilds numpy arrays and nothing else (all that
+    the published files hold), and with ``verify_md5`` (the default) only after its md5 sum matched the published
+    one (``PUBLISHED_MD5``); ``verify_md5=False`` (the scripts' ``--no-cifar-md5``) reads a copy the user re-saved.
 
-    def _check_integrity(self) -> bool:
-        names = [name for name, _ in (self.train_list if self.train else self.test_list)]
-        return all((Path(self.root) / self.base_folder / name).is_file() for name in names)
-
-    def _load_meta(self) -> None:
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-
-
-# what a damaged or foreign pickle raises inside torchvision's parsing, the reshape to 3x32x32 included
-_PICKLE_ERRORS: tuple[type[BaseException], ...] = (
-    pickle.UnpicklingError, EOFError, OSError, KeyError, IndexError, ValueError, TypeError, AttributeError,
-    ImportError, UnicodeDecodeError, RuntimeError)
-
-
-def cifar10(root: str | Path, train: bool) -> CIFARArrays:
-    """CIFAR-10's 50,000 training (``train``) or 10,000 test images, read with ``torchvision.datasets.CIFAR10``
-    from the published python version: ``root`` is the folder holding ``cifar-10-batches-py/`` (torchvision's
-    convention) or ``cifar-10-batches-py/`` itself.
-
-    Missing or unreadable files and labels outside 0..9 are reported at once, as a ``UserError`` naming the
-    file or folder and what to do.
+    A missing, altered, unreadable or malformed file is reported as a one-line ``UserError`` naming that file, what
+    is wrong with it and what to do.
     """
     folder = _find_batches(Path(root))
-    names = [name for name, _ in (_CIFAR10Files.train_list if train else _CIFAR10Files.test_list)]
-    for name in names + [_CIFAR10Files.meta["filename"]]:
+    names = TRAIN_BATCHES if train else TEST_BATCHES
+    for name in (*names, META_FILE):  # all present before the first (slow) read
         if not (folder / name).is_file():
-            raise UserError(f"missing {folder / name}; {folder} must hold data_batch_1..5, test_batch and "
-                            f"batches.meta. Re-extract the python version of CIFAR-10 from {CIFAR10_URL}.")
-    try:
-        data = _CIFAR10Files(folder.parent, train=train, download=False)
-        images = torch.from_numpy(np.ascontiguousarray(data.data)).permute(0, 3, 1, 2)
-        labels = torch.as_tensor(data.targets, dtype=torch.int64)
-    except _PICKLE_ERRORS as e:
-        raise UserError(f"the CIFAR-10 files {', '.join(names)}, batches.meta in {folder} are not readable "
-                        f"python-version batches ({type(e).__name__}: {e}); re-download cifar-10-python.tar.gz from "
-                        f"{CIFAR10_URL} and extract it again.") from e
-    _check_arrays(images, labels, folder, names)
+            raise UserError(f"missing {folder / name}; {_refetch(folder)}.")
+    _check_meta(_read_pickle(folder / META_FILE, verify_md5), folder / META_FILE)
+    batches = [_parse_batch(_read_pickle(folder / name, verify_md5), folder / name) for name in names]
+    images = torch.from_numpy(np.concatenate([data for data, _ in batches]).reshape(-1, 3, 32, 32))
+    labels = torch.from_numpy(np.concatenate([labels for _, labels in batches]))
     split = "train" if train else "test"
-    return CIFARArrays(images.contiguous(), labels, f"CIFAR-10 {split} from {folder}")
+    unchecked = "" if verify_md5 else " (own copy: md5 not checked)"
+    return CIFARArrays(images, labels, f"CIFAR-10 {split} from {folder}{unchecked}")
 
 
 def _find_batches(root: Path) -> Path:
@@ -140,23 +140,126 @@ def _find_batches(root: Path) -> Path:
         if folder.name == CIFAR10_FOLDER and folder.is_dir():
             return folder
     into = root.parent if root.name == CIFAR10_FOLDER else root
-    raise UserError(f"--data-root {root}: no {CIFAR10_FOLDER} folder there; download the python version from "
+    raise UserError(f"--data-root {root}: no {CIFAR10_FOLDER} folder there"
+                    f"{describe_folder(root, 'CIFAR-10 (python version)')}; download the python version from "
                     f"{CIFAR10_URL} and extract it into {into}.")
 
 
-def _check_arrays(images: torch.Tensor, labels: torch.Tensor, folder: Path, names: list[str]) -> None:
-    """UserErrors for what torchvision's parsing lets through: wrong pixel type, counts that differ, bad labels."""
-    again = f"re-extract the python version of CIFAR-10 from {CIFAR10_URL}."
-    if images.dtype != torch.uint8:
-        raise UserError(f"the images in {folder} ({', '.join(names)}) are {images.dtype}, not uint8; {again}")
-    if len(images) != len(labels):
-        raise UserError(f"{folder} ({', '.join(names)}) holds {len(images)} images but {len(labels)} labels; "
-                        f"{again}")
-    bad = labels.unique()
-    bad = bad[(bad < 0) | (bad >= NUM_CLASSES)]
-    if len(bad):
-        raise UserError(f"{folder} ({', '.join(names)}) holds labels {bad[:10].tolist()} outside "
-                        f"0..{NUM_CLASSES - 1}; {again}")
+def _refetch(folder: Path) -> str:
+    """The fix for a published file that is missing or damaged: fetch the archive again."""
+    return (f"re-download {CIFAR10_TARBALL_URL} (the python version of {CIFAR10_URL}) and extract it into "
+            f"{folder.parent}")
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """An unpickler that can build only what CIFAR-10's python-version files hold: dicts, lists, strings, bytes
+    and numbers (no class needed) and numpy arrays. Every other class or function a file names (``os.system``,
+    ``builtins.eval``, ...) is refused before it is imported, so a crafted file cannot run code."""
+
+    # numpy's array reconstruction under the names numpy 1 (the published files) and numpy 2 write; the function
+    # is taken from an array's own __reduce__, so nothing is imported by name (not the deprecated ``numpy.core``)
+    _RECONSTRUCT = np.zeros(0).__reduce__()[0]
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+               ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+               ("numpy", "ndarray"): np.ndarray,
+               ("numpy", "dtype"): np.dtype}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[module, name]
+        raise pickle.UnpicklingError(f"it names {module}.{name}, refused without running it: a CIFAR-10 file "
+                                     f"needs only numpy's array reconstruction")
+
+    def persistent_load(self, pid: object) -> object:
+        raise pickle.UnpicklingError("it holds a persistent reference, which a CIFAR-10 file never does")
+
+
+def _read_pickle(path: Path, verify_md5: bool) -> object:
+    """The object pickled in ``path``, read once: hashed (and checked against ``PUBLISHED_MD5`` when
+    ``verify_md5``) before anything is unpickled, then unpickled by ``_SafeUnpickler`` from those same bytes."""
+    data, md5 = _read_bytes(path)
+    if verify_md5 and md5 != PUBLISHED_MD5[path.name]:
+        raise UserError(f"{path} is not the published CIFAR-10 file (md5 {md5}, published "
+                        f"{PUBLISHED_MD5[path.name]}); {_refetch(path.parent)}, or pass --no-cifar-md5 to read "
+                        f"your own copy (still unpickled safely: only numpy arrays are rebuilt).")
+    try:
+        # Python 2 str (keys, names) -> str as torchvision reads them; the pixel bytes pass through latin1 unchanged
+        return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as e:  # anything raised here comes from the file's bytes: the unpickler runs nothing else
+        reason = one_line(f"{type(e).__name__}: {e}", 300)  # one line, even for a file's own text
+        # Python 3 writes arrays with _codecs.encode at protocol 2 and numpy's _frombuffer at protocol 5
+        own = "" if verify_md5 else " (your own copy: save it with pickle protocol 3 or 4)"
+        raise UserError(f"{path} is not a CIFAR-10 python-version file ({reason}); expected a pickled dict of numpy "
+                        f"arrays, lists, strings and numbers; {_refetch(path.parent)}{own}.") from None
+
+
+def _read_bytes(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and their md5 (hex), hashed chunk by chunk as they are read."""
+    md5, chunks = hashlib.md5(usedforsecurity=False), []
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                md5.update(chunk)
+                chunks.append(chunk)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}); check that it is a readable file.") from None
+    return b"".join(chunks), md5.hexdigest()
+
+
+def _entry(obj: object, path: Path, keys: tuple[str, ...]) -> dict:
+    """``obj`` as a dict with str keys (a copy re-saved from ``encoding="bytes"`` has bytes keys), holding ``keys``."""
+    if isinstance(obj, dict):
+        obj = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+        missing = [k for k in keys if k not in obj]
+        if not missing:
+            return obj
+        found = f"a dict without {', '.join(map(repr, missing))}"
+    else:
+        found = f"a {type(obj).__name__}"
+    raise UserError(f"{path} holds {found}, not a CIFAR-10 python-version file (a dict with "
+                    f"{', '.join(map(repr, keys))}); {_refetch(path.parent)}.")
+
+
+def _check_meta(obj: object, path: Path) -> None:
+    """``batches.meta`` must name CIFAR-10's ten classes in their order: the labels are read in that order."""
+    names = _entry(obj, path, ("label_names",))["label_names"]
+    if isinstance(names, (list, tuple)):  # bytes in a copy re-saved from encoding="bytes"
+        names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+    if not (isinstance(names, list) and all(type(n) is str for n in names) and names == list(CIFAR10_CLASSES)):
+        shown = one_line(repr(names), 200)  # one line, however long or odd
+        raise UserError(f"{path} names the classes {shown}, not CIFAR-10's ({', '.join(CIFAR10_CLASSES)}); "
+                        f"{_refetch(path.parent)}.")
+
+
+def _parse_batch(obj: object, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file's pixel rows (N, 3072) uint8 and labels (N,) int64, each checked against what the published
+    files hold; every problem is a UserError naming ``path``."""
+    entry = _entry(obj, path, ("data", "labels"))
+    again = f"{_refetch(path.parent)}."
+    data = entry["data"]
+    if not isinstance(data, np.ndarray):
+        raise UserError(f"{path}: its 'data' is a {type(data).__name__}, not a numpy array; {again}")
+    if data.dtype != np.uint8:
+        raise UserError(f"{path}: its images are {data.dtype}, not uint8; {again}")
+    if data.ndim != 2 or data.shape[1] != _PIXELS:
+        raise UserError(f"{path}: its 'data' has shape {data.shape}, not (images, {_PIXELS}) (rows of 32x32 RGB "
+                        f"pixels); {again}")
+    labels = _labels(entry["labels"], path, again)
+    if len(data) != len(labels):
+        raise UserError(f"{path} holds {len(data)} images but {len(labels)} labels; {again}")
+    return data, labels
+
+
+def _labels(labels: object, path: Path, again: str) -> np.ndarray:
+    """A batch's labels (a list of ints in the published files) as int64, all in 0..9."""
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if not isinstance(labels, (list, tuple)) or not all(type(v) is int for v in labels):
+        raise UserError(f"{path}: its 'labels' are not a list of integers; {again}")
+    bad = sorted({v for v in labels if not 0 <= v < NUM_CLASSES})
+    if bad:
+        raise UserError(f"{path} holds labels {bad[:10]} outside 0..{NUM_CLASSES - 1}; {again}")
+    return np.array(labels, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------------------------

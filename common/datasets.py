@@ -15,6 +15,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from common.errors import UserError
+from common.filecheck import describe_folder
 
 EPFL_URL = "https://www.epfl.ch/labs/cvlab/data/data-em/"
 EPFL_FILES = {"train": ("training.tif", "training_groundtruth.tif"),
@@ -167,9 +168,13 @@ class EPFLMitochondria:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         root = Path(root)
         if not root.is_dir():
-            raise UserError(f"data root {root} is not a folder. Download the EPFL mitochondria stacks from "
+            raise UserError(f"--data-root {root} is not a folder. Download the EPFL mitochondria stacks from "
                             f"{EPFL_URL} and pass the folder holding "
                             f"{', '.join(EPFL_FILES['train'] + EPFL_FILES['test'])}.")
+        if not any((root / name).exists() for name in EPFL_FILES["train"] + EPFL_FILES["test"]):
+            raise UserError(f"--data-root {root} holds none of the EPFL mitochondria stacks "
+                            f"({', '.join(EPFL_FILES['train'] + EPFL_FILES['test'])})"
+                            f"{describe_folder(root, 'EPFL mitochondria')}. Download them from {EPFL_URL}.")
         image_file, mask_file = (root / name for name in EPFL_FILES[split])
         images, masks = read_tiff_stack(image_file), read_tiff_stack(mask_file)
         if images.shape != masks.shape:

@@ -21,8 +21,6 @@ DeepLabV3; rates change no count); every layer of a CASPP branch uses the branch
 """
 from __future__ import annotations
 
-import os
-import urllib.parse
 from pathlib import Path
 
 import torch
@@ -31,6 +29,7 @@ import torchvision
 from torch import Tensor, nn
 
 from common.errors import UserError
+from common.weight_files import fetch_torchvision_weights, published_file_name, read_weights_file
 
 BACKBONES = ("resnet50", "resnet101", "mobilenet_v2")
 ASPP_KINDS = ("ST", "DS", "BTN", "CASPP-1", "CASPP-2", "CASPP-3", "CASPP-4")  # "CASPP-1" is the same network as "BTN"
@@ -56,7 +55,7 @@ _IMAGENET_WEIGHTS = {
 
 
 def _weights_file_name(backbone: str) -> str:
-    return os.path.basename(urllib.parse.urlparse(_IMAGENET_WEIGHTS[backbone].url).path)
+    return published_file_name(_IMAGENET_WEIGHTS[backbone])
 
 
 # --------------------------------------------------------------------------------------------------------- backbones
@@ -446,31 +445,17 @@ def load_backbone_weights(model: DeepLabV3Plus, path: str | Path) -> None:
     """Load a torchvision ImageNet state dict file (e.g. resnet50-0676ba61.pth, mobilenet_v2-b0353104.pth) into
     ``model.backbone``, dropping the classifier weights. A missing, unreadable or other-backbone file: UserError."""
     path = Path(path)
-    expected_file = _weights_file_name(model.backbone_name)
-    if not path.is_file():
-        raise UserError(f"backbone weights file {path} does not exist: pass the path of torchvision's ImageNet "
-                        f"weights for {model.backbone_name} ({expected_file})")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types for a truncated or foreign file
-        raise UserError(f"cannot read backbone weights file {path} ({type(error).__name__}): download "
-                        f"torchvision's {expected_file} again and pass its path") from error
+    wanted = (f"the path of torchvision's ImageNet weights for {model.backbone_name} "
+              f"({_weights_file_name(model.backbone_name)})")
+    state_dict = read_weights_file(path, "backbone weights file", wanted)
     _load_backbone_state_dict(model, state_dict, f"backbone weights file {path}")
 
 
 def _load_imagenet_weights(model: DeepLabV3Plus) -> None:
-    """torchvision's ImageNet weights via its weights API (downloaded once into torch.hub's checkpoints folder)."""
-    file_name = _weights_file_name(model.backbone_name)
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    try:
-        state_dict = _IMAGENET_WEIGHTS[model.backbone_name].get_state_dict(progress=True)
-    except OSError as error:  # URLError, connection and timeout errors: no network
-        raise UserError(f"cannot download the ImageNet weights {file_name} ({error}): place the file in "
-                        f"{checkpoints}/ or pass --backbone-weights PATH") from error
-    except Exception as error:  # a cached file that is truncated or corrupt
-        raise UserError(f"cannot read the ImageNet weights {checkpoints / file_name} ({type(error).__name__}): "
-                        f"delete it to download it again, or pass --backbone-weights PATH") from error
-    _load_backbone_state_dict(model, state_dict, f"ImageNet weights {file_name}")
+    """torchvision's ImageNet weights, kept in torch.hub's checkpoints folder (see ``common.weight_files``)."""
+    state_dict = fetch_torchvision_weights(_IMAGENET_WEIGHTS[model.backbone_name], "ImageNet weights",
+                                           "--backbone-weights")
+    _load_backbone_state_dict(model, state_dict, f"ImageNet weights {_weights_file_name(model.backbone_name)}")
 
 
 def build_deeplabv3plus(backbone: str = "resnet50", num_classes: int = 21, output_stride: int = 16,

@@ -3,7 +3,25 @@
 Scripts catch ``UserError`` in ``main`` and print ``error: <message>`` instead of a traceback (see
 ``common.training.run_main``). Messages say what is wrong and how to fix it.
 """
+from __future__ import annotations
 
 
 class UserError(Exception):
     """An error caused by the user's input, with a message that says how to fix it."""
+
+
+def one_line(text: object, limit: int = 160) -> str:
+    """``text`` (e.g. a library's exception) folded onto one line and, if longer than ``limit``, cut at a word
+    boundary with an ellipsis: fit to quote inside a UserError without ending mid-word."""
+    words = " ".join(str(text).split())
+    if len(words) <= limit:
+        return words
+    return words[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def check_flags(values: dict[str, float | int | None], rule: str, holds) -> None:
+    """A UserError naming exactly the flags (``values``: flag -> value, None = not set) for which ``holds(value)``
+    is false, e.g. ``check_flags({"--iterations": 0, "--batch-size": 8}, "must be >= 1", lambda v: v >= 1)``."""
+    bad = [f"{flag} {value}" for flag, value in values.items() if value is not None and not holds(value)]
+    if bad:
+        raise UserError(f"{', '.join(bad)}: {'each ' if len(bad) > 1 else ''}{rule}.")

@@ -4,9 +4,9 @@
 ``reproduce_intra_kd.py`` use ``deeplabv3_resnet101`` as teacher. This module wraps torchvision's builders (the
 networks are not reimplemented) and handles their weights:
 
-* whole-network weights: torchvision's COCO-with-VOC-labels weights (``"coco"``, fetched through torchvision's weights
-  API into torch.hub's checkpoints folder), a checkpoint written by this repository's ``save_weights``, or a raw
-  torchvision state dict file such as the COCO file itself;
+* whole-network weights: torchvision's COCO-with-VOC-labels weights (``"coco"``, kept in torch.hub's checkpoints
+  folder and read by ``common.weight_files``, hash-checked and tensors-only), a checkpoint written by this
+  repository's ``save_weights``, or a raw torchvision state dict file such as the COCO file itself;
 * backbone weights: torchvision's ImageNet ResNet weights (``"imagenet"``) or a local ResNet state dict file.
 
 Every file is checked against the network before it is loaded, so a wrong file is a one-line ``UserError`` that says
@@ -15,9 +15,8 @@ scripts' losses have no auxiliary term, so it would only add parameters and mult
 """
 from __future__ import annotations
 
-import os
 import re
-import urllib.parse
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from torchvision.models import segmentation
 
 from common.errors import UserError
 from common.training import load_weights
+from common.weight_files import fetch_torchvision_weights, published_file_name, read_weights_file
 
 ARCHITECTURES = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
 COCO_CLASSES = 21  # torchvision's COCO weights predict background and the 20 Pascal VOC categories
@@ -63,10 +63,6 @@ def _published(weights: torchvision.models.WeightsEnum) -> dict:
 # of one 520x520 image) include the auxiliary FCN head, which our networks leave out. Source 001's teacher mIoU,
 # 63.7, is exactly torchvision's number for fcn_resnet101's COCO weights.
 PUBLISHED = {arch: _published(weights) for arch, weights in _COCO_WEIGHTS.items()}
-
-
-def _file_name(weights: torchvision.models.WeightsEnum) -> str:
-    return os.path.basename(urllib.parse.urlparse(weights.url).path)
 
 
 def _resnet_of(arch: str) -> str:
@@ -155,39 +151,6 @@ def _is_repository_checkpoint(state: object) -> bool:
     return isinstance(state, dict) and "model" in state
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:200]
-
-
-def _read_file(path: Path, what: str, wanted: str) -> object:
-    """torch.load(weights_only=True) of a local file; missing or unreadable files are user errors."""
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist: pass {wanted}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types for a truncated or foreign file
-        raise UserError(f"cannot read {what} {path} ({type(error).__name__}): it is corrupt or not a PyTorch "
-                        f"weights file; pass {wanted}") from error
-
-
-def _fetch(weights: torchvision.models.WeightsEnum, what: str, flag: str) -> dict:
-    """A state dict through torchvision's weights API, downloaded once into torch.hub's checkpoints folder.
-
-    Whether the file is in that folder after a failure tells the two failures apart: no file, the download failed
-    (no network); a file, it is there but cannot be read (truncated or corrupt), and deleting it fixes that.
-    """
-    file_name = _file_name(weights)
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as error:
-        if (checkpoints / file_name).is_file():
-            raise UserError(f"cannot read the {what} {checkpoints / file_name} ({type(error).__name__}): delete it "
-                            f"to download it again, or pass {flag} PATH") from error
-        raise UserError(f"cannot download the {what} {file_name} ({_one_line(error)}): place the file in "
-                        f"{checkpoints}/ or pass {flag} PATH") from error
-
-
 # ------------------------------------------------------------------------------------- what a weights file looks like
 _RESNETS = {(True, 6): "resnet50", (True, 23): "resnet101", (True, 36): "resnet152", (False, 2): "resnet18",
             (False, 6): "resnet34"}
@@ -242,47 +205,74 @@ def _network_state_dict(arch: str, num_classes: int, state: object, source: str,
     return network
 
 
-def _coco_state_dict(arch: str, num_classes: int, weights_flag: str, backbone_flag: str) -> dict:
-    file_name = _file_name(_COCO_WEIGHTS[arch])
+@dataclass(frozen=True)
+class WeightFlags:
+    """How the calling script takes weights on its command line, so that every error names a flag it really has.
+
+    ``network_file``: the flag that takes a whole-network file; ``network_download``: the exact words that fetch
+    torchvision's COCO weights (e.g. "--teacher-weights coco"), None where the script offers none;
+    ``backbone_file`` and ``backbone_download``: likewise for ImageNet backbone weights.
+    """
+
+    network_file: str = "--teacher-checkpoint"
+    network_download: str | None = None
+    backbone_file: str = "--backbone-weights"
+    backbone_download: str | None = None
+
+
+def _coco_state_dict(arch: str, num_classes: int, flags: WeightFlags) -> dict:
+    file_name = published_file_name(_COCO_WEIGHTS[arch])
     if num_classes != COCO_CLASSES:
+        instead = flags.backbone_download or f"{flags.backbone_file} FILE"
         raise UserError(f"torchvision's COCO weights for {arch} predict {COCO_CLASSES} classes (background and the "
                         f"20 VOC categories), not {num_classes}: use {COCO_CLASSES} classes with them, or start from "
-                        f"ImageNet backbone weights ({backbone_flag})")
-    state = _fetch(_COCO_WEIGHTS[arch], "COCO weights", weights_flag)
+                        f"ImageNet backbone weights ({instead})")
+    state = fetch_torchvision_weights(_COCO_WEIGHTS[arch], "COCO weights", flags.network_file)
     return _network_state_dict(arch, num_classes, state, f"torchvision's COCO weights {file_name}",
                                f"torchvision's {file_name}")
 
 
-def _with_network_weights(arch: str, num_classes: int, weights: str | Path, weights_flag: str,
-                          backbone_flag: str) -> TorchvisionSegmenter:
+def _network_wanted(arch: str, num_classes: int, flags: WeightFlags) -> str:
+    """What a whole-network file must be; torchvision's COCO file only where it fits (21 classes)."""
+    wanted = f"a checkpoint of {arch} with {num_classes} classes written by this repository"
+    if num_classes != COCO_CLASSES:
+        return wanted
+    coco = f"torchvision's {published_file_name(_COCO_WEIGHTS[arch])}"
+    if flags.network_download:
+        return f"{wanted}, {coco}, or {flags.network_download} to download it"
+    return f"{wanted} or {coco}"
+
+
+def _with_network_weights(arch: str, num_classes: int, weights: str | Path,
+                          flags: WeightFlags) -> TorchvisionSegmenter:
     if weights == "coco":
-        state_dict = _coco_state_dict(arch, num_classes, weights_flag, backbone_flag)
+        state_dict = _coco_state_dict(arch, num_classes, flags)
     else:
-        path = Path(weights)
-        wanted = (f"a checkpoint of {arch} with {num_classes} classes written by this repository, torchvision's "
-                  f"{_file_name(_COCO_WEIGHTS[arch])}, or {weights_flag} coco to download it")
-        state = _read_file(path, weights_flag, wanted)
+        path, wanted = Path(weights), _network_wanted(arch, num_classes, flags)
+        state = read_weights_file(path, flags.network_file, wanted)
         if _is_repository_checkpoint(state):  # load_weights reads it again and checks "arch" against config()
             model = TorchvisionSegmenter(arch, num_classes)
-            load_weights(model, path, what=weights_flag)
+            load_weights(model, path, what=flags.network_file)
             return model
-        state_dict = _network_state_dict(arch, num_classes, state, f"{weights_flag} {path}", wanted)
+        state_dict = _network_state_dict(arch, num_classes, state, f"{flags.network_file} {path}", wanted)
     model = TorchvisionSegmenter(arch, num_classes)
     model.net.load_state_dict(state_dict, strict=False)  # strict=False: only num_batches_tracked may be missing
     return model
 
 
-def _backbone_state_dict(arch: str, backbone_weights: str | Path, backbone_flag: str) -> dict:
+def _backbone_state_dict(arch: str, backbone_weights: str | Path, flags: WeightFlags) -> dict:
     """An ImageNet ResNet state dict without ``fc.*``, checked against the network's backbone."""
     resnet = _resnet_of(arch)
-    file_name = _file_name(_IMAGENET_WEIGHTS[resnet])
-    wanted = f"torchvision's ImageNet file for {resnet} ({file_name}), or {backbone_flag} imagenet to download it"
+    file_name = published_file_name(_IMAGENET_WEIGHTS[resnet])
+    wanted = f"torchvision's ImageNet file for {resnet} ({file_name})"
+    if flags.backbone_download:
+        wanted += f", or {flags.backbone_download} to download it"
     if backbone_weights == "imagenet":
-        state = _fetch(_IMAGENET_WEIGHTS[resnet], "ImageNet weights", backbone_flag)
+        state = fetch_torchvision_weights(_IMAGENET_WEIGHTS[resnet], "ImageNet weights", flags.backbone_file)
         source = f"torchvision's ImageNet weights {file_name}"
     else:
         path = Path(backbone_weights)
-        state, source = _read_file(path, backbone_flag, wanted), f"{backbone_flag} {path}"
+        state, source = read_weights_file(path, flags.backbone_file, wanted), f"{flags.backbone_file} {path}"
     if not _is_state_dict(state):
         raise UserError(f"{source} is not a state dict of tensors (it looks like {_describe(state)}): pass {wanted}")
     weights = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -293,25 +283,25 @@ def _backbone_state_dict(arch: str, backbone_weights: str | Path, backbone_flag:
 
 
 def build_segmenter(arch: str, num_classes: int = 21, weights: str | Path | None = None,
-                    backbone_weights: str | Path | None = None, weights_flag: str = "--teacher-checkpoint",
-                    backbone_flag: str = "--backbone-weights") -> TorchvisionSegmenter:
+                    backbone_weights: str | Path | None = None,
+                    flags: WeightFlags = WeightFlags()) -> TorchvisionSegmenter:
     """One of ``ARCHITECTURES`` with ``num_classes`` outputs, randomly initialised unless told otherwise.
 
     ``weights``: the whole network's weights: ``"coco"`` (torchvision's COCO-with-VOC-labels weights, 21 classes,
     downloaded once into torch.hub's checkpoints folder) or the path of a checkpoint written by ``save_weights`` or
     of a torchvision state dict file. ``backbone_weights``: ``"imagenet"`` (torchvision's ImageNet weights) or the
-    path of a torchvision ResNet state dict file; the head stays random. ``weights_flag`` and ``backbone_flag`` are
-    the script's flags, named in error messages. Files are checked before the network is built.
+    path of a torchvision ResNet state dict file; the head stays random. ``flags``: the script's flags, named in
+    error messages. Files are checked before the network is built, and read tensors-only (``weights_only``).
     """
     _check_arguments(arch, num_classes)
     if weights is not None and backbone_weights is not None:
-        raise UserError(f"pass either {weights_flag} (the whole network) or {backbone_flag} (the backbone only), "
-                        f"not both: whole-network weights already hold a backbone")
+        raise UserError(f"pass either {flags.network_file} (the whole network) or {flags.backbone_file} (the "
+                        f"backbone only), not both: whole-network weights already hold a backbone")
     if weights is not None:
-        return _with_network_weights(arch, num_classes, weights, weights_flag, backbone_flag)
+        return _with_network_weights(arch, num_classes, weights, flags)
     backbone_state = None
     if backbone_weights is not None:
-        backbone_state = _backbone_state_dict(arch, backbone_weights, backbone_flag)
+        backbone_state = _backbone_state_dict(arch, backbone_weights, flags)
     model = TorchvisionSegmenter(arch, num_classes)
     if backbone_state is not None:
         model.backbone.load_state_dict(backbone_state, strict=False)  # only num_batches_tracked may be missing

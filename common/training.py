@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.errors import UserError
+from common.errors import UserError, one_line
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -156,6 +157,9 @@ def shutdown_distributed() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ run folder
+_NEW_RUNS: list[Path] = []   # run folders this process created; run_main removes those a user error left empty
+
+
 class RunDir:
     """``runs/<script>/<time>/`` (or ``--out``): config.json, metrics.jsonl, checkpoints/, figures/, tables."""
 
@@ -169,14 +173,17 @@ class RunDir:
 
     @classmethod
     def create(cls, script: str, out: str | None) -> "RunDir":
-        path = Path(out) if out else Path("runs") / script / time.strftime("%Y%m%d-%H%M%S")
-        if path.exists() and any(path.iterdir()):
-            raise UserError(f"run folder {path} already holds a run; continue it with --resume {path}, "
-                            f"or choose another --out.")
+        """A new run folder, claimed atomically: ``--out`` (a new or empty folder), else ``runs/<script>/<time>``
+        with ``-2``, ``-3``, ... appended when another run started in the same second."""
+        path = _claim_out_folder(Path(out)) if out else _claim_timestamped_folder(Path("runs") / script)
+        _NEW_RUNS.append(path)
         return cls(path)
 
     @classmethod
     def open_existing(cls, path: str | Path) -> "RunDir":
+        if not Path(path).is_dir():
+            raise UserError(f"--resume {path}: no such folder; give the run folder that the interrupted run printed "
+                            f"(runs/<script>/<time>).")
         if not (Path(path) / "config.json").is_file():
             raise UserError(f"--resume {path}: no config.json there, so it is not a run folder of this repository.")
         return cls(path)
@@ -191,6 +198,20 @@ class RunDir:
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def outputs(self) -> str:
+        """What the run wrote for the reader, as the closing line names it: its tables and figures/."""
+        files = sorted(p.name for p in self.path.iterdir() if p.is_file() and p.suffix in (".csv", ".md"))
+        if self.figures.is_dir() and any(self.figures.iterdir()):
+            files.append("figures/")
+        return ", ".join(files) or "config.json, metrics.jsonl"
+
+    def logged(self, job: str, event: str) -> bool:
+        """Whether metrics.jsonl already holds ``event`` of ``job`` (a resumed run must not log it twice)."""
+        if not self.metrics_file.exists():
+            return False
+        return any((r := json.loads(line)).get("job") == job and r.get("event") == event
+                   for line in self.metrics_file.read_text().splitlines())
+
     def forget_after(self, job: str, step: int) -> None:
         """On resume: drop the job's log lines written after its last checkpoint, which the rerun writes again."""
         if not self.metrics_file.exists():
@@ -198,6 +219,58 @@ class RunDir:
         keep = [line for line in self.metrics_file.read_text().splitlines()
                 if not ((r := json.loads(line)).get("job") == job and r.get("iteration", 0) > step)]
         atomic_write_text(self.metrics_file, "".join(line + "\n" for line in keep))
+
+
+def _claim_out_folder(path: Path) -> Path:
+    """``--out``: a folder that does not exist yet, or an empty one. Claimed by creating its ``checkpoints/``,
+    which only one process can do, so two runs given the same ``--out`` cannot both write into it."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a folder; give a new folder path to --out.")
+    if path.is_dir() and (path / "config.json").is_file():
+        raise UserError(f"--out {path} already holds a run; continue it with --resume {path}, or give another --out.")
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"--out {path} holds other files (it is not a run folder); give a new or empty folder "
+                        f"to --out.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "checkpoints").mkdir()
+    except FileExistsError:
+        raise UserError(f"--out {path} was just taken by another run; give another --out.") from None
+    except OSError as e:
+        raise UserError(f"cannot create the run folder --out {path} ({e.strerror}); give a folder you can write "
+                        f"to.") from None
+    return path
+
+
+def _claim_timestamped_folder(parent: Path) -> Path:
+    """``parent/<YYYYmmdd-HHMMSS>[-n]``, created with an exclusive mkdir: unique even for runs started at once."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {parent} ({e.strerror}); run from a folder you can write to, or give "
+                        f"--out FOLDER.") from None
+    for n in range(1, 1000):
+        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"{parent} holds 999 runs started in the same second; give --out FOLDER.")
+
+
+def discard_unfinished_runs() -> list[Path]:
+    """Remove the run folders this process created that hold no checkpoint yet (a user error stopped the run
+    before any job saved anything: nothing there is worth resuming); return them."""
+    removed = []
+    for path in _NEW_RUNS:
+        checkpoints = path / "checkpoints"
+        if path.is_dir() and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    _NEW_RUNS.clear()
+    return removed
 
 
 def add_device_arguments(group, device_help: str = "auto (default), cpu or cuda") -> None:
@@ -218,14 +291,37 @@ def add_run_folder_arguments(group, script: str) -> None:
     group.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
 
 
+# settings that name files or folders; stored absolute, so that --resume from another working folder finds them
+PATH_SETTINGS = ("cache_dir", "data_root", "teacher_checkpoint", "backbone_weights", "teacher_backbone")
+NAMED_WEIGHTS = ("imagenet", "coco")   # values of those settings that name published weights, not paths
+
+
+def default_text(config_class: type, presets: dict, name: str) -> str:
+    """'default X' (and '; paper preset Y' where that preset changes it) for a flag's --help, read from the script's
+    Config and PRESETS so that the help cannot drift from what a run uses."""
+    def show(value) -> str:
+        if isinstance(value, tuple):
+            return ",".join(map(show, value))
+        return f"{value:,}" if type(value) is int else f"{value:g}" if isinstance(value, float) else str(value)
+    ours = getattr(config_class, name)
+    paper = presets["paper"].get(name, ours)
+    return f"default {show(ours)}" + (f"; paper preset {show(paper)}" if paper != ours else "")
+
+
 def config_from_args(args, config_class: type, presets: dict, **parsed):
     """The run's config: the dataclass's defaults, then ``presets[args.preset or "default"]``, then every flag the
-    user gave (argparse's None means "not given"), then ``parsed`` (flags the script parsed itself, e.g. lists)."""
+    user gave (argparse's None means "not given"), then ``parsed`` (flags the script parsed itself, e.g. lists).
+    Paths (``PATH_SETTINGS``) become absolute."""
     preset = args.preset or "default"
     names = {f.name for f in dataclasses.fields(config_class)}
     given = {k: v for k, v in vars(args).items() if k in names and k != "preset" and v is not None}
-    return config_class(**{**dataclasses.asdict(config_class()), **presets[preset], "preset": preset, **given,
-                           **parsed})
+    config = config_class(**{**dataclasses.asdict(config_class()), **presets[preset], "preset": preset, **given,
+                             **parsed})
+    for name in PATH_SETTINGS:
+        value = getattr(config, name, None)
+        if isinstance(value, str) and value and value not in NAMED_WEIGHTS:
+            setattr(config, name, str(Path(value).expanduser().absolute()))
+    return config
 
 
 def resume_run(args, config_class: type) -> tuple:
@@ -269,16 +365,18 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickled code."""
+def load_checkpoint(path: str | Path, what: str = "checkpoint",
+                    fix: str = "delete it, and the job trains again") -> dict:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickled code. ``what``
+    names the file in errors (a flag, for a file the user gave) and ``fix`` says what to do about a bad one."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist.")
+        raise UserError(f"{what} {path} does not exist: {fix}.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt, or not a checkpoint at all
-        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); it is corrupt or "
-                        f"not a PyTorch checkpoint. Delete it and train again.") from e
+    except Exception as e:  # truncated, corrupt, not a checkpoint at all, or one that holds more than tensors
+        raise UserError(f"{what} {path} cannot be read ({type(e).__name__}: {one_line(e, 100)}): it is corrupt, not "
+                        f"a PyTorch checkpoint, or holds more than tensors; {fix}.") from e
 
 
 def save_weights(path: str | Path, model: nn.Module, extra: dict | None = None) -> None:
@@ -287,8 +385,11 @@ def save_weights(path: str | Path, model: nn.Module, extra: dict | None = None) 
 
 
 def load_weights(model: nn.Module, path: str | Path, what: str = "checkpoint") -> dict:
-    """Load weights saved by ``save_weights`` into ``model``; another architecture is a clear user error."""
-    state = load_checkpoint(path)
+    """Load weights saved by ``save_weights`` into ``model``; another architecture is a clear user error. ``what``
+    names the file in errors: a flag (``--teacher-checkpoint``) for the user's own file, else one of ours."""
+    fix = ("pass a checkpoint written by this repository's scripts" if what.startswith("--")
+           else "delete it, and it is trained again")
+    state = load_checkpoint(path, what, fix)
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{what} {path} holds no model weights (expected a file written by this repository).")
     expected, found = model.config(), state.get("arch")
@@ -455,7 +556,8 @@ def train_job(model: nn.Module, optimizer: torch.optim.Optimizer,
                   evaluate=evaluate, eval_every=eval_every, checkpoint_every=checkpoint_every, amp=amp,
                   best_key=None, progress=progress, diverge_above=math.inf, cpu_bf16=cpu_bf16)
     metrics = {k: v for k, v in (history.evals[-1] if history.evals else evaluate()).items() if k != "iteration"}
-    run.log({"job": name, "event": "final", **metrics})
+    if not run.logged(name, "final"):   # a resumed run reloads finished jobs: their "final" line is there
+        run.log({"job": name, "event": "final", **metrics})
     if history.diverged:
         print(f"  {name}: the loss became non-finite; its row is marked 'diverged' (try a lower rate)", flush=True)
     return Trained(name, label, evaluated if evaluated is not None else model, metrics, history.train_loss,
@@ -553,10 +655,14 @@ def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a script's ``main``; a ``UserError`` prints one line and exits with status 2, not a traceback."""
+    """Run a script's ``main``; a ``UserError`` prints one line and exits with status 2, not a traceback, and leaves
+    no half-made run folder behind (see ``discard_unfinished_runs``)."""
+    _NEW_RUNS.clear()
     try:
         main()
+        _NEW_RUNS.clear()
     except UserError as e:
+        discard_unfinished_runs()
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     except KeyboardInterrupt:

@@ -110,7 +110,7 @@ def test_out_folder_that_already_holds_files(tmp_path):
     out.mkdir()
     (out / "metrics.jsonl").write_text("{}\n")
     result = run_script("--out", str(out), "--cache-dir", str(tmp_path / "cache"))
-    assert_user_error(result, str(out), "--resume")
+    assert_user_error(result, str(out), "holds other files")  # not a run (no config.json): nothing to resume
     assert (out / "metrics.jsonl").read_text() == "{}\n"  # nothing overwritten
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
 

@@ -218,12 +218,11 @@ def test_a_row_trains_the_same_alone_as_in_its_table(tmp_path):
 def test_imagenet_weights_that_cannot_be_fetched_stop_before_the_run_folder(tmp_path, monkeypatch):
     import urllib.error
 
-    import torchvision
-
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     script.imagenet_backbone.cache_clear()
     with pytest.raises(UserError, match="--backbone-weights"):
         script.main(["--backbone", "mobilenet_v2", "--backbone-init", "imagenet", "--out", str(tmp_path / "run"),

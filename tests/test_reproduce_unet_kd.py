@@ -76,6 +76,9 @@ def test_run_killed_mid_training_resumes_to_the_same_numbers(tmp_path):
     evals = [(r["job"], r["iteration"]) for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
              if "test_loss" in r]
     assert len(evals) == len(set(evals)), "a resumed job logged an evaluation twice"
+    finals = [r["job"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+              if r.get("event") == "final"]
+    assert len(finals) == len(set(finals)), "a job finished before the kill logged its final line again"
 
 
 def test_tiled_prediction_equals_whole_image_prediction_for_a_pointwise_model():

@@ -2,6 +2,7 @@
 written here in the published layouts."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+import common.roads as roads
 from common.errors import UserError
+from common.filecheck import PARALLEL_FROM
 from common.roads import (APOLLO_CLASSES, APOLLO_LABELS, CULANE_CLASSES, IGNORE_INDEX, ROAD_CLASSES,
                           ApolloScapeLanes, CULaneLanes, SyntheticRoads, colorize_roads, road_dataset,
                           road_palette)
@@ -112,9 +115,10 @@ def apollo_ids(seed: int) -> np.ndarray:
 
 
 def write_apollo(root: Path, road: str, record: str, camera: int, stamp: str, ids: np.ndarray | None,
-                 image: bool = True) -> tuple[Path, Path]:
-    """One frame: ColorImage_roadXX/ColorImage/RecordNNN/Camera N/<stamp>_Camera_N.jpg and its _bin.png."""
-    cam = f"Camera {camera}"
+                 image: bool = True, space: str = " ") -> tuple[Path, Path]:
+    """One frame: ColorImage_roadXX/ColorImage/RecordNNN/Camera N/<stamp>_Camera_N.jpg and its _bin.png (the
+    camera folder 'Camera_N' with ``space="_"``, as on the IntRA-KD authors' disk)."""
+    cam = f"Camera{space}{camera}"
     image_path = root / f"ColorImage_{road}" / "ColorImage" / record / cam / f"{stamp}_Camera_{camera}.jpg"
     label_path = root / f"Labels_{road}" / "Label" / record / cam / f"{stamp}_Camera_{camera}_bin.png"
     if image:
@@ -167,6 +171,17 @@ def test_apollo_falls_back_to_every_tenth_pair_and_skips_incomplete_pairs(tmp_pa
     write_apollo(tmp_path, "road04", "Record001", 6, "1712_noimage", apollo_ids(0), image=False)
     train, val = ApolloScapeLanes(tmp_path, "train"), ApolloScapeLanes(tmp_path, "val")
     assert len(train) == 11 and [p.name for p in val.images] == ["1712_09_Camera_5.jpg"]
+    assert train.frames_without_label == 1 and train.labels_without_frame == 1
+    left_out = "1 frame without a label file and 1 label file without a frame left out"
+    assert f"train (11 images; {left_out}; split by record)" in train.name and left_out in repr(val)
+
+
+def test_apollo_counts_every_frame_left_out_and_says_nothing_when_none_are(apollo_records):
+    assert "left out" not in ApolloScapeLanes(apollo_records, "train").name
+    for k in range(3):
+        write_apollo(apollo_records, "road02", "Record001", 5, f"nolabel{k}", None)
+    data = ApolloScapeLanes(apollo_records, "train")
+    assert "(9 images; 3 frames without a label file left out; split by record)" in data.name
 
 
 def test_apollo_uses_a_list_file(apollo_records):
@@ -190,6 +205,65 @@ def test_apollo_uses_a_list_file(apollo_records):
     one_line(e)
 
 
+def intra_kd_line(frame: Path) -> str:
+    """A line of IntRA-KD's list/val.txt (github.com/cardwing/Codes-for-IntRA-KD): its authors' absolute paths,
+    'Camera_5' folders, and four lane flags."""
+    road, _, record, _, name = frame.parts[-5:]
+    camera = "Camera_" + name[-5]
+    return (f"/home/houyuenan/ApolloScapes/{road}/ColorImage/{record}/{camera}/{name} "
+            f"/home/houyuenan/ApolloScapes/{road.replace('ColorImage_', 'Labels_')}/Label/{record}/{camera}/"
+            f"{name[:-4]}_bin.png 1 1 1 1")
+
+
+@pytest.mark.parametrize("space", [" ", "_"])
+def test_apollo_reads_intra_kds_list_files(tmp_path, space):
+    for k in range(4):
+        write_apollo(tmp_path, f"road0{2 + k // 2}", f"Record00{k}", 5 + k % 2, f"171206_06112{k}", apollo_ids(k),
+                     space=space)
+    frames = sorted(tmp_path.glob("ColorImage_road*/ColorImage/*/*/*.jpg"))
+    assert len(frames) == 4 and len(ApolloScapeLanes(tmp_path, "train")) == 4    # either folder spelling
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "val.txt").write_text("".join(intra_kd_line(f) + "\n" for f in frames[::-1]))
+    val = ApolloScapeLanes(tmp_path, "val")
+    assert val.images == frames[::-1] and str(tmp_path / "list" / "val.txt") in val.name
+    assert val.labels[0].parent.name == f"Camera{space}6" and val.labels[0].is_file()
+    assert np.array_equal(val[3][1].numpy(), expected_train_ids(apollo_ids(0)))
+    assert ApolloScapeLanes(tmp_path, "test").images == val.images           # test reads val.txt
+
+
+@pytest.fixture
+def culane_with_its_image_lists(culane: Path) -> Path:
+    """CULane as published also has list/train.txt and val.txt, which name images only."""
+    for split, frames in CULANE_FRAMES.items():
+        (culane / "list" / f"{split}.txt").write_text("".join(f"/{frame}.jpg\n" for frame in frames))
+    return culane
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_culane_given_as_apolloscape_says_so(culane_with_its_image_lists, split):
+    (culane_with_its_image_lists / "list" / "val.txt").unlink()                 # val: looks for pairs instead
+    with pytest.raises(UserError, match=rf"{culane_with_its_image_lists} looks like CULane, which "
+                                        rf"reproduce_intra_kd\.py --dataset culane reads") as e:
+        ApolloScapeLanes(culane_with_its_image_lists, split)
+    one_line(e)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_apolloscape_given_as_culane_says_so(apollo_records, split):
+    with pytest.raises(UserError, match=rf"{apollo_records} looks like ApolloScape lane segmentation, which "
+                                        rf"reproduce_intra_kd\.py --dataset apolloscape reads") as e:
+        road_dataset("culane", apollo_records, split)
+    one_line(e)
+
+
+def test_a_folder_of_neither_gets_no_hint(tmp_path):
+    (tmp_path / "list").mkdir()
+    for make in (lambda: ApolloScapeLanes(tmp_path, "train"), lambda: CULaneLanes(tmp_path, "train")):
+        with pytest.raises(UserError) as e:
+            make()
+        assert "looks like" not in one_line(e) and "--data-root" in str(e.value)
+
+
 def test_apollo_crop_top_and_size(apollo_records):
     cropped = ApolloScapeLanes(apollo_records, "train", crop_top=0.25)
     image, mask = cropped[0]
@@ -202,15 +276,88 @@ def test_apollo_crop_top_and_size(apollo_records):
     one_line(e)
 
 
-def test_apollo_unknown_label_id_names_the_file(tmp_path):
+@pytest.fixture
+def no_frame_decoding(monkeypatch):
+    """Building a data set must not decode frames (a full-size JPEG takes ~50 ms) nor read items."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a frame was decoded or an item read while the data set was built")
+    monkeypatch.setattr(roads, "read_image", refuse)
+    monkeypatch.setattr(roads.RoadFiles, "__getitem__", refuse)
+
+
+def test_apollo_unknown_label_id_is_caught_when_built(tmp_path, no_frame_decoding):
     ids = apollo_ids(1)
     ids[2, 2], ids[3, 3] = 7, 100
     for k in range(10):
         write_apollo(tmp_path, "road02", "Record001", 5, f"s{k}", ids if k == 0 else apollo_ids(k))
-    data = ApolloScapeLanes(tmp_path, "train")
-    with pytest.raises(UserError, match=r"s0_Camera_5_bin\.png.*\[7, 100\].*200-233") as e:
-        data[0]
+    with pytest.raises(UserError, match=r"1 of 9 ApolloScape train .*s0_Camera_5_bin\.png.*\[7, 100\].*200-233") as e:
+        ApolloScapeLanes(tmp_path, "train")
     one_line(e)
+
+
+def break_label_as_rgb(label: Path) -> None:
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(label)          # a colour rendering, not ids
+
+
+def break_label_size(label: Path) -> None:
+    Image.fromarray(apollo_ids(0)[:, :-2], mode="L").save(label)
+
+
+def break_label_truncated(label: Path) -> None:
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8), mode="L").save(label)
+    label.write_bytes(label.read_bytes()[:200])                          # the header reads, the pixels do not
+
+
+def break_image(image: Path) -> None:
+    image.write_bytes(b"not a jpeg")
+
+
+@pytest.mark.parametrize("breaks, which, words", [
+    (break_label_as_rgb, 1, r"single-channel"),
+    (break_label_size, 1, r"\(8, 10\) \(height, width\) but its image .* is \(8, 12\)"),
+    (break_label_truncated, 1, r"not a readable PNG"),
+    (break_image, 0, r"not a readable image"),
+])
+def test_apollo_bad_files_are_caught_when_built(tmp_path, no_frame_decoding, breaks, which, words):
+    bad = [write_apollo(tmp_path, "road02", "Record001", 5, f"s{k}", apollo_ids(k))[which] for k in range(10)][4]
+    breaks(bad)
+    with pytest.raises(UserError, match=f"{bad.name.replace('.', '[.]')}.*{words}") as e:
+        ApolloScapeLanes(tmp_path, "train")
+    assert str(bad) in one_line(e) and "re-extract" in str(e.value)
+
+
+def test_two_bad_files_are_named_in_one_message(tmp_path, no_frame_decoding):
+    bad_ids = apollo_ids(3)
+    bad_ids[0, 0] = 7
+    for k in range(10):
+        write_apollo(tmp_path, "road02", "Record001", 5, f"s{k}", bad_ids if k == 2 else apollo_ids(k))
+    break_label_as_rgb(write_apollo(tmp_path, "road02", "Record001", 5, "s5", apollo_ids(5))[1])
+    with pytest.raises(UserError, match=r"^2 of 9 ApolloScape train image/label pairs failed") as e:
+        ApolloScapeLanes(tmp_path, "train")
+    assert "s2_Camera_5_bin.png holds label values [7]" in one_line(e)
+    assert "s5_Camera_5_bin.png is a mode-RGB image" in str(e.value)
+
+
+def test_a_second_build_with_the_same_verdicts_checks_nothing(apollo_records, tmp_path, monkeypatch):
+    checked = []
+    read_id_png = roads._read_id_png
+    monkeypatch.setattr(roads, "_read_id_png", lambda path, fix: checked.append(path) or read_id_png(path, fix))
+    verdicts = tmp_path / "cache" / "file_checks.json"
+    train = road_dataset("apolloscape", apollo_records, "train", verdicts=verdicts, progress=False)
+    assert len(train) < PARALLEL_FROM and sorted(checked) == sorted(train.labels)   # checked in this process
+    checked.clear()
+    assert len(road_dataset("apolloscape", apollo_records, "train", verdicts=verdicts, progress=False)) == 9
+    assert checked == []
+    label = train.labels[4]
+    bad = apollo_ids(4)
+    bad[5, 5] = 100
+    Image.fromarray(bad, mode="L").save(label)
+    stat = label.stat()
+    os.utime(label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))       # whatever the clock's grain
+    with pytest.raises(UserError, match=rf"^1 of 9 .*{label.name}.*\[100\]") as e:
+        ApolloScapeLanes(apollo_records, "train", verdicts=verdicts, progress=False)
+    one_line(e)
+    assert checked == [label]                                                    # only the changed file
 
 
 def test_apollo_unreadable_files_are_user_errors(tmp_path):
@@ -280,13 +427,16 @@ def test_culane_reads_lane_masks(culane):
     assert road_dataset("culane", culane, "val", size=(4, 6))[0][1].shape == (4, 6)
 
 
-def test_culane_bad_label_value_names_the_file(culane):
+def test_culane_bad_label_values_are_caught_when_built(culane, no_frame_decoding):
     label = culane_label(0)
     label[1, 1] = 9
     Image.fromarray(label, mode="L").save(culane / "laneseg_label_w16" / f"{CULANE_FRAMES['train'][0]}.png")
-    with pytest.raises(UserError, match=r"00000\.png.*\[9\]") as e:
-        CULaneLanes(culane, "train")[0]
+    break_label_as_rgb(culane / "laneseg_label_w16" / f"{CULANE_FRAMES['train'][1]}.png")
+    with pytest.raises(UserError, match=r"^2 of 3 CULane train .*05151649_0422\.MP4/00000\.png.*\[9\].*0-4, 255"
+                                         r".*00030\.png is a mode-RGB") as e:
+        CULaneLanes(culane, "train")
     one_line(e)
+    assert len(CULaneLanes(culane, "val")) == 1
 
 
 def test_culane_list_naming_a_missing_file(culane):
@@ -312,6 +462,6 @@ def test_culane_test_split_and_missing_lists(culane, tmp_path):
 def test_road_dataset_picks_the_loader(apollo_records):
     data = road_dataset("apolloscape", apollo_records, "val", crop_top=0.5)
     assert isinstance(data, ApolloScapeLanes) and data[0][0].shape == (3, H // 2, W)
-    with pytest.raises(UserError, match="apolloscape, culane") as e:
+    with pytest.raises(UserError, match="--dataset apolloscape or culane") as e:
         road_dataset("kitti", apollo_records, "train")
     one_line(e)

@@ -219,6 +219,9 @@ def test_rundir_create_refuses_a_used_folder(tmp_path):
     with pytest.raises(UserError, match="--resume"):
         RunDir.create("x", str(tmp_path / "run"))
     assert RunDir.open_existing(tmp_path / "run").read_config() == {"a": 1}
+    with pytest.raises(UserError, match="no such folder"):
+        RunDir.open_existing(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
     with pytest.raises(UserError, match="config.json"):
         RunDir.open_existing(tmp_path / "elsewhere")
 
@@ -392,3 +395,14 @@ def test_fit_steps_a_plateau_scheduler_on_each_evaluation(tmp_path):
     fit(model, optimizer, loss_fn, 6, name="plateau", run=RunDir(tmp_path), device=torch.device("cpu"),
         scheduler=plateau, evaluate=lambda: {"val_loss": 1.0}, eval_every=2, best_key=None, progress=False)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)     # evaluations at 2, 4, 6: halved at 4 and 6
+
+
+def test_train_job_logs_its_final_line_once_across_a_resume(data, tmp_path):
+    """A resumed run reloads a finished job from its checkpoint: its "final" line is not written again."""
+    run = RunDir(tmp_path / "run")
+    for _ in range(2):   # the second call is what --resume does for a job that had finished
+        model, optimizer, scheduler, loss_fn, evaluate = make_job(data)
+        training.train_job(model, optimizer, loss_fn, 4, name="job", label="job", run=run, device=torch.device("cpu"),
+                           evaluate=evaluate, eval_every=2, checkpoint_every=2, amp=False, progress=False, seed=SEED,
+                           scheduler=scheduler)
+    assert [r.get("event") for r in records(run)].count("final") == 1

@@ -1,7 +1,8 @@
-"""Tests for common/voc.py: the VOC / SBD loaders (on tiny trees written here in the published layouts),
-synthetic scenes, the augmentation, and the figure helpers."""
+"""Tests for common/voc.py: the VOC / SBD loaders (on tiny trees written here in the published layouts) and
+their check of every file before training, synthetic scenes, the augmentation, and the figure helpers."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import torchvision
 from PIL import Image
 from scipy import ndimage
 
+import common.filecheck as filecheck
+import common.voc as voc_module
 from common.errors import UserError
 from common.voc import (IGNORE_INDEX, MEAN, NUM_CLASSES, STD, VOC_CLASSES, VOC_PALETTE, SyntheticScenes, augment,
                         check_labels, colorize, denormalize, normalize, voc_dataset)
@@ -252,24 +255,7 @@ def test_trainaug_sbd_missing_mat(tmp_path):
         voc_dataset(tmp_path, "trainaug")
 
 
-def test_trainaug_sbd_corrupt_mat(tmp_path):
-    make_voc(tmp_path)
-    make_sbd(tmp_path)
-    (tmp_path / "benchmark_RELEASE/dataset/cls/2008_000100.mat").write_bytes(b"MATLAB 5.0 MAT-file, garbage")
-    ds = voc_dataset(tmp_path, "trainaug")
-    with pytest.raises(UserError, match=r"2008_000100\.mat"):
-        ds[0]
-
-
-def test_trainaug_sbd_mat_without_gtcls(tmp_path):
-    make_voc(tmp_path)
-    make_sbd(tmp_path)
-    scipy.io.savemat(tmp_path / "benchmark_RELEASE/dataset/cls/2008_000100.mat", {"GTinst": np.zeros((2, 2))})
-    with pytest.raises(UserError, match=r"2008_000100\.mat.*GTcls"):
-        voc_dataset(tmp_path, "trainaug")[0]
-
-
-# ---- errors ------------------------------------------------------------------------------------------------------
+# ---- errors: where the data is ------------------------------------------------------------------------------------
 def test_missing_root(tmp_path):
     with pytest.raises(UserError, match="no_such_folder") as e:
         voc_dataset(tmp_path / "no_such_folder", "train")
@@ -278,8 +264,27 @@ def test_missing_root(tmp_path):
 
 def test_root_without_voc(tmp_path):
     (tmp_path / "something").mkdir()
-    with pytest.raises(UserError, match="VOCdevkit/VOC2012"):
+    with pytest.raises(UserError, match="VOCdevkit/VOC2012") as e:
         voc_dataset(tmp_path, "train")
+    assert "looks like" not in str(e.value)  # no hint where the folder holds no known data set
+
+
+def test_root_of_another_data_set_is_named(tmp_path):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
+    with pytest.raises(UserError, match="no VOC 2012 data") as e:
+        voc_dataset(tmp_path, "train")
+    assert "looks like CIFAR-10" in str(e.value) and "reproduce_fcn_kd.py --experiment A" in str(e.value)
+
+
+def test_sbd_extracted_into_the_root_is_named(tmp_path):
+    # SBD's dataset/ unpacked straight into the root, not as benchmark_RELEASE/dataset next to VOCdevkit
+    make_voc(tmp_path)
+    make_sbd(tmp_path)
+    (tmp_path / "benchmark_RELEASE" / "dataset").rename(tmp_path / "dataset")
+    with pytest.raises(UserError, match="no trainaug data") as e:
+        voc_dataset(tmp_path, "trainaug")
+    assert "looks like SBD" in str(e.value) and "next to VOCdevkit" in str(e.value)
 
 
 def test_missing_list_file(tmp_path):
@@ -307,15 +312,28 @@ def test_missing_mask_folder(tmp_path):
         voc_dataset(tmp_path, "val")
 
 
+# ---- errors: bad files, found when the data set is built (no item is read) ------------------------------------------
+def build_fails(root: Path, split: str, *bad: str) -> str:
+    """voc_dataset's error message, asserting it came from the check before training and names every ``bad``."""
+    with pytest.raises(UserError, match="failed their check before training") as e:
+        voc_dataset(root, split, progress=False)
+    message = str(e.value)
+    assert f"{len(bad)} of " in message
+    for name in bad:
+        assert name in message
+    return message
+
+
+VOC_MASKS = "VOCdevkit/VOC2012/SegmentationClass"
+VOC_IMAGES = "VOCdevkit/VOC2012/JPEGImages"
+SBD_CLS = "benchmark_RELEASE/dataset/cls"
+
+
 def test_rgb_mask_is_explained(tmp_path):
     data = make_voc(tmp_path)
-    path = tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2007_000039.png"
-    Image.fromarray(colorize(data["2007_000039"][1])).save(path)  # someone saved the colour rendering
-    ds = voc_dataset(tmp_path, "train")
-    ds[0]
-    with pytest.raises(UserError, match=r"2007_000039\.png") as e:
-        ds[1]
-    assert "RGB" in str(e.value) and "palette" in str(e.value)
+    Image.fromarray(colorize(data["2007_000039"][1])).save(tmp_path / VOC_MASKS / "2007_000039.png")  # a rendering
+    message = build_fails(tmp_path, "train", "2007_000039.png")
+    assert "RGB" in message and "palette" in message
 
 
 @pytest.mark.parametrize("bad", [21, 100])
@@ -323,42 +341,186 @@ def test_mask_values_out_of_range(tmp_path, bad):
     data = make_voc(tmp_path)
     mask = data["2009_000001"][1].copy()
     mask[3, 4] = bad
-    write_palette_png(tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2009_000001.png", mask)
-    ds = voc_dataset(tmp_path, "val")  # checked lazily, when read
-    with pytest.raises(UserError, match=r"2009_000001\.png") as e:
-        ds[1]
-    assert f"[{bad}]" in str(e.value)
+    write_palette_png(tmp_path / VOC_MASKS / "2009_000001.png", mask)
+    assert f"[{bad}]" in build_fails(tmp_path, "val", "2009_000001.png")
+
+
+def test_sixteen_bit_mask(tmp_path):
+    make_voc(tmp_path)
+    Image.fromarray(np.zeros((16, 28), np.uint16)).save(tmp_path / VOC_MASKS / "2007_000033.png")  # mode I;16
+    assert "8-bit" in build_fails(tmp_path, "val", "2007_000033.png")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_png(tmp_path, damage):
     make_voc(tmp_path)
-    path = tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2007_000032.png"
+    path = tmp_path / VOC_MASKS / "2007_000032.png"
     data = path.read_bytes()
     path.write_bytes(b"not a png at all" * 20 if damage == "garbage" else data[:len(data) // 2])
-    ds = voc_dataset(tmp_path, "train")
-    with pytest.raises(UserError, match=r"2007_000032\.png"):
-        ds[0]
+    build_fails(tmp_path, "train", "2007_000032.png")
 
 
-def test_corrupt_jpeg(tmp_path):
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_jpeg(tmp_path, damage):
     make_voc(tmp_path)
-    (tmp_path / "VOCdevkit/VOC2012/JPEGImages/2008_000002.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    with pytest.raises(UserError, match=r"2008_000002\.jpg"):
-        voc_dataset(tmp_path, "train")[2]
+    path = tmp_path / VOC_IMAGES / "2008_000002.jpg"
+    data = path.read_bytes()
+    path.write_bytes(b"\xff\xd8\xff garbage" if damage == "garbage" else data[:-20])
+    if damage == "truncated":  # a cut-short download keeps a readable header: only decoding the data shows it
+        assert Image.open(path).size == (22, 18)
+    build_fails(tmp_path, "train", "2008_000002.jpg")
 
 
 def test_mask_image_size_mismatch(tmp_path):
     make_voc(tmp_path)
-    write_palette_png(tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2007_000033.png", np.zeros((5, 5), np.uint8))
-    with pytest.raises(UserError, match=r"2007_000033\.png"):
-        voc_dataset(tmp_path, "val")[0]
+    write_palette_png(tmp_path / VOC_MASKS / "2007_000033.png", np.zeros((5, 5), np.uint8))
+    message = build_fails(tmp_path, "val", "2007_000033.png")
+    assert "(5, 5)" in message and "(16, 28)" in message
+
+
+def test_every_bad_file_is_named_in_one_error(tmp_path):
+    data = make_voc(tmp_path)
+    (tmp_path / VOC_IMAGES / "2007_000032.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    mask = data["2008_000002"][1].copy()
+    mask[0, 0] = 50
+    write_palette_png(tmp_path / VOC_MASKS / "2008_000002.png", mask)
+    message = build_fails(tmp_path, "train", "2007_000032.jpg", "2008_000002.png")
+    assert "2 of 3 VOC 2012 train" in message and "2007_000039" not in message
+
+
+def test_item_read_checks_remain(tmp_path):
+    # the second line of defence: a file broken after the data set was built fails when its item is read
+    make_voc(tmp_path)
+    ds = voc_dataset(tmp_path, "val", progress=False)
+    write_palette_png(tmp_path / VOC_MASKS / "2007_000033.png", np.full((16, 28), 30, np.uint8))
+    with pytest.raises(UserError, match=r"2007_000033\.png.*\[30\]"):
+        ds[0]
+
+
+def mat_v73(path: Path) -> None:
+    """The 128-byte header of a MATLAB v7.3 (HDF5) file: what MATLAB's save -v7.3 writes first."""
+    path.write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+                     .ljust(116) + b"\0" * 8 + b"\x00\x02IM" + b"\0" * 384)
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("garbage", "not a MATLAB file"),
+    ("empty", "not a MATLAB file"),
+    ("v4", "MATLAB v4"),
+    ("v7.3", "MATLAB v7.3 (HDF5)"),
+    ("no GTcls", "GTcls"),
+    ("3-D", "not (height, width)"),
+    ("label 50", "[50]"),
+    ("wrong size", "(14, 26)"),
+])
+def test_trainaug_sbd_bad_mat(tmp_path, damage, words):
+    make_voc(tmp_path)
+    data = make_sbd(tmp_path)
+    path = tmp_path / SBD_CLS / "2008_000100.mat"
+    seg = data["2008_000100"][1]
+    if damage == "garbage":
+        path.write_bytes(b"MATLAB 5.0 MAT-file, garbage")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "v4":
+        scipy.io.savemat(path, {"Segmentation": seg.astype(float)}, format="4")
+    elif damage == "v7.3":
+        mat_v73(path)
+    elif damage == "no GTcls":
+        scipy.io.savemat(path, {"GTinst": np.zeros((2, 2))})
+    elif damage == "3-D":
+        scipy.io.savemat(path, {"GTcls": {"Segmentation": np.stack([seg, seg], -1)}})
+    elif damage == "label 50":
+        seg = seg.copy()
+        seg[2, 3] = 50
+        write_sbd_mat(path, seg)
+    else:
+        write_sbd_mat(path, seg[:10])
+    assert words in build_fails(tmp_path, "trainaug", "2008_000100.mat")
+
+
+def test_trainaug_bad_files_in_both_forms_named_together(tmp_path):
+    make_voc(tmp_path)
+    make_sbd(tmp_path)
+    (tmp_path / SBD_CLS / "2008_000200.mat").write_bytes(b"")               # an SBD label file
+    Image.new("RGB", (16, 24)).save(tmp_path / VOC_MASKS / "2007_000039.png")  # a VOC mask trainaug takes from VOC
+    build_fails(tmp_path, "trainaug", "2008_000200.mat", "2007_000039.png")
+
+
+def test_sbd_mat_with_ignore_label_is_fine(tmp_path):
+    make_voc(tmp_path)
+    data = make_sbd(tmp_path)
+    seg = data["2008_000200"][1].copy()
+    seg[0, :] = IGNORE_INDEX
+    write_sbd_mat(tmp_path / SBD_CLS / "2008_000200.mat", seg)
+    ds = voc_dataset(tmp_path, "trainaug", progress=False)
+    assert_item(ds[ds.names.index("2008_000200")], data["2008_000200"][0], seg)
 
 
 def test_check_labels():
     check_labels(torch.tensor([[0, 20], [255, 7]]), "fine.png")
+    check_labels(np.array([[0, 20], [255, 7]], np.uint8), "fine.png")
     with pytest.raises(UserError, match=r"bad\.png.*\[-1, 21, 254\]"):
         check_labels(torch.tensor([[0, 21], [254, -1]]), "bad.png")
+    with pytest.raises(UserError, match=r"bad\.png.*\[21, 254\]"):
+        check_labels(np.array([[0, 21], [254, 3]], np.uint8), "bad.png")
+    with pytest.raises(UserError, match=r"bad\.mat.*\[1\.5\]"):
+        check_labels(np.array([[0.0, 1.5]]), "bad.mat")
+
+
+# ---- the check runs once per file: verdicts remembered, and in worker processes --------------------------------------
+@pytest.fixture
+def counted_checks(monkeypatch) -> list[Path]:
+    """The images check_item looked at, in order (check_item's own name, so its verdicts, unchanged)."""
+    seen: list[Path] = []
+    real = voc_module.check_image
+
+    def counting(path: Path) -> tuple[int, int]:
+        seen.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(voc_module, "check_image", counting)
+    return seen
+
+
+def test_verdicts_skip_files_that_passed(tmp_path, counted_checks):
+    make_voc(tmp_path / "data")
+    verdicts = tmp_path / "cache" / filecheck.VERDICTS_FILE
+    first = voc_dataset(tmp_path / "data", "train", verdicts=verdicts, progress=False)
+    assert len(counted_checks) == len(VOC_TRAIN) and verdicts.is_file()
+    second = voc_dataset(tmp_path / "data", "train", verdicts=verdicts, progress=False)
+    assert len(counted_checks) == len(VOC_TRAIN)  # nothing checked again
+    assert second.images == first.images and second.masks == first.masks
+    voc_dataset(tmp_path / "data", "train", progress=False)  # without verdicts: every pair, every time
+    assert len(counted_checks) == 2 * len(VOC_TRAIN)
+
+
+def test_verdicts_recheck_a_changed_file(tmp_path, counted_checks):
+    data = make_voc(tmp_path / "data")
+    verdicts = tmp_path / filecheck.VERDICTS_FILE
+    voc_dataset(tmp_path / "data", "train", verdicts=verdicts, progress=False)
+    counted_checks.clear()
+    mask_path = tmp_path / "data" / VOC_MASKS / "2007_000039.png"
+    os.utime(mask_path, ns=(time.time_ns(), mask_path.stat().st_mtime_ns + 10**9))  # touched: a new mtime
+    voc_dataset(tmp_path / "data", "train", verdicts=verdicts, progress=False)
+    assert counted_checks == ["2007_000039.jpg"]
+    mask = data["2007_000039"][1].copy()
+    mask[0, 0] = 99
+    write_palette_png(mask_path, mask)  # replaced by a bad one: found, however recent the verdicts
+    build_fails(tmp_path / "data", "train", "2007_000039.png")
+    with pytest.raises(UserError, match=r"2007_000039\.png"):  # and not remembered as good
+        voc_dataset(tmp_path / "data", "train", verdicts=verdicts, progress=False)
+
+
+def test_check_in_worker_processes(tmp_path, monkeypatch):
+    # the real data sets are checked in a process pool: check_item must travel there and its errors come back
+    monkeypatch.setattr(filecheck, "PARALLEL_FROM", 2)
+    data = make_voc(tmp_path)
+    assert len(voc_dataset(tmp_path, "train", progress=False)) == len(VOC_TRAIN)
+    mask = data["2007_000032"][1].copy()
+    mask[1, 1] = 77
+    write_palette_png(tmp_path / VOC_MASKS / "2007_000032.png", mask)
+    assert "[77]" in build_fails(tmp_path, "train", "2007_000032.png")
 
 
 # ---- SyntheticScenes -----------------------------------------------------------------------------------------------
