@@ -99,7 +99,7 @@ def test_two_gloo_processes_end_with_the_weights_of_one(tmp_path):
     single = train(str(tmp_path / "single"), Distributed())
     mp.spawn(ddp_worker, args=(free_port(), str(tmp_path / "ddp"), str(tmp_path / "result")), nprocs=2)
     for rank in (0, 1):
-        result = torch.load(tmp_path / f"result.{rank}")
+        result = torch.load(tmp_path / f"result.{rank}", weights_only=True)
         for key, value in single["state"].items():
             torch.testing.assert_close(result["state"][key], value, rtol=1e-5, atol=1e-6)
         # the logged loss is the mean over ranks of each half-batch loss = the whole-batch loss
