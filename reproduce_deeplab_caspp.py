@@ -69,8 +69,8 @@ from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_scatter
 from common.training import (BatchStream, Distributed, RunDir, StepBatches, add_run_folder_arguments, all_reduce_sum,
-                             autocast, barrier, broadcast_from_main, config_from_args, default_text, fit,
-                             init_distributed, load_weights, make_scheduler, resume_run, run_main, save_weights,
+                             autocast, barrier, broadcast_from_main, check_run_options, config_from_args, default_text,
+                             fit, init_distributed, load_weights, make_scheduler, resume_run, run_main, save_weights,
                              seed_everything, shutdown_distributed)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
@@ -839,13 +839,13 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
                 "train)", lambda v: v >= 2)
     check_flags({"--crop": cfg.crop, "--image-size": cfg.image_size},
                 "must be >= 32 (DeepLabV3+ downsamples up to 32 times)", lambda v: v >= 32)
-    check_flags({"--eval-every": cfg.eval_every, "--workers": cfg.workers}, "must be >= 0", lambda v: v >= 0)
+    check_flags({"--eval-every": cfg.eval_every}, "must be >= 0", lambda v: v >= 0)
     check_flags({"--lr": cfg.lr}, "must be positive", lambda v: 0 < v < math.inf)
     check_flags({"--backbone-lr": cfg.backbone_lr}, "must be non-negative (0 freezes the backbone)",
                 lambda v: 0 <= v < math.inf)
     check_flags({"--weight-decay": cfg.weight_decay, "--beta": cfg.beta}, "must be non-negative",
                 lambda v: 0 <= v < math.inf)
-    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    check_run_options(cfg)   # --seed, --workers
     if not cfg.data_root:   # VOC's sizes are known only once it is read
         check_flags({"--train-images": cfg.train_images}, f"must hold at least one batch (--batch-size "
                     f"{cfg.batch_size})", lambda v: v >= cfg.batch_size)

@@ -71,8 +71,8 @@ from common.profiler import count_macs, count_parameters, measure_latency, weigh
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
 from common.segmentation_models import PUBLISHED, TorchvisionSegmenter, WeightFlags, build_segmenter
 from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments, add_run_folder_arguments,
-                             autocast, cache_path, config_from_args, default_text, load_weights, make_scheduler,
-                             pick_device, resume_run, run_main, save_weights, train_job)
+                             autocast, cache_path, check_run_options, config_from_args, default_text, load_weights,
+                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
 # The report's tables, as printed (Section IV).
@@ -803,14 +803,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     r.add_argument("--data-root", metavar="FOLDER",
                    help="folder holding cifar-10-batches-py (experiment A) and/or VOCdevkit/VOC2012 (B); default: "
                         "synthetic data")
-    add_device_arguments(r)
+    add_device_arguments(r, help_default)
     r.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers and backbones ({h('cache_dir')})")
     add_run_folder_arguments(r, "reproduce_fcn_kd")
-    paper = PRESETS["paper"]
-    for action in p._actions:   # common.training's flags (--workers): name the paper preset's value too
-        if action.dest in paper and paper[action.dest] != getattr(Config, action.dest) and \
-                "paper preset" not in action.help:
-            action.help = f"{action.help.removesuffix(')')}; paper preset {paper[action.dest]})"
     args = p.parse_args(argv)
     parsed = {"variants": parse_variants(args.variants)} if args.variants is not None else {}
     cfg = config_from_args(args, Config, PRESETS, **parsed)
@@ -882,8 +877,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     check_flags({"--weight-decay": cfg.weight_decay}, "must be non-negative", lambda v: 0 <= v < math.inf)
     check_flags({"--crop": cfg.crop, "--image-size": cfg.image_size, "--profile-size": cfg.profile_size},
                 "must be >= 32 (the FCN's output stride is 8)", lambda v: v >= 32)
-    check_flags({"--workers": cfg.workers}, "must be >= 0", lambda v: v >= 0)
-    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    check_run_options(cfg)   # --seed, --workers
     if cfg.teacher_weights and cfg.teacher_checkpoint:
         raise UserError("--teacher-weights coco and --teacher-checkpoint FILE both name the teacher: give one.")
     if cfg.backbone_init == "synthetic" and cfg.data_root:

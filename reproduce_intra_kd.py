@@ -84,8 +84,8 @@ from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_m
 from common.roads import SyntheticRoads, colorize_roads, road_dataset
 from common.segmentation_models import WeightFlags, build_segmenter
 from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments, add_run_folder_arguments,
-                             autocast, cache_path, config_from_args, default_text, load_weights, make_scheduler,
-                             pick_device, resume_run, run_main, save_weights, train_job)
+                             autocast, cache_path, check_run_options, config_from_args, default_text, load_weights,
+                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
 from common.voc import IGNORE_INDEX, normalize
 
 TEACHER_ARCH = "deeplabv3_resnet101"
@@ -653,14 +653,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     g.add_argument("--crop-width", type=int, metavar="PIXELS",
                    help=f"training crops' width, a multiple of 8, 0 = whole images ({h('crop_width')})")
     u = p.add_argument_group("run")
-    add_device_arguments(u)
+    add_device_arguments(u, help_default)
     u.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers ({h('cache_dir')})")
     add_run_folder_arguments(u, "reproduce_intra_kd")
-    paper = PRESETS["paper"]
-    for action in p._actions:   # common.training's flags (--workers): name the paper preset's value too
-        if action.dest in paper and paper[action.dest] != getattr(Config, action.dest) and \
-                "paper preset" not in action.help:
-            action.help = f"{action.help.removesuffix(')')}; paper preset {paper[action.dest]})"
     args = p.parse_args(argv)
     parsed = {}
     if args.methods is not None:
@@ -717,11 +712,10 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
         raise UserError(f"{given} {cfg.crop_height or cfg.crop_width} without {missing}: a training crop needs "
                         f"both sides; give {missing} too, or neither for whole images.")
     check_flags({"--crop-top": cfg.crop_top}, "must lie in [0, 1) (a fraction of the frame)", lambda v: 0 <= v < 1)
-    check_flags({"--workers": cfg.workers}, "must be >= 0", lambda v: v >= 0)
     if not cfg.data_root:   # the real data sets' sizes are known only once they are read
         check_flags({"--train-images": cfg.train_images}, f"must hold at least one batch (--batch-size "
                     f"{cfg.batch_size})", lambda v: v >= cfg.batch_size)
-    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    check_run_options(cfg)   # --seed, --workers
     # Flags this run would ignore: silently, they would change nothing.
     for flag, value in (("--dataset", args.dataset), ("--crop-top", args.crop_top)):
         if value is not None and not cfg.data_root:

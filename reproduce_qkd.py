@@ -89,8 +89,8 @@ from common.quantization import fake_quantize_model, quantized_weight_bytes, str
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
 from common.segmentation_models import WeightFlags, build_segmenter
 from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments, add_run_folder_arguments,
-                             autocast, cache_path, config_from_args, default_text, load_weights, make_scheduler,
-                             pick_device, resume_run, run_main, save_weights, train_job)
+                             autocast, cache_path, check_run_options, config_from_args, default_text, load_weights,
+                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
 from common.unet import UNet
 from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
 
@@ -860,18 +860,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     g.add_argument("--profile-size", type=int, metavar="PIXELS",
                    help=f"image side of the params/MAdds/latency columns, a multiple of 16 ({h('profile_size')})")
     u = p.add_argument_group("run")
-    add_device_arguments(u, "auto (default), cpu or cuda; the int8 model always runs on the CPU")
+    add_device_arguments(u, help_default, "auto (default), cpu or cuda; the int8 model always runs on the CPU")
     u.add_argument("--no-int8", dest="int8", action="store_const", const=False,
                    help="skip the int8 row (it needs an x86 CPU and torchao)")
     u.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                    help="time the fp32 student eager, not compiled (saves about 30 s of torch.compile)")
     u.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers ({h('cache_dir')})")
     add_run_folder_arguments(u, "reproduce_qkd")
-    paper = PRESETS["paper"]
-    for action in p._actions:   # common.training's flags (--workers): name the paper preset's value too
-        if action.dest in paper and paper[action.dest] != getattr(Config, action.dest) and \
-                "paper preset" not in action.help:
-            action.help = f"{action.help.removesuffix(')')}; paper preset {paper[action.dest]})"
     args = p.parse_args(argv)
     parsed = {"bits": parse_bits(args.bits)} if args.bits is not None else {}
     return config_from_args(args, Config, PRESETS, **parsed), args
@@ -902,8 +897,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
                  "--tutor": cfg.tutor, "--int8-iterations": cfg.int8_iterations, "--val-images": cfg.val_images,
                  "--teacher-iterations": cfg.teacher_iterations, "--patch": cfg.patch}, "must be >= 1",
                 lambda v: v >= 1)
-    check_flags({"--plateau-patience": cfg.plateau_patience, "--workers": cfg.workers}, "must be >= 0",
-                lambda v: v >= 0)
+    check_flags({"--plateau-patience": cfg.plateau_patience}, "must be >= 0", lambda v: v >= 0)
     check_flags({"--batch-size": cfg.batch_size}, "must be >= 2 (BatchNorm needs two images per batch to train)",
                 lambda v: v >= 2)
     check_flags({"--lr": cfg.lr, "--teacher-lr": cfg.teacher_lr, "--T": cfg.T}, "must be positive",
@@ -918,7 +912,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     if not cfg.data_root:   # VOC's size is known only once it is read
         check_flags({"--train-images": cfg.train_images}, f"must hold at least one batch (--batch-size "
                     f"{cfg.batch_size})", lambda v: v >= cfg.batch_size)
-    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    check_run_options(cfg)   # --seed, --workers
     if args.eval_size is not None and not cfg.data_root:   # the synthetic scenes are evaluated at their own size
         raise UserError("--eval-size pads VOC's validation images, and without --data-root none are read: drop it, "
                         "or give --data-root.")

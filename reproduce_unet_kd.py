@@ -62,9 +62,9 @@ from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weigh
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
-from common.training import (History, RunDir, add_run_folder_arguments, batches, config_from_args, default_text, fit,
-                             load_weights, make_scheduler, moving_average_min, pick_device, resume_run, run_main,
-                             save_weights, seed_everything)
+from common.training import (History, RunDir, add_run_folder_arguments, batches, check_run_options, config_from_args,
+                             default_text, fit, load_weights, make_scheduler, moving_average_min, pick_device,
+                             resume_run, run_main, save_weights, seed_everything)
 from common.unet import UNet
 
 EXPERIMENTS = ["table1", "table2", "table3", "table4", "table5", "table6", "headline"]
@@ -705,7 +705,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     check_flags({"--T": cfg.T, "--lr": cfg.lr, "--teacher-lr": cfg.teacher_lr}, "must be positive", positive)
     check_flags({"--lambda": cfg.lam, "--class-weight-power": cfg.class_weight_power}, "must be non-negative",
                 non_negative)
-    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    check_run_options(cfg)   # --seed, --workers
     # Flags that only some experiments read: given to one that ignores them, they would change nothing, silently.
     headline = ("headline",)
     readers = {"--k": ("k", headline), "--teacher": ("teacher", headline), "--no-teacher-bn": ("teacher_bn", headline),

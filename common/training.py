@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.errors import UserError, one_line
+from common.errors import UserError, check_flags, one_line
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -273,14 +273,23 @@ def discard_unfinished_runs() -> list[Path]:
     return removed
 
 
-def add_device_arguments(group, device_help: str = "auto (default), cpu or cuda") -> None:
+def add_device_arguments(group, help_default: Callable[[str], str],
+                         device_help: str = "auto (default), cpu or cuda") -> None:
     """--seed, --device, --no-amp and --workers, the same in the scripts that share ``Config`` fields of those
     names (``group``: an argparse parser or argument group; argparse's None means "not given", see
-    ``config_from_args``)."""
-    group.add_argument("--seed", type=int, help="random seed (default 0)")
+    ``config_from_args``). ``help_default(field)``: the script's "default X; paper preset Y" text."""
+    group.add_argument("--seed", type=int, help=f"random seed ({help_default('seed')})")
     group.add_argument("--device", help=device_help)
     group.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
-    group.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default 0)")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help=f"data-loading worker processes ({help_default('workers')})")
+
+
+def check_run_options(cfg) -> None:
+    """The run options every script shares: a seed NumPy accepts, and no negative worker count (a traceback
+    otherwise, deep in NumPy or the DataLoader)."""
+    check_flags({"--workers": getattr(cfg, "workers", None)}, "must be >= 0", lambda v: v >= 0)
+    check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
 
 
 def add_run_folder_arguments(group, script: str) -> None:
