@@ -234,8 +234,8 @@ def test_a_backbone_file_of_another_network_is_a_user_error(files, arch, file, l
 # ------------------------------------------------------------------------------------------ downloads
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
-    """An empty torch.hub folder and no network. torchvision's weights API calls torch.hub.load_state_dict_from_url,
-    which looks in get_dir()/checkpoints and otherwise calls torch.hub.download_url_to_file: both are patched."""
+    """An empty torch.hub folder and no network. common.weight_files looks in get_dir()/checkpoints and otherwise
+    calls torch.hub.download_url_to_file: both are patched."""
     def no_network(url, *args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
