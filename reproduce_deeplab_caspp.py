@@ -62,7 +62,7 @@ import torch.nn.functional as F
 
 from common.deeplab import (ASPP_KINDS, BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, build_deeplabv3plus,
                             load_backbone_weights)
-from common.errors import UserError, check_flags
+from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
 from common.losses import attention_map, attention_transfer_loss, soft_cross_entropy, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
@@ -868,6 +868,14 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     if cfg.backbone_init == "synthetic" and cfg.data_root:
         raise UserError("--backbone-init synthetic pre-trains on the synthetic scenes, which --data-root replaces; "
                         "use --backbone-init imagenet (or scratch) with real data.")
+    if cfg.data_root:   # sizes of the synthetic data, which the real data set replaces
+        refuse_ignored(args, {"--train-images": "train_images", "--val-images": "val_images",
+                              "--image-size": "image_size"},
+                       "sizes the synthetic data, which --data-root replaces: drop it.")
+    if cfg.backbone_init != "synthetic":
+        refuse_ignored(args, {"--pretrain-iterations": "pretrain_iterations"},
+                       f"trains the synthetic stand-in backbone, and --backbone-init {cfg.backbone_init} uses none: "
+                       f"drop it, or use --backbone-init synthetic.")
     if cfg.teacher_checkpoint and not (cfg.table in ("5.2", "5.3") or cfg.method != "none"):
         raise UserError("--teacher-checkpoint is the distillation teacher: use it with --table 5.2/5.3 or --method.")
     if cfg.sync_bn and not torch.cuda.is_available():

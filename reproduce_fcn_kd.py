@@ -63,7 +63,7 @@ import torchvision
 from torch import nn
 
 from common.cifar import SyntheticObjects, augment_cifar, cifar10, normalize_cifar
-from common.errors import UserError, check_flags
+from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
 from common.losses import kd_kl_div, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
@@ -883,6 +883,15 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     if cfg.backbone_init == "synthetic" and cfg.data_root:
         raise UserError("--backbone-init synthetic pre-trains on the synthetic scenes, which --data-root replaces; "
                         "use --backbone-init imagenet (or scratch) with real data.")
+    if cfg.data_root:   # sizes of the synthetic data, which the real data set replaces
+        refuse_ignored(args, {"--train-images": "train_images", "--val-images": "val_images",
+                              "--image-size": "image_size", "--a-train-images": "a_train_images",
+                              "--a-test-images": "a_test_images"},
+                       "sizes the synthetic data, which --data-root replaces: drop it.")
+    if cfg.teacher_weights or cfg.teacher_checkpoint:   # a given teacher is not trained here
+        refuse_ignored(args, {"--teacher-iterations": "teacher_iterations", "--teacher-lr": "teacher_lr"},
+                       "sets how a teacher is trained here, and --teacher-weights/--teacher-checkpoint give a "
+                       "trained one: drop it.")
     for name in ("data_root", "backbone_weights", "teacher_checkpoint"):
         value = getattr(cfg, name)
         if value and not Path(value).exists():

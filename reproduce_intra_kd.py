@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.erfnet import ERFNet
-from common.errors import UserError, check_flags
+from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
 from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_div, self_attention_distillation_loss,
                            weighted_cross_entropy)
@@ -733,6 +733,12 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     if cfg.teacher_checkpoint and args.teacher_backbone is not None:   # a preset's --teacher-backbone just goes unused
         raise UserError("--teacher-checkpoint (a trained teacher) and --teacher-backbone (weights to train one "
                         "from) both name the teacher: give one.")
+    if cfg.data_root:   # sizes of the synthetic data, which the real data set replaces
+        refuse_ignored(args, {"--train-images": "train_images", "--val-images": "val_images"},
+                       "sizes the synthetic data, which --data-root replaces: drop it.")
+    if cfg.teacher_checkpoint:   # a given teacher is not trained here
+        refuse_ignored(args, {"--teacher-iterations": "teacher_iterations", "--teacher-lr": "teacher_lr"},
+                       "sets how a teacher is trained here, and --teacher-checkpoint gives a trained one: drop it.")
     for name in ("data_root", "teacher_checkpoint"):
         value = getattr(cfg, name)
         if value and not Path(value).exists():

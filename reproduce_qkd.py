@@ -79,7 +79,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from common.errors import UserError, check_flags
+from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
 from common.int8 import convert_reference, count_int8_convolutions, int8_weight_bytes, lower_int8, prepare_int8_qat
 from common.losses import kd_kl_div, pairwise_similarity_loss, weighted_cross_entropy
@@ -918,6 +918,17 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
                         "or give --data-root.")
     if cfg.teacher_weights and cfg.teacher_checkpoint:
         raise UserError("--teacher-weights coco and --teacher-checkpoint FILE both name the teacher: give one.")
+    if cfg.data_root:   # sizes of the synthetic data, which the real data set replaces
+        refuse_ignored(args, {"--train-images": "train_images", "--val-images": "val_images",
+                              "--image-size": "image_size"},
+                       "sizes the synthetic data, which --data-root replaces: drop it.")
+    if cfg.teacher_weights or cfg.teacher_checkpoint:   # a given teacher is not trained here
+        refuse_ignored(args, {"--teacher-iterations": "teacher_iterations", "--teacher-lr": "teacher_lr"},
+                       "sets how a teacher is trained here, and --teacher-weights/--teacher-checkpoint give a "
+                       "trained one: drop it.")
+    if not cfg.int8:
+        refuse_ignored(args, {"--int8-iterations": "int8_iterations"},
+                       "sets the int8 row's training, and --no-int8 skips that row: drop one of them.")
     for name in ("data_root", "teacher_checkpoint"):
         value = getattr(cfg, name)
         if value and not Path(value).exists():

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from common.datasets import EPFLMitochondria, SyntheticEM, Volume, fixed_crops, normalize, random_crops
-from common.errors import UserError, check_flags
+from common.errors import UserError, check_flags, refuse_ignored
 from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
 from common.profiler import count_macs, count_parameters, profile
@@ -718,6 +718,10 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
                "--bn": ("bn", tuple(e for e in EXPERIMENTS if e != "headline")),   # the headline always has BN
                "--batch-size": ("batch_size", tuple(e for e in EXPERIMENTS if e != "table1")),   # Table 1: its own
                "--online-teacher": ("online_teacher", ("table2", "table3", "table5", "table6", "headline"))}
+    if cfg.teacher_checkpoint:   # a given teacher is not trained here
+        refuse_ignored(args, {"--teacher-iterations": "teacher_iterations"},
+                       "sets how the headline teacher is trained here, and --teacher-checkpoint gives a trained one: "
+                       "drop it.")
     for flag, (dest, used_by) in readers.items():
         if cfg.experiment != "all" and getattr(args, dest) is not None and cfg.experiment not in used_by:
             raise UserError(f"{flag} is ignored by --experiment {cfg.experiment} (only {', '.join(used_by)} "

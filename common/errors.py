@@ -25,3 +25,12 @@ def check_flags(values: dict[str, float | int | None], rule: str, holds) -> None
     bad = [f"{flag} {value}" for flag, value in values.items() if value is not None and not holds(value)]
     if bad:
         raise UserError(f"{', '.join(bad)}: {'each ' if len(bad) > 1 else ''}{rule}.")
+
+
+def refuse_ignored(args, flags: dict[str, str], why: str) -> None:
+    """A UserError for the first of ``flags`` (flag -> argparse dest) that the user gave (argparse's None: not
+    given) although the run would ignore it: "<flag> <why>", ``why`` saying what makes it unused and what to do.
+    A flag that changes nothing must not pass silently: the user would believe it applied."""
+    for flag, dest in flags.items():
+        if getattr(args, dest, None) is not None:
+            raise UserError(f"{flag} {why}")

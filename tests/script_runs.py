@@ -11,6 +11,17 @@ def tiny(tmp_path: Path, *args: str, out: str = "run") -> list[str]:
             "--device", "cpu"]
 
 
+def without(argv: list[str], *flags: str) -> list[str]:
+    """``argv`` less each of ``flags`` and its value."""
+    kept, skip = [], False
+    for word in argv:
+        if skip or word in flags:
+            skip = not skip
+            continue
+        kept.append(word)
+    return kept
+
+
 def read_results(folder: Path) -> list[dict]:
     """The rows of a run folder's results.csv."""
     with open(folder / "results.csv") as f:

@@ -23,7 +23,7 @@ import reproduce_unet_kd
 from common.filecheck import VERDICTS_FILE
 from common.training import run_main, save_weights
 from common.unet import UNet
-from script_runs import tiny
+from script_runs import tiny, without
 from test_reproduce_deeplab_caspp import write_tiny_voc
 
 SCRIPTS = {
@@ -50,6 +50,10 @@ def fails_cleanly(name: str, extra: list[str], tmp_path: Path, capsys, monkeypat
     script, small = SCRIPTS[name]
     monkeypatch.chdir(tmp_path)
     before = files_under(tmp_path)
+    if "--data-root" in extra:   # the synthetic data's sizes are refused beside real data
+        small = without(small, "--train-images", "--val-images", "--image-size")
+    if "--teacher-checkpoint" in extra:   # and the teacher's training settings beside a trained teacher
+        small = without(small, "--teacher-iterations")
     argv = extra if "--resume" in extra else tiny(tmp_path, *small, *extra, out=out)
     with pytest.raises(SystemExit) as excinfo:
         run_main(lambda: script.main(argv))
@@ -303,3 +307,25 @@ def test_intra_never_suggests_coco_files_for_its_road_classes(tmp_path, monkeypa
     messages = weight_messages(reproduce_intra_kd, tmp_path, monkeypatch, class_counts=(8, 36))
     suggestions = [m.split("pass ", 1)[-1] for m in messages if "COCO weights for" not in m]
     assert suggestions and not any("coco" in s.lower() for s in suggestions), suggestions
+
+
+# ------------------------------------------------------------------------------- flags the run would ignore
+@pytest.mark.parametrize("name, extra, flag", [
+    ("fcn", ["--data-root", "DATA", "--train-images", "8"], "--train-images"),
+    ("deeplab", ["--data-root", "DATA", "--image-size", "96"], "--image-size"),
+    ("qkd", ["--data-root", "DATA", "--val-images", "3"], "--val-images"),
+    ("intra", ["--data-root", "DATA", "--train-images", "8"], "--train-images"),
+    ("deeplab", ["--backbone-init", "scratch", "--pretrain-iterations", "5"], "--pretrain-iterations"),
+    ("qkd", ["--int8-iterations", "3"], "--int8-iterations"),             # its small flags hold --no-int8
+    ("unet", ["--teacher-checkpoint", "TEACHER", "--teacher-iterations", "5"], "--teacher-iterations"),
+    ("fcn", ["--teacher-checkpoint", "TEACHER", "--teacher-lr", "0.1"], "--teacher-lr"),
+    ("qkd", ["--teacher-weights", "coco", "--teacher-iterations", "5"], "--teacher-iterations"),
+    ("intra", ["--teacher-checkpoint", "TEACHER", "--teacher-iterations", "5"], "--teacher-iterations"),
+])
+def test_a_flag_the_run_would_ignore_is_refused(name, extra, flag, tmp_path, capsys, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "teacher.pt").write_bytes(b"never read")
+    places = {"DATA": str(tmp_path / "data"), "TEACHER": str(tmp_path / "teacher.pt")}
+    line = fails_cleanly(name, [places.get(word, word) for word in extra], tmp_path, capsys, monkeypatch, flag,
+                         "drop")
+    assert line.startswith(f"error: {flag} ")

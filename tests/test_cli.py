@@ -92,7 +92,7 @@ def test_teacher_checkpoint_of_another_width(tmp_path):
 
     checkpoint = tmp_path / "teacher_k2.pt"
     save_weights(checkpoint, UNet(k=2))
-    result = run_script("--teacher-checkpoint", str(checkpoint), "--iterations", "1", "--teacher-iterations", "1",
+    result = run_script("--teacher-checkpoint", str(checkpoint), "--iterations", "1",
                         "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu")
     line = assert_user_error(result, str(checkpoint), "k=2", "64")
     assert "different architecture" in line

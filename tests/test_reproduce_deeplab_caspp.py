@@ -14,12 +14,13 @@ import reproduce_deeplab_caspp as script
 from common.deeplab import build_deeplabv3plus
 from common.errors import UserError
 from common.training import save_weights
-from script_runs import read_results
+from script_runs import read_results, without
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "reproduce_deeplab_caspp.py"
 TOY = ["--iterations", "3", "--batch-size", "4", "--crop", "64", "--train-images", "8", "--val-images", "2",
        "--image-size", "64", "--pretrain-iterations", "2", "--device", "cpu", "--no-progress"]
+TOY_NO_STAND_IN = without(TOY, "--pretrain-iterations")   # --backbone-init scratch/imagenet: no stand-in
 
 
 def run_script(*args: str, timeout: float = 300, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -52,7 +53,7 @@ def test_profile_only_prints_the_thesis_columns_beside_ours(tmp_path):
 def test_one_model_trains_and_writes_its_run_folder_and_resumes(tmp_path):
     out = tmp_path / "run"
     result = run_script("--backbone", "mobilenet_v2", "--aspp", "DS", "--ksac", "--output-stride", "32",
-                        "--backbone-init", "scratch", "--out", str(out), *TOY)
+                        "--backbone-init", "scratch", "--out", str(out), *TOY_NO_STAND_IN)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_results(out)
     assert [r["model"] for r in rows] == ["MNv2 OS32 KSAC DS None"]
@@ -89,7 +90,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     out = tmp_path / "run"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = run_script("--backbone", "mobilenet_v2", "--aspp", "BTN", "--backbone-init", "scratch",
-                        "--out", str(out), *TOY, launcher=launcher)
+                        "--out", str(out), *TOY_NO_STAND_IN, launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes" in result.stdout
     rows = read_results(out)
@@ -186,7 +187,7 @@ def test_a_wrong_label_value_in_voc_names_the_file(tmp_path):
 def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
     """Stop a run mid-training after its checkpoint at step 2, --resume it, and compare with an uninterrupted run."""
     args = ["--backbone", "mobilenet_v2", "--aspp", "BTN", "--backbone-init", "scratch", "--checkpoint-every", "2",
-            *TOY]
+            *TOY_NO_STAND_IN]
     script.main([*args, "--out", str(tmp_path / "whole")])
     real, calls = script.augmented_sample, {"n": 0}
 
@@ -226,7 +227,7 @@ def test_imagenet_weights_that_cannot_be_fetched_stop_before_the_run_folder(tmp_
     script.imagenet_backbone.cache_clear()
     with pytest.raises(UserError, match="--backbone-weights"):
         script.main(["--backbone", "mobilenet_v2", "--backbone-init", "imagenet", "--out", str(tmp_path / "run"),
-                     *TOY])
+                     *TOY_NO_STAND_IN])
     assert not (tmp_path / "run").exists()
 
 

@@ -15,7 +15,7 @@ from common.errors import UserError
 from common.losses import soft_cross_entropy
 from common.segmentation_models import build_segmenter
 from common.training import save_weights
-from script_runs import read_results, tiny
+from script_runs import read_results, tiny, without
 
 
 # ----------------------------------------------------------------------------------------------- Section II
@@ -108,6 +108,7 @@ TINY_A = ["--experiment", "A", "--a-train-images", "16", "--a-test-images", "10"
 TINY_B = ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
           "--epochs", "1", "--teacher-iterations", "2", "--pretrain-iterations", "2", "--pretrain-images", "4",
           "--eval-every-epochs", "1", "--profile-size", "64"]
+GIVEN_TEACHER_B = without(TINY_B, "--teacher-iterations")   # a given teacher is not trained: no settings for that
 
 
 def test_experiment_a_end_to_end(tmp_path, capsys) -> None:
@@ -204,7 +205,7 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
     path = tmp_path / "fcn_resnet50.pt"
     save_weights(path, build_segmenter("fcn_resnet50", 21))
     with pytest.raises(UserError) as error:
-        script.main(tiny(tmp_path, *TINY_B, "--teacher-checkpoint", str(path)))
+        script.main(tiny(tmp_path, *GIVEN_TEACHER_B, "--teacher-checkpoint", str(path)))
     assert "fcn_resnet50" in str(error.value) and "fcn_resnet101" in str(error.value)
     assert not (tmp_path / "run").exists()
 
@@ -213,7 +214,7 @@ def test_teacher_checkpoint_of_another_class_count(tmp_path) -> None:
     path = tmp_path / "fcn_resnet101_10_classes.pt"
     torch.save(build_segmenter("fcn_resnet101", 10).net.state_dict(), path)   # a raw torchvision state dict
     with pytest.raises(UserError) as error:
-        script.main(tiny(tmp_path, *TINY_B, "--teacher-checkpoint", str(path)))
+        script.main(tiny(tmp_path, *GIVEN_TEACHER_B, "--teacher-checkpoint", str(path)))
     assert "10" in str(error.value) and "21" in str(error.value)
 
 
@@ -224,7 +225,7 @@ def test_coco_teacher_without_network_says_where_to_put_the_file(tmp_path, monke
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(UserError) as error:
-        script.main(tiny(tmp_path, *TINY_B, "--teacher-weights", "coco"))
+        script.main(tiny(tmp_path, *GIVEN_TEACHER_B, "--teacher-weights", "coco"))
     message = str(error.value)
     assert "fcn_resnet101_coco-7ecb50ca.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
     assert "--teacher-checkpoint" in message and "\n" not in message

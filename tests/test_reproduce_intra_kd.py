@@ -13,7 +13,7 @@ from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_d
                            weighted_cross_entropy)
 from common.segmentation_models import build_segmenter
 from common.training import save_weights
-from script_runs import read_results, tiny
+from script_runs import read_results, tiny, without
 from test_roads import apollo_ids, write_apollo
 
 WEIGHTS = {"kd": 0.5, "T": 2.0, "at": 3.0, "sad": 0.1, "intra": (1.0, 0.5, 0.25)}
@@ -77,6 +77,7 @@ def test_the_presets() -> None:
 # ----------------------------------------------------------------------------------------------- end to end
 SMALL = ["--height", "32", "--width", "64", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
          "--iterations", "2", "--eval-every", "1", "--teacher-iterations", "1"]
+REAL_DATA = without(SMALL, "--train-images", "--val-images")   # the synthetic data's sizes
 
 
 def test_end_to_end_every_row(tmp_path) -> None:
@@ -132,7 +133,7 @@ def write_apollo_records(root, bad_id: int | None = None) -> None:
 
 def test_apollo_scape_files_in_the_published_layout(tmp_path) -> None:
     write_apollo_records(tmp_path / "apollo")
-    script.main(tiny(tmp_path, *SMALL, "--data-root", str(tmp_path / "apollo"), "--height", "16", "--width", "24",
+    script.main(tiny(tmp_path, *REAL_DATA, "--data-root", str(tmp_path / "apollo"), "--height", "16", "--width", "24",
                      "--methods", "alone,intra"))
     rows = read_results(tmp_path / "run")
     assert [r["model"] for r in rows] == ["DeepLabV3-ResNet101 (teacher)", "ERFNet", "ERFNet + IntRA-KD"]
@@ -160,7 +161,8 @@ def test_bad_flags_are_one_clear_line(tmp_path, flags, words) -> None:
 def test_label_ids_outside_the_data_sets_range(tmp_path) -> None:
     write_apollo_records(tmp_path / "apollo", bad_id=7)
     with pytest.raises(UserError) as error:
-        script.main(tiny(tmp_path, *SMALL, "--data-root", str(tmp_path / "apollo"), "--height", "16", "--width", "24"))
+        script.main(tiny(tmp_path, *REAL_DATA, "--data-root", str(tmp_path / "apollo"), "--height", "16",
+                         "--width", "24"))
     assert "_bin.png" in str(error.value) and "[7]" in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
 
@@ -177,7 +179,7 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
     path = tmp_path / "fcn_resnet101.pt"
     save_weights(path, build_segmenter("fcn_resnet101", 8))
     with pytest.raises(UserError) as error:
-        script.main(tiny(tmp_path, *SMALL, "--teacher-checkpoint", str(path)))
+        script.main(tiny(tmp_path, *without(SMALL, "--teacher-iterations"), "--teacher-checkpoint", str(path)))
     assert "fcn_resnet101" in str(error.value) and "deeplabv3_resnet101" in str(error.value)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ import reproduce_qkd as script
 from common.errors import UserError
 from common.segmentation_models import build_segmenter
 from common.training import save_weights
-from script_runs import read_results, tiny
+from script_runs import read_results, tiny, without
 
 
 # ----------------------------------------------------------------------------------------------- Section 3.1
@@ -123,7 +123,7 @@ def test_end_to_end_every_row(tmp_path) -> None:
 
 
 def test_a_run_interrupted_in_co_studying_resumes_to_the_same_numbers(tmp_path, monkeypatch) -> None:
-    flags = [*SMALL, "--bits", "4", "--no-int8"]
+    flags = [*without(SMALL, "--int8-iterations"), "--bits", "4", "--no-int8"]
     script.main(tiny(tmp_path, *flags, out="whole"))
     calls = {"n": 0}
     real = script.Experiment.co_study
@@ -173,7 +173,7 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
     path = tmp_path / "fcn_resnet101.pt"
     save_weights(path, build_segmenter("fcn_resnet101", 21))
     with pytest.raises(UserError) as error:
-        script.main(tiny(tmp_path, *TINY, "--teacher-checkpoint", str(path)))
+        script.main(tiny(tmp_path, *without(TINY, "--teacher-iterations"), "--teacher-checkpoint", str(path)))
     assert "fcn_resnet101" in str(error.value) and "deeplabv3_resnet101" in str(error.value)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
