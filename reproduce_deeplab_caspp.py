@@ -49,35 +49,71 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import math
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from common.deeplab import (ASPP_KINDS, BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, build_deeplabv3plus,
+from common.deeplab import (ASPP_KINDS, BACKBONES, DeepLabV3Plus, OUTPUT_STRIDES, build_deeplabv3plus,
                             load_backbone_weights)
+from common.devices import init_distributed, shutdown_distributed
 from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
+from common.images import IGNORE_INDEX, normalize
 from common.losses import attention_map, attention_transfer_loss, soft_cross_entropy, weighted_cross_entropy
-from common.metrics import ConfusionMatrix
-from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
+from common.metrics import evaluate_segmentation, predict_segmentation
+from common.profiler import profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_scatter
-from common.training import (BatchStream, Distributed, RunDir, StepBatches, add_run_folder_arguments, all_reduce_sum,
-                             autocast, barrier, broadcast_from_main, check_run_options, config_from_args, default_text,
-                             fit, init_distributed, load_weights, make_scheduler, resume_run, run_main, save_weights,
-                             seed_everything, shutdown_distributed)
-from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
+from common.runs import (RunOptions, add_run_arguments, check_run_options, config_from_args, help_formatter,
+                         load_weights, resume_or_check, run_folder, run_main)
+from common.synthetic_scenes import SyntheticScenes
+from common.teachers import cache_path, freeze, load_or_train
+from common.training import Session, Trained, make_scheduler, seed_everything, train, training_batches
+from common.voc import NUM_CLASSES, augmented_item, colorize, voc_dataset
 
 MACS_INPUT = (1, 3, 256, 256)  # the thesis's training crop: the input of its Params/MAdds columns (Section 4.3)
 METHODS = ("none", "at-output", "at-atrous", "at-all", "kd")
 METHOD_COLUMNS = {"none": "None", "at-output": "AT Output", "at-atrous": "AT Atrous", "at-all": "AT All",
                   "kd": "KD"}
+
+
+# =============================================================================================== the objective
+def caspp_objective(method: str, logits: torch.Tensor, feats: dict | None, teacher_logits: torch.Tensor | None,
+                    teacher_feats: dict | None, target: torch.Tensor, alpha: float, beta: float,
+                    T: float) -> tuple[torch.Tensor, dict]:
+    """The training loss of a student of Section 4.2.2 (objective ``method``, one of METHODS) and its logged parts.
+
+        none:  L_S = CE(y, s)                                                     (Eq. 4.4)
+        kd:    L_KD = (1 - alpha) L_S + 2 alpha T^2 L_T,  L_T = CE(t/T, s/T)       (Eq. 4.6, Eq. 4.5)
+        at-*:  L_AT = L_S + beta L_A,  L_A = sum_i || f(A_i^t)/||f(A_i^t)|| - f(A_i^s)/||f(A_i^s)|| ||_2
+                                                                                  (Eq. 4.9, Eq. 4.8; f: Eq. 4.7)
+
+    ``logits`` / ``teacher_logits``: (N, 21, H, W) of student s and teacher t; ``feats`` / ``teacher_feats``: their
+    ``return_features`` dicts (attention transfer only: ``features_for`` picks the layers); ``target`` (N, H, W)
+    with 255 = unlabelled. L_S and L_T are means over the labelled pixels (see the module docstring).
+    """
+    hard = weighted_cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)                     # Eq. 4.4
+    if method == "none":
+        return hard, {}
+    if method == "kd":
+        soft = soft_cross_entropy(logits.float(), teacher_logits.float(), T, valid_mask=target != IGNORE_INDEX)
+        loss = (1 - alpha) * hard + 2 * alpha * T ** 2 * soft                                          # Eq. 4.6
+        return loss, {"train_hard": hard.detach(), "train_soft": soft.detach()}
+    at = attention_transfer_loss([f.float() for f in features_for(method, feats)],                      # Eq. 4.8
+                                 [f.float() for f in features_for(method, teacher_feats)])
+    return hard + beta * at, {"train_hard": hard.detach(), "train_at": at.detach()}                      # Eq. 4.9
+
+
+def features_for(method: str, features: dict) -> list[torch.Tensor]:
+    """The layers attention transfer compares (Section 5.2.1): Output = the ASPP output, Atrous = each atrous
+    branch, All = both."""
+    if method == "at-output":
+        return [features["aspp"]]
+    if method == "at-atrous":
+        return list(features["atrous"])
+    return [*features["atrous"], features["aspp"]]
 
 
 # =============================================================================================== the tables
@@ -179,8 +215,9 @@ MISPRINTS = {("5.1", 16, False, "ST"): "39.63M is a misprint of 39.76M (Table 5.
 
 # =============================================================================================== configuration
 @dataclass
-class Config:
-    preset: str = "default"
+class Config(RunOptions):
+    """The run's settings (the run options --seed, --device, --cache-dir, ... come from ``RunOptions``)."""
+
     table: str = "5.1"
     rows: tuple = ()                  # 1-based row numbers of the table; () = all rows
     # one model instead of a table (--backbone/--output-stride/--aspp/--ksac/--method)
@@ -219,15 +256,8 @@ class Config:
     latency_repeats: int = 3
     panel_images: int = 4
     # run
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
     sync_bn: bool = False
-    workers: int = 0
-    cache_dir: str = "runs/teacher_cache"
-    out: str | None = None
     checkpoint_every: int = 200
-    progress: bool = True
 
 
 PRESETS = {
@@ -248,17 +278,9 @@ def load_data(cfg: Config) -> tuple[torch.utils.data.Dataset, torch.utils.data.D
         checked = dict(verdicts=Path(cfg.cache_dir) / VERDICTS_FILE, progress=cfg.progress)  # every file, up front
         return (voc_dataset(cfg.data_root, "trainaug", **checked), voc_dataset(cfg.data_root, "val", **checked),
                 "VOC 2012 trainaug / val")
-    train = SyntheticScenes("train", cfg.train_images, cfg.image_size, cfg.seed)
+    train_set = SyntheticScenes("train", cfg.train_images, cfg.image_size, cfg.seed)
     val = SyntheticScenes("val", cfg.val_images, cfg.image_size, cfg.seed)
-    return train, val, f"synthetic scenes {cfg.image_size}x{cfg.image_size} ({cfg.train_images} / {cfg.val_images})"
-
-
-def augmented_sample(dataset, crop: int, scale: tuple, index: int,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training sample, augmented as Section 4.1.1 says (a top-level function so DataLoader workers can
-    pickle it)."""
-    image, mask = dataset[index]
-    return augment(image, mask, generator, crop=crop, scale=tuple(scale))
+    return train_set, val, f"synthetic scenes {cfg.image_size}x{cfg.image_size} ({cfg.train_images} / {cfg.val_images})"
 
 
 # =============================================================================================== models
@@ -281,69 +303,18 @@ def backbones_to_train(cfg: Config) -> set[str]:
     return needed
 
 
-def features_for(method: str, features: dict) -> list[torch.Tensor]:
-    """The layers attention transfer compares (Section 5.2.1): Output = the ASPP output, Atrous = each atrous
-    branch, All = both."""
-    if method == "at-output":
-        return [features["aspp"]]
-    if method == "at-atrous":
-        return list(features["atrous"])
-    return [*features["atrous"], features["aspp"]]
-
-
-@dataclass
-class Trained:
-    name: str
-    row: Row
-    method: str
-    model: DeepLabV3Plus
-    metrics: dict                      # miou, val_loss, pixel_accuracy, iou_<class>
-    train_loss: list = field(default_factory=list)
-    evals: list = field(default_factory=list)
-    diverged: bool = False
-
-
 # =============================================================================================== the lab
 class Lab:
-    """What the experiments share: config, data, device, processes, run folder, results, teachers."""
+    """The thesis's procedure: each row trained with its recipe and objective, the teacher, the starting backbone.
+    ``trained`` holds the rows' ``Trained`` (info: the ``Row`` and the method)."""
 
-    def __init__(self, cfg: Config, run: RunDir, train, val, data_name: str, ddp: Distributed,
-                 device: torch.device) -> None:
-        self.cfg, self.run, self.train, self.val, self.data_name = cfg, run, train, val, data_name
-        self.ddp, self.device = ddp, device
-        self.results = ResultsCSV(run.path / "results.csv")
+    def __init__(self, cfg: Config, session: Session, train_set, val, data_name: str) -> None:
+        self.cfg, self.session, self.train_set, self.val, self.data_name = cfg, session, train_set, val, data_name
+        self.run, self.device, self.ddp, self.say = session.run, session.device, session.ddp, session.say
+        self.results = ResultsCSV(self.run.path / "results.csv")
         self.trained: list[Trained] = []
         self._teacher: Trained | None = None
         self._backbones: dict[str, dict] = {}
-
-    def say(self, text: str) -> None:
-        if self.ddp.is_main:
-            print(text, flush=True)
-
-    # ------------------------------------------------------------------ evaluation (whole images, single scale)
-    @torch.no_grad()
-    def evaluate(self, model: DeepLabV3Plus) -> dict:
-        """mIoU (Eq. 3.1) and cross-entropy over the whole validation images; under torchrun each process takes
-        every N-th image and the confusion matrices are summed."""
-        was_training = model.training
-        model.eval()
-        cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)   # summed CE, labelled pixels
-        for i in range(self.ddp.rank, len(self.val), self.ddp.world_size):
-            image, mask = self.val[i]
-            x, y = normalize(image)[None].to(self.device), mask[None].to(self.device)
-            with autocast(self.device, self.cfg.amp):
-                logits = model(x).float()
-            loss_sum[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
-            loss_sum[1] += (y != IGNORE_INDEX).sum()
-            cm.update(logits.argmax(1), y)
-        totals = all_reduce_sum(torch.cat([cm.matrix.flatten().double().to(self.device), loss_sum]), self.ddp).cpu()
-        cm.matrix = totals[:-2].round().long().reshape(NUM_CLASSES, NUM_CLASSES)
-        model.train(was_training)
-        per_class = cm.iou_per_class()
-        return {"miou": cm.miou, "val_loss": float(totals[-2] / max(totals[-1], 1)),
-                "pixel_accuracy": cm.pixel_accuracy,
-                **{f"iou_{c}": float(v) for c, v in enumerate(per_class.tolist()) if not math.isnan(v)}}
 
     # ------------------------------------------------------------------ one model
     def train_row(self, row: Row, method: str = "none", tag: str = "") -> Trained:
@@ -357,32 +328,24 @@ class Lab:
         return best
 
     def _train_once(self, row: Row, method: str, seed: int, name: str) -> Trained:
-        cfg, device, ddp = self.cfg, self.device, self.ddp
+        cfg, device = self.cfg, self.device
         seed_everything(seed)
         model = build(row).to(device)
         pretrained = self.init_backbone(model)
         teacher = self.teacher().model if method != "none" else None
         net = self.wrap(model)
-        stream = self.batch_stream(seed)
+        load = functools.partial(augmented_item, self.train_set, cfg.crop, tuple(cfg.scale))
+        batch = training_batches(load, len(self.train_set), cfg.iterations, batch_size=cfg.batch_size,
+                                 session=self.session, seed=seed)
 
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
-            x, y = (t.to(device, non_blocking=True) for t in stream(step))
-            if method.startswith("at"):
-                logits, feats = net(x, return_features=True)
-            else:
-                logits, feats = net(x), None
-            hard = weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)       # L_S, Eq. 4.4
-            if method == "none":
-                return hard, {}
-            with torch.no_grad():
-                t_logits, t_feats = teacher(x, return_features=True)
-            if method == "kd":   # Eq. 4.6 with L_T = CE(t/T, s/T) (Eq. 4.5) over the labelled pixels
-                soft = soft_cross_entropy(logits.float(), t_logits.float(), cfg.T, valid_mask=y != IGNORE_INDEX)
-                loss = (1 - cfg.alpha) * hard + 2 * cfg.alpha * cfg.T ** 2 * soft
-                return loss, {"train_hard": hard.detach(), "train_soft": soft.detach()}
-            at = attention_transfer_loss([f.float() for f in features_for(method, feats)],      # Eq. 4.8
-                                         [f.float() for f in features_for(method, t_feats)])
-            return hard + cfg.beta * at, {"train_hard": hard.detach(), "train_at": at.detach()}   # Eq. 4.9
+            x, y = batch(step)
+            logits, feats = net(x, return_features=True) if method.startswith("at") else (net(x), None)
+            t_logits = t_feats = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits, t_feats = teacher(x, return_features=True)
+            return caspp_objective(method, logits, feats, t_logits, t_feats, y, cfg.alpha, cfg.beta, cfg.T)
 
         head_lr, backbone_lr = cfg.lr, (cfg.backbone_lr if pretrained else cfg.lr)
         groups = [{"params": model.head_parameters(), "lr": head_lr}]
@@ -392,20 +355,16 @@ class Lab:
             model.backbone.requires_grad_(False)
         optimizer = torch.optim.SGD(groups, lr=head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(optimizer, "poly", cfg.iterations)     # Eq. 4.1, every iteration
-        history = fit(model, optimizer, loss_fn, cfg.iterations, name=name, run=self.run, device=device,
-                      scheduler=scheduler, evaluate=lambda: self.evaluate(model),
-                      eval_every=cfg.eval_every or cfg.iterations, checkpoint_every=cfg.checkpoint_every,
-                      amp=cfg.amp, best_key=None, progress=cfg.progress, ddp=ddp,
-                      diverge_above=math.inf)  # only a non-finite loss: beta * L_A alone can exceed 1000
-        metrics = history.evals[-1] if history.evals else self.evaluate(model)
-        metrics = {k: v for k, v in metrics.items() if k != "iteration"}
-        if ddp.is_main and not self.run.logged(name, "final"):   # a resumed run reloads finished jobs
-            self.run.log({"job": name, "event": "final", **metrics})
-        self.say(f"  {name}: IoU {100 * metrics['miou']:.2f}  (val loss {metrics['val_loss']:.3f})")
-        if history.diverged:
-            self.say(f"  {name}: the loss became non-finite at iteration {len(history.train_loss) + 1}; its row is "
-                     f"marked 'diverged' (try a lower --lr)")
-        return Trained(name, row, method, model, metrics, history.train_loss, history.evals, history.diverged)
+        trained = train(model, optimizer, loss_fn, cfg.iterations, session=self.session, name=name,
+                        label=f"{row.label} {METHOD_COLUMNS[method]}", evaluate=lambda: evaluate_segmentation(
+                            model, self.val, device, NUM_CLASSES, amp=cfg.amp, ddp=self.ddp),
+                        eval_every=cfg.eval_every, scheduler=scheduler,
+                        reseed=False,            # seeded above: dropout draws on from where the set-up left it
+                        best_key=None,           # the final model, not the best validation one (docstring)
+                        diverge_above=math.inf)  # only a non-finite loss: beta * L_A alone can exceed 1000
+        trained.info.update(row=row, method=method)
+        self.say(f"  {name}: IoU {100 * trained.metrics['miou']:.2f}  (val loss {trained.metrics['val_loss']:.3f})")
+        return trained
 
     def wrap(self, model: DeepLabV3Plus) -> torch.nn.Module:
         """DistributedDataParallel under torchrun (SyncBatchNorm with --sync-bn), else the model itself."""
@@ -415,12 +374,6 @@ class Lab:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    def batch_stream(self, seed: int) -> BatchStream:
-        cfg = self.cfg
-        load = functools.partial(augmented_sample, self.train, cfg.crop, tuple(cfg.scale))
-        batches = StepBatches(len(self.train), cfg.batch_size, seed, load, self.ddp)
-        return BatchStream(batches, cfg.iterations, cfg.workers, pin_memory=self.device.type == "cuda")
 
     # ------------------------------------------------------------------ backbone initialisation
     def init_backbone(self, model: DeepLabV3Plus) -> bool:
@@ -446,25 +399,22 @@ class Lab:
         cfg = self.cfg
         key = {"what": "synthetic backbone", "backbone": backbone, "iterations": cfg.pretrain_iterations,
                "data": self.data_name, "crop": cfg.crop, "batch": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
-        path = self.cache_path(f"backbone_{backbone}", key)
-        model = build(Row(backbone, 16, "DS", False)).to(self.device)
-        if not path.exists():
+        path = cache_path(cfg.cache_dir, f"deeplab_backbone_{backbone}", key)
+        row = Row(backbone, 16, "DS", False)
+
+        def pretrain(model: DeepLabV3Plus) -> bool:
             self.say(f"pre-training the {backbone} backbone on the synthetic scenes ({cfg.pretrain_iterations} "
                      f"iterations; cached in {path})")
             sub = replace(cfg, iterations=cfg.pretrain_iterations, backbone_init="scratch", backbone_weights=None,
                           repeats=1)
-            lab = Lab(sub, self.run, self.train, self.val, self.data_name, self.ddp, self.device)
-            trained = lab._train_once(Row(backbone, 16, "DS", False), "none", cfg.seed + 1000,
-                                      f"pretrain_{backbone}_backbone")
-            if self.ddp.is_main:
-                save_weights(path, trained.model, {"key": json.dumps(key)})
-            barrier(self.ddp)
-        load_weights(model, path, what="cached backbone")
-        return model.backbone.state_dict()
+            lab = Lab(sub, Session(self.run, self.device, sub, self.ddp), self.train_set, self.val, self.data_name)
+            model.load_state_dict(lab._train_once(row, "none", cfg.seed + 1000,
+                                                  f"pretrain_{backbone}_backbone").model.state_dict())
+            return True
 
-    def cache_path(self, stem: str, key: dict) -> Path:
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-        return Path(self.cfg.cache_dir) / f"deeplab_{stem}_{digest}.pt"
+        model = build(row).to(self.device)
+        load_or_train(model, path, pretrain, what="cached backbone", extra={"key": json.dumps(key)}, ddp=self.ddp)
+        return model.backbone.state_dict()
 
     # ------------------------------------------------------------------ the teacher (Section 5.2)
     def teacher(self) -> Trained:
@@ -482,37 +432,30 @@ class Lab:
                    "crop": cfg.crop, "batch": cfg.batch_size, "lr": cfg.lr, "backbone_lr": cfg.backbone_lr,
                    "init": cfg.backbone_init, "weights": cfg.backbone_weights, "repeats": cfg.repeats,
                    "pretrain": cfg.pretrain_iterations, "seed": cfg.seed}
-            path = self.cache_path("teacher", key)
-            if not path.exists():
+            path = cache_path(cfg.cache_dir, "deeplab_teacher", key)
+
+            def train_teacher(model: DeepLabV3Plus) -> bool:
                 self.say(f"training the teacher {TEACHER.label} (cached in {path})")
                 trained = self.train_row(TEACHER, "none", tag="teacher_")
                 self.trained.remove(trained)
-                if self.ddp.is_main:
-                    save_weights(path, trained.model)
-                barrier(self.ddp)
-            load_weights(model, path, what="cached teacher")
+                model.load_state_dict(trained.model.state_dict())
+                return True
+
+            load_or_train(model, path, train_teacher, ddp=self.ddp)
             source = str(path)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self._teacher = Trained("teacher", TEACHER, "none", model, self.evaluate(model))
+        freeze(model)
+        metrics = evaluate_segmentation(model, self.val, self.device, NUM_CLASSES, amp=cfg.amp, ddp=self.ddp)
+        self._teacher = Trained("teacher", TEACHER.label, model, metrics, info={"row": TEACHER, "method": "none"})
         self.say(f"teacher {TEACHER.label} from {source}: IoU {100 * self._teacher.metrics['miou']:.2f} "
                  f"(thesis: {PAPER_TEACHER_IOU})")
         return self._teacher
 
-    # ------------------------------------------------------------------ cost (Section 4.3) and records
-    def cost(self, row: Row, model: DeepLabV3Plus | None = None) -> dict:
-        model = model if model is not None else build(row)
-        return {"params": count_parameters(model), "macs": count_macs(model, MACS_INPUT),
-                "latency_s": measure_latency(model, MACS_INPUT, self.device, warmup=1,
-                                             repeats=self.cfg.latency_repeats),
-                "size_bytes": weights_size_bytes(model)}
-
+    # ------------------------------------------------------------------ records
     def record(self, experiment: str, trained: Trained, cost: dict) -> None:
         if self.ddp.is_main:
-            self.results.add(experiment=experiment, model=f"{trained.row.label} {METHOD_COLUMNS[trained.method]}",
-                             params=cost["params"], macs=cost["macs"], loss=round(trained.metrics["val_loss"], 5),
-                             iou=round(trained.metrics["miou"], 5), iterations=len(trained.train_loss),
+            self.results.add(experiment=experiment, model=trained.label, params=cost["params"], macs=cost["macs"],
+                             loss=round(trained.metrics["val_loss"], 5), iou=round(trained.metrics["miou"], 5),
+                             iterations=len(trained.train_loss),
                              notes=f"best of {self.cfg.repeats}" + ("; diverged" if trained.diverged else ""))
 
 
@@ -575,7 +518,8 @@ def run_architecture_table(lab: Lab, spec: TableSpec) -> None:
     for number, (os_, ksac, block, iou, params, madds) in selected(spec, cfg):
         row = Row(spec.backbone, os_, block, bool(ksac))
         trained = None if cfg.profile_only else lab.train_row(row)
-        cost = lab.cost(row, trained.model if trained else None)
+        cost = profile(trained.model if trained else build(row), MACS_INPUT, lab.device, warmup=1,
+                       repeats=cfg.latency_repeats)   # Params, MAdds as the thesis counts them (Section 4.3)
         if trained:
             lab.record(f"table{spec.name}", trained, cost)
             points.append((row, trained.metrics["miou"], cost["macs"]))
@@ -614,7 +558,7 @@ def run_distillation_table(lab: Lab, spec: TableSpec) -> None:
         cost = None
         for method, paper_iou in zip(METHODS, printed):
             trained = lab.train_row(row, method)
-            cost = cost or lab.cost(row, trained.model)
+            cost = cost or profile(trained.model, MACS_INPUT, lab.device, warmup=1, repeats=cfg.latency_repeats)
             lab.record(f"table{spec.name}", trained, cost)
             cells += [f"{paper_iou:.2f}", iou_cell(trained)]
         table.add(*cells)
@@ -634,7 +578,8 @@ def run_one_model(lab: Lab) -> None:
     cfg = lab.cfg
     row = Row(cfg.backbone, cfg.output_stride, cfg.aspp, cfg.ksac)
     trained = None if cfg.profile_only else lab.train_row(row, cfg.method)
-    cost = lab.cost(row, trained.model if trained else None)
+    cost = profile(trained.model if trained else build(row), MACS_INPUT, lab.device, warmup=1,
+                   repeats=cfg.latency_repeats)
     table = Table(f"One model: {row.label}, {METHOD_COLUMNS[cfg.method]}",
                   ["model", "method", "IoU (ours)", "Params", "MAdds", "latency ms", "weights MB"])
     table.add(row.label, METHOD_COLUMNS[cfg.method], iou_cell(trained) if trained else "-",
@@ -677,9 +622,8 @@ def plot_predictions(lab: Lab) -> None:
         image, mask = lab.val[i]
         cells = [("image", image.permute(1, 2, 0).numpy()), ("ground truth", colorize(mask))]
         for t in models:
-            pred = predict(t.model, image, lab)
-            cells.append((f"{t.row.label} {METHOD_COLUMNS[t.method]}" if t.method != "none" else t.row.label,
-                          colorize(pred)))
+            title = t.label if t.info["method"] != "none" else t.info["row"].label
+            cells.append((title, colorize(predict_segmentation(t.model, image))))
         rows.append(cells)
     plot_panel(lab.run.figures / "predictions.png", rows, "validation images: ground truth and predictions")
 
@@ -698,22 +642,14 @@ def plot_attention(lab: Lab, trained: Trained) -> None:
         maps = [attention_map(f.float())[0].cpu().numpy() for f in [*feats["atrous"], feats["aspp"]]]
         rows.append([("image", image.permute(1, 2, 0).numpy()), ("ground truth", colorize(mask))]
                     + [(f"rate {r}", m) for r, m in zip(rates, maps)] + [("ASPP-out", maps[-1])])
-    plot_panel(lab.run.figures / "attention_maps.png", rows, f"attention maps of {trained.row.label}", cmap="magma")
-
-
-@torch.no_grad()
-def predict(model: DeepLabV3Plus, image: torch.Tensor, lab: Lab) -> np.ndarray:
-    model.eval()
-    with autocast(lab.device, lab.cfg.amp):
-        logits = model(normalize(image)[None].to(lab.device))
-    return logits.argmax(1)[0].cpu().numpy()
+    plot_panel(lab.run.figures / "attention_maps.png", rows, f"attention maps of {trained.info['row'].label}",
+               cmap="magma")
 
 
 def plot_training_curves(lab: Lab) -> None:
     if not lab.ddp.is_main or not lab.trained:
         return
-    curves = {f"{t.row.label} {METHOD_COLUMNS[t.method]}": (list(range(1, len(t.train_loss) + 1)), t.train_loss)
-              for t in lab.trained}
+    curves = {t.label: (list(range(1, len(t.train_loss) + 1)), t.train_loss) for t in lab.trained}
     plot_curves(lab.run.figures / "training_loss.png", curves, "training loss", ylabel="loss")
 
 
@@ -731,65 +667,53 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_deeplab_caspp.py --preset paper --data-root data/voc --table 5.4\n"
                "  torchrun --nproc_per_node=4 reproduce_deeplab_caspp.py --preset paper --data-root data/voc\n"
                "  python reproduce_deeplab_caspp.py --resume runs/reproduce_deeplab_caspp/20261121-120000",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    h = help_default   # "default X; paper preset Y", read from Config and PRESETS
-    p.add_argument("--table", choices=list(TABLES), help=f"which table to reproduce ({h('table')})")
+        formatter_class=help_formatter(Config, PRESETS))   # appends each flag's default
+    p.add_argument("--table", choices=list(TABLES), help="which table to reproduce")
     p.add_argument("--rows", metavar="LIST", help="row numbers of the table as printed, e.g. 1,3,5 (default all)")
     p.add_argument("--profile-only", action="store_const", const=True,
                    help="only the Params, MAdds and latency columns, no training (seconds)")
     one = p.add_argument_group("one model instead of a table")
     one.add_argument("--backbone", choices=BACKBONES,
                      help="train this one architecture, with the flags below (default: the table's rows)")
-    one.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, help=f"output stride ({h('output_stride')})")
-    one.add_argument("--aspp", choices=ASPP_KINDS, help=f"ASPP block: ST, DS, BTN or CASPP-1..4 ({h('aspp')})")
+    one.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, help="output stride")
+    one.add_argument("--aspp", choices=ASPP_KINDS, help="ASPP block: ST, DS, BTN or CASPP-1..4")
     one.add_argument("--ksac", action="store_const", const=True, help="kernel-sharing atrous convolution")
-    one.add_argument("--method", choices=METHODS, help=f"distillation from the thesis's teacher ({h('method')})")
+    one.add_argument("--method", choices=METHODS, help="distillation from the thesis's teacher")
     d = p.add_argument_group("distillation (Section 4.2.2)")
-    d.add_argument("--alpha", type=float, help=f"KD weight alpha of Eq. 4.6, in [0, 1] ({h('alpha')})")
-    d.add_argument("--T", type=float, help=f"KD temperature ({h('T')})")
-    d.add_argument("--beta", type=float, help=f"attention-transfer weight beta of Eq. 4.9 ({h('beta')})")
+    d.add_argument("--alpha", type=float, help="KD weight alpha of Eq. 4.6, in [0, 1]")
+    d.add_argument("--T", type=float, help="KD temperature of Eq. 4.5")
+    d.add_argument("--beta", type=float, help="attention-transfer weight beta of Eq. 4.9")
     d.add_argument("--teacher-checkpoint", metavar="FILE",
                    help="teacher weights (ResNet-50, OS16, KSAC, ST; a file this script cached) instead of training "
                         "(default: train one, or reuse the cached one)")
     t = p.add_argument_group("training")
     t.add_argument("--preset", choices=sorted(PRESETS),
                    help="default (the default): reduced, for a CPU; paper: the thesis's")
-    t.add_argument("--iterations", type=int, metavar="N", help=f"training iterations of each model ({h('iterations')})")
-    t.add_argument("--batch-size", type=int, metavar="N",
-                   help=f"images per batch, over all processes ({h('batch_size')})")
-    t.add_argument("--crop", type=int, metavar="PIXELS", help=f"training crop side ({h('crop')}, the thesis's)")
-    t.add_argument("--lr", type=float, help=f"SGD learning rate ({h('lr')})")
+    t.add_argument("--iterations", type=int, metavar="N", help="training iterations of each model")
+    t.add_argument("--batch-size", type=int, metavar="N", help="images per batch, over all processes")
+    t.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side, the thesis's in the paper preset")
+    t.add_argument("--lr", type=float, help="SGD learning rate")
     t.add_argument("--backbone-lr", type=float, metavar="LR",
-                   help=f"rate of a pre-trained backbone, 0 = frozen ({h('backbone_lr')}, the thesis's)")
-    t.add_argument("--weight-decay", type=float, metavar="WD", help=f"SGD weight decay ({h('weight_decay')})")
+                   help="rate of a pre-trained backbone, 0 = frozen; the thesis's in the paper preset")
+    t.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay")
     t.add_argument("--backbone-init", choices=["auto", "imagenet", "synthetic", "scratch"],
                    help="imagenet: torchvision's weights; synthetic: one backbone trained on the synthetic scenes, "
-                        "a stand-in; scratch: random; auto (default): synthetic without --data-root, else imagenet; "
-                        f"paper preset {PRESETS['paper']['backbone_init']}")
+                        "a stand-in; scratch: random; auto: synthetic without --data-root, else imagenet")
     t.add_argument("--backbone-weights", metavar="FILE",
                    help="a local torchvision ImageNet file for the backbone (default: as --backbone-init says)")
-    t.add_argument("--pretrain-iterations", type=int, metavar="N",
-                   help=f"iterations of the synthetic backbone ({h('pretrain_iterations')})")
+    t.add_argument("--pretrain-iterations", type=int, metavar="N", help="iterations of the synthetic backbone")
     t.add_argument("--repeats", type=int, metavar="R",
-                   help=f"runs per model, keeping the best ({h('repeats')}, the thesis's)")
-    t.add_argument("--seed", type=int, help=f"random seed ({h('seed')})")
-    t.add_argument("--device", help="auto (default), cpu or cuda")
-    t.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
+                   help="runs per model, keeping the best; the thesis's in the paper preset")
     t.add_argument("--sync-bn", action="store_const", const=True, help="SyncBatchNorm across torchrun's GPUs")
-    t.add_argument("--workers", type=int, metavar="N", help=f"data-loading worker processes ({h('workers')})")
-    t.add_argument("--eval-every", type=int, metavar="N",
-                   help=f"iterations between validations, 0 = only at the end ({h('eval_every')})")
-    t.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help=f"iterations between resumable checkpoints ({h('checkpoint_every')})")
-    io = p.add_argument_group("data and files")
+    t.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations, 0 = only at the end")
+    io = p.add_argument_group("data")
     io.add_argument("--data-root", metavar="FOLDER",
                     help="folder holding VOCdevkit/VOC2012 (and SegmentationClassAug or benchmark_RELEASE for "
                          "trainaug); default: synthetic scenes")
-    io.add_argument("--train-images", type=int, metavar="N", help=f"synthetic training scenes ({h('train_images')})")
-    io.add_argument("--val-images", type=int, metavar="N", help=f"synthetic validation scenes ({h('val_images')})")
-    io.add_argument("--image-size", type=int, metavar="PIXELS", help=f"synthetic scene side ({h('image_size')})")
-    io.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers/backbones ({h('cache_dir')})")
-    add_run_folder_arguments(io, "reproduce_deeplab_caspp")
+    io.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes")
+    io.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes")
+    io.add_argument("--image-size", type=int, metavar="PIXELS", help="synthetic scene side")
+    add_run_arguments(p, "reproduce_deeplab_caspp")
     args = p.parse_args(argv)
     parsed = {"rows": parse_rows(args.rows)} if args.rows is not None else {}
     cfg = config_from_args(args, Config, PRESETS, **parsed)
@@ -806,11 +730,6 @@ def parse_rows(text: str) -> tuple:
     if not rows:
         raise UserError("--rows is empty: give row numbers separated by commas, e.g. --rows 1,3,5.")
     return rows
-
-
-def help_default(name: str) -> str:
-    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
-    return default_text(Config, PRESETS, name)
 
 
 def check_config(cfg: Config, args: argparse.Namespace) -> None:
@@ -832,7 +751,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
         raise UserError(f"--alpha must lie in [0, 1] (Eq. 4.6); got {cfg.alpha}.")
     if not 0 < cfg.T < math.inf:   # NaN fails too
         raise UserError(f"--T must be positive (the softmax divides the logits by it); got {cfg.T}.")
-    check_flags({"--iterations": cfg.iterations, "--repeats": cfg.repeats, "--checkpoint-every": cfg.checkpoint_every,
+    check_flags({"--iterations": cfg.iterations, "--repeats": cfg.repeats,
                  "--pretrain-iterations": cfg.pretrain_iterations, "--val-images": cfg.val_images}, "must be >= 1",
                 lambda v: v >= 1)
     check_flags({"--batch-size": cfg.batch_size}, "must be >= 2 (BatchNorm needs more than one image per batch to "
@@ -845,7 +764,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
                 lambda v: 0 <= v < math.inf)
     check_flags({"--weight-decay": cfg.weight_decay, "--beta": cfg.beta}, "must be non-negative",
                 lambda v: 0 <= v < math.inf)
-    check_run_options(cfg)   # --seed, --workers
+    check_run_options(cfg)   # --seed, --workers, --checkpoint-every
     if not cfg.data_root:   # VOC's sizes are known only once it is read
         check_flags({"--train-images": cfg.train_images}, f"must hold at least one batch (--batch-size "
                     f"{cfg.batch_size})", lambda v: v >= cfg.batch_size)
@@ -890,46 +809,30 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
               "21-class scenes (no VOC data is read).")
 
 
-def new_run(cfg: Config, ddp: Distributed) -> RunDir:
-    """A new run folder: rank 0 names and creates it, every rank uses it."""
-    path = None
-    if ddp.is_main:
-        run = RunDir.create("reproduce_deeplab_caspp", cfg.out)
-        run.write_config(asdict(cfg))
-        path = str(run.path)
-    return RunDir(broadcast_from_main(path, ddp))
-
-
 def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
-    run = None
-    if args.resume:
-        cfg, run = resume_run(args, Config)
-    else:
-        check_config(cfg, args)
+    cfg, run = resume_or_check(args, cfg, Config, check_config)
     ddp, device = init_distributed(cfg.device)
     try:
-        train, val, data_name = load_data(cfg)     # bad data stops us before a run folder exists
+        train_set, val, data_name = load_data(cfg)     # bad data stops us before a run folder exists
         if cfg.backbone_init == "imagenet" and not cfg.backbone_weights and not cfg.profile_only:
             for name in sorted(backbones_to_train(cfg)):   # so does a download that cannot happen
                 imagenet_backbone(name)
-        run = run or new_run(cfg, ddp)
-        start = time.time()
-        lab = Lab(cfg, run, train, val, data_name, ddp, device)
-        lab.say(f"run folder: {run.path}\ndata: {data_name}; device {device}"
-                f"{f'; {ddp.world_size} processes' if ddp.enabled else ''}")
-        if cfg.backbone:
-            run_one_model(lab)
-        elif TABLES[cfg.table].distill:
-            run_distillation_table(lab, TABLES[cfg.table])
-        else:
-            run_architecture_table(lab, TABLES[cfg.table])
-        plot_predictions(lab)
-        plot_training_curves(lab)
-        if not TABLES[cfg.table].distill and not cfg.profile_only and lab.trained and not cfg.backbone:
-            # Figure 5.2 shows the best model; we prefer output stride 16, whose maps have 4x the positions
-            plot_attention(lab, max(lab.trained, key=lambda t: (t.row.output_stride <= 16, t.metrics["miou"])))
-        lab.say(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})")
+        with run_folder(run, "reproduce_deeplab_caspp", cfg, ddp) as run:
+            lab = Lab(cfg, Session(run, device, cfg, ddp), train_set, val, data_name)
+            lab.say(f"data: {data_name}; device {device}{f'; {ddp.world_size} processes' if ddp.enabled else ''}")
+            if cfg.backbone:
+                run_one_model(lab)
+            elif TABLES[cfg.table].distill:
+                run_distillation_table(lab, TABLES[cfg.table])
+            else:
+                run_architecture_table(lab, TABLES[cfg.table])
+            plot_predictions(lab)
+            plot_training_curves(lab)
+            if not TABLES[cfg.table].distill and not cfg.profile_only and lab.trained and not cfg.backbone:
+                # Figure 5.2 shows the best model; we prefer output stride 16, whose maps have 4x the positions
+                plot_attention(lab, max(lab.trained, key=lambda t: (t.info["row"].output_stride <= 16,
+                                                                    t.metrics["miou"])))
     finally:
         shutdown_distributed()
 

@@ -52,8 +52,7 @@ import argparse
 import functools
 import math
 import os
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,18 +61,23 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from common.cifar import SyntheticObjects, augment_cifar, cifar10, normalize_cifar
+from common.cifar import augment_cifar, cifar10, normalize_cifar
+from common.devices import autocast, pick_device
 from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
+from common.images import IGNORE_INDEX
 from common.losses import kd_kl_div, weighted_cross_entropy
-from common.metrics import ConfusionMatrix
-from common.profiler import count_macs, count_parameters, measure_latency, weights_size_bytes
+from common.metrics import evaluate_segmentation, predict_segmentation
+from common.profiler import profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
+from common.runs import (RunDir, RunOptions, add_run_arguments, check_run_options, config_from_args, help_formatter,
+                         resume_or_check, run_folder, run_main)
 from common.segmentation_models import PUBLISHED, TorchvisionSegmenter, WeightFlags, build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments, add_run_folder_arguments,
-                             autocast, cache_path, check_run_options, config_from_args, default_text, load_weights,
-                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
-from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
+from common.synthetic_objects import SyntheticObjects
+from common.synthetic_scenes import SyntheticScenes
+from common.teachers import cache_path, freeze, load_or_train
+from common.training import Session, Trained, make_scheduler, seed_everything, train, training_batches
+from common.voc import NUM_CLASSES, augmented_item, colorize, voc_dataset
 
 # The report's tables, as printed (Section IV).
 PAPER_A = {"teacher": 95.0, "distilled": 80.0}                       # accuracy, %
@@ -100,10 +104,25 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return loss, {"train_kl": kl.detach(), "train_ce": ce.detach()}
 
 
+def job_loss(model: nn.Module, teacher: nn.Module | None, batches, cfg: Config):
+    """A training job's ``loss_fn(step)`` on batch ``batches(step)`` (images, labels): Section II's loss against the
+    frozen ``teacher``'s logits, or without a teacher (a teacher itself, the stand-in pre-training, the 'alone'
+    control) its hard term only, the cross-entropy E_S[-log y]. The same for both experiments: an image's label in
+    A, a pixel's in B."""
+    def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+        x, y = batches(step)
+        logits = model(x).float()
+        if teacher is None:
+            return weighted_cross_entropy(logits, y, ignore_index=IGNORE_INDEX), {}
+        with torch.no_grad():
+            t_logits = teacher(x).float()
+        return distillation_loss(logits, t_logits, y, cfg.T, cfg.alpha)
+    return loss_fn
+
+
 # =============================================================================================== configuration
 @dataclass
-class Config:
-    preset: str = "default"
+class Config(RunOptions):
     experiment: str = "B"             # A, B or all
     # Section II
     T: float = 20.0
@@ -141,19 +160,11 @@ class Config:
     eval_every_epochs: int = 4
     profile_size: int = 520           # cost columns at 1x3xSxS: torchvision's reference size, at which it publishes
     #                                   its counts
-    # ----- run
+    # ----- data and outputs (the run options are RunOptions')
     data_root: str | None = None
     cifar_md5: bool = True            # check CIFAR-10's files against the published md5 sums (off: a user's own copy)
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    workers: int = 0
     latency_repeats: int = 2
     panel_images: int = 3
-    cache_dir: str = "runs/teacher_cache"
-    out: str | None = None
-    checkpoint_every: int = 100
-    progress: bool = True
 
 
 # the weights on the command line, named in errors
@@ -172,6 +183,20 @@ PRESETS = {
                   a_test_images=10_000, epochs=20, head_lr=2e-3, backbone_lr=2e-4, crop=480, teacher_iterations=3_660,
                   eval_every_epochs=1, latency_repeats=10, checkpoint_every=500, workers=8),
 }
+
+
+def record(results: ResultsCSV, experiment: str, trained: Trained, cost: dict, metric: str, notes: str = "") -> None:
+    """One row of results.csv: a trained model, its costs and its measurement (``metric`` "accuracy" or "miou")."""
+    results.add(experiment=experiment, model=trained.label, params=cost["params"], macs=cost["macs"],
+                loss=round(trained.metrics.get("val_loss", trained.metrics.get("test_loss", math.nan)), 5),
+                iou=round(trained.metrics["miou"], 5) if metric == "miou" else None,
+                iterations=len(trained.train_loss),
+                notes="; ".join(filter(None, [notes, "diverged" if trained.diverged else ""])))
+
+
+def finish_table(run: RunDir, table: Table, stem: str) -> None:
+    table.write(run.path, stem)
+    print("\n" + table.markdown(), flush=True)
 
 
 # =============================================================================================== experiment A
@@ -220,54 +245,13 @@ def cifar_sample(dataset, index: int, generator: torch.Generator) -> tuple[torch
     return augment_cifar(image, generator), torch.tensor(label)
 
 
-# =============================================================================================== experiment B
-def voc_sample(dataset, crop: int, scale: tuple, index: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training sample: random scale, flip and crop (FastFCN's augmentation; common.voc.augment)."""
-    image, mask = dataset[index]
-    return augment(image, mask, generator, crop=crop, scale=tuple(scale))
-
-
-class Lab:
-    """What the experiments share: config, device, run folder, results and the cache of trained teachers."""
-
-    def __init__(self, cfg: Config, run: RunDir, device: torch.device) -> None:
-        self.cfg, self.run, self.device = cfg, run, device
-        self.results = ResultsCSV(run.path / "results.csv")
-
-    def say(self, text: str) -> None:
-        print(text, flush=True)
-
-    def train(self, name: str, label: str, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn,
-              iterations: int, evaluate, eval_every: int, schedule: str) -> Trained:
-        """The shared loop (common.training.train_job): resumable, logged to metrics.jsonl, evaluated every
-        ``eval_every`` iterations and at the end; the final model is reported (not the best evaluation)."""
-        return train_job(model, optimizer, loss_fn, iterations, name=name, label=label, run=self.run,
-                         device=self.device, evaluate=evaluate, eval_every=eval_every,
-                         checkpoint_every=self.cfg.checkpoint_every, amp=self.cfg.amp, progress=self.cfg.progress,
-                         seed=self.cfg.seed, scheduler=make_scheduler(optimizer, schedule, iterations))
-
-    def cost(self, model: nn.Module, shape: tuple) -> dict:
-        model = model.eval()
-        return {"params": count_parameters(model), "macs": count_macs(model, shape),
-                "latency_s": measure_latency(model, shape, self.device, warmup=1, repeats=self.cfg.latency_repeats),
-                "size_bytes": weights_size_bytes(model)}
-
-    def record(self, experiment: str, trained: Trained, cost: dict, metric: str, notes: str = "") -> None:
-        self.results.add(experiment=experiment, model=trained.label, params=cost["params"], macs=cost["macs"],
-                         loss=round(trained.metrics.get("val_loss", trained.metrics.get("test_loss", math.nan)), 5),
-                         iou=round(trained.metrics["miou"], 5) if metric == "miou" else None,
-                         iterations=len(trained.train_loss),
-                         notes="; ".join(filter(None, [notes, "diverged" if trained.diverged else ""])))
-
-
-# ----------------------------------------------------------------------------------------------- experiment A
 class ClassificationExperiment:
     """Section III.A: ResNet-18 -> 5-layer CNN, on CIFAR-10 (--data-root) or synthetic 10-class images."""
 
+    TEACHER = "Resnet18 (teacher)"
+
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self.lab: Lab | None = None
         if cfg.data_root:
             self.train_set, self.test_set = (cifar10(cfg.data_root, True, cfg.cifar_md5),
                                                 cifar10(cfg.data_root, False, cfg.cifar_md5))
@@ -280,14 +264,17 @@ class ClassificationExperiment:
             raise UserError(f"experiment A: {len(self.train_set)} training images are fewer than one batch of "
                             f"{max(cfg.a_batch_size, cfg.a_teacher_batch_size)}; raise --a-train-images or lower "
                             f"--a-batch-size / --a-teacher-batch-size.")
+        self.sample = functools.partial(cifar_sample, self.train_set)
+        self.session: Session | None = None
 
-    def run(self, lab: Lab) -> None:
-        self.lab, cfg = lab, lab.cfg
-        lab.say(f"\nExperiment A (Section III.A): {self.data_name}; device {lab.device}")
+    def run(self, session: Session, results: ResultsCSV) -> None:
+        self.session, cfg, run = session, self.cfg, session.run
+        session.say(f"\nExperiment A (Section III.A): {self.data_name}; device {self.device}")
         teacher = self.teacher()
-        alone = self.train_student("student_alone", distill=False)
-        distilled = self.train_student("student_kd", distill=True, teacher=teacher.model)
-        costs = {"teacher": lab.cost(teacher.model, MACS_INPUT_A), "student": lab.cost(alone.model, MACS_INPUT_A)}
+        alone = self.train_student("student_alone")
+        distilled = self.train_student("student_kd", teacher=teacher.model)
+        costs = {role: profile(model.eval(), MACS_INPUT_A, self.device, warmup=1, repeats=cfg.latency_repeats)
+                 for role, model in (("teacher", teacher.model), ("student", alone.model))}
         table = Table("Experiment A (Section III.A): accuracy",
                       ["Network", "Accuracy (paper, CIFAR-10)", "Accuracy (ours)", "test CE (ours)", "params",
                        "MAdds", "latency ms (ours)"])
@@ -297,82 +284,73 @@ class ClassificationExperiment:
             table.add(trained.label, "-" if paper is None else f"{paper:.0f}%", accuracy_cell(trained),
                       f"{trained.metrics['test_loss']:.3f}", f"{cost['params']:,}", f"{cost['macs'] / 1e6:.1f}M",
                       f"{1000 * cost['latency_s']:.2f}")
-            lab.record("A", trained, cost, "accuracy", notes=f"accuracy {trained.metrics['accuracy']:.4f}")
+            record(results, "A", trained, cost, "accuracy", notes=f"accuracy {trained.metrics['accuracy']:.4f}")
         table.notes = [
             f"paper: the report's Section IV (CIFAR-10); ours: {self.data_name}, measured by this run.",
             f"ours: Adam lr {cfg.a_lr}, batch {cfg.a_batch_size}, {cfg.a_epochs} epochs (report: 30), T {cfg.T}, "
-            f"alpha {cfg.alpha}; teacher: {teacher.metrics.get('source', 'trained by this run')} (its recipe is "
+            f"alpha {cfg.alpha}; teacher: {teacher.info.get('source', 'trained by this run')} (its recipe is "
             f"not given; ours: Adam lr {cfg.a_lr}, poly decay, batch {cfg.a_teacher_batch_size}, "
             f"{cfg.a_teacher_epochs} epochs).",
             "the report's 80% is its distilled 5-layer CNN; it trains none alone (that row is ours).",
             "KD term: D_KL(p_T || p_S) averaged over images, times T^2 (Section II); [3]'s code divides by the 10 "
             "classes as well.",
             f"MAdds: ptflops, 1x3x32x32; latency: median of {cfg.latency_repeats} forward passes of one image on "
-            f"{lab.device}."]
-        finish_table(lab, table, "table_A")
-        plot_curves(lab.run.figures / "A_training_loss.png",
+            f"{self.device}."]
+        finish_table(run, table, "table_A")
+        plot_curves(run.figures / "A_training_loss.png",
                     {t.label: (list(range(1, len(t.train_loss) + 1)), t.train_loss)
                      for t in (teacher, alone, distilled) if t.train_loss},
                     "Experiment A: training loss", ylabel="loss")
-        plot_curves(lab.run.figures / "A_test_accuracy.png",
-                    {t.label: ([e["epoch"] for e in t.evals],
+        plot_curves(run.figures / "A_test_accuracy.png",   # epochs: the teacher's have more (smaller) batches
+                    {t.label: ([e["iteration"] / t.info["steps_per_epoch"] for e in t.evals],
                                [100 * e["accuracy"] for e in t.evals]) for t in (teacher, alone, distilled)
                      if t.evals}, "Experiment A: test accuracy", xlabel="epoch", ylabel="accuracy %", marker="o")
 
-    # ------------------------------------------------------------------ models
     def teacher(self) -> Trained:
         """The ResNet-18, trained once on the labels and cached. Its recipe is not given ([3] ships a trained
         teacher); ours: the students' Adam at lr 1e-3, but batch 32 and a poly decay, which reach a better teacher in
         the default preset's few epochs (measured: 61% at batch 128, 73% at batch 32, constant rate, 8 epochs)."""
-        lab, cfg = self.lab, self.lab.cfg
+        session, cfg = self.session, self.cfg
         key = {"what": "A teacher", "data": self.data_name, "epochs": cfg.a_teacher_epochs, "lr": cfg.a_lr,
                "batch": cfg.a_teacher_batch_size, "schedule": "poly", "seed": cfg.seed}
         path = cache_path(cfg.cache_dir, "fcn_kd_A_teacher", key)
-        model = CifarResNet18().to(lab.device)
-        if path.exists():
-            load_weights(model, path, what="cached teacher")
-            trained = Trained("A_teacher", "Resnet18 (teacher)", model, self.evaluate(model))
-            trained.metrics["source"] = f"cached in {path}"
-        else:
-            lab.say(f"training the ResNet-18 teacher ({cfg.a_teacher_epochs} epochs; cached in {path})")
-            trained = self._train("A_teacher", "Resnet18 (teacher)", model, cfg.a_teacher_epochs, None,
-                                  cfg.a_teacher_batch_size, schedule="poly")
-            save_weights(path, model)
-        model.eval().requires_grad_(False)
-        lab.say(f"  ResNet-18 teacher: accuracy {100 * trained.metrics['accuracy']:.2f}% (report: 95%)")
+
+        def fit_teacher(model: nn.Module) -> Trained:
+            session.say(f"training the ResNet-18 teacher ({cfg.a_teacher_epochs} epochs; cached in {path})")
+            per_epoch = len(self.train_set) // cfg.a_teacher_batch_size
+            iterations = cfg.a_teacher_epochs * per_epoch
+            batches = training_batches(self.sample, len(self.train_set), iterations,
+                                       batch_size=cfg.a_teacher_batch_size, session=session)
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.a_lr)
+            trained = train(model, optimizer, job_loss(model, None, batches, cfg), iterations, session=session,
+                            name="A_teacher", label=self.TEACHER, evaluate=lambda: self.evaluate(model),
+                            eval_every=per_epoch, scheduler=make_scheduler(optimizer, "poly", iterations))
+            trained.info["steps_per_epoch"] = per_epoch
+            return trained
+
+        model = CifarResNet18().to(self.device)
+        trained = load_or_train(model, path, fit_teacher)
+        if trained is None:
+            trained = Trained("A_teacher", self.TEACHER, model, self.evaluate(model),
+                              info={"source": f"cached in {path}"})
+        freeze(model)
+        session.say(f"  ResNet-18 teacher: accuracy {100 * trained.metrics['accuracy']:.2f}% (report: 95%)")
         return trained
 
-    def train_student(self, name: str, distill: bool, teacher: nn.Module | None = None) -> Trained:
-        label = "5-layer CNN, distilled" if distill else "5-layer CNN, alone (ours only)"
-        trained = self._train(name, label, FiveLayerCNN().to(self.lab.device), self.lab.cfg.a_epochs,
-                              teacher if distill else None, self.lab.cfg.a_batch_size)
-        self.lab.say(f"  {label}: accuracy {100 * trained.metrics['accuracy']:.2f}%")
-        return trained
-
-    def _train(self, name: str, label: str, model: nn.Module, epochs: int, teacher: nn.Module | None,
-               batch_size: int, schedule: str = "constant") -> Trained:
-        lab, cfg = self.lab, self.lab.cfg
-        batches = StepBatches(len(self.train_set), batch_size, cfg.seed,
-                              functools.partial(cifar_sample, self.train_set))
-        steps_per_epoch = len(self.train_set) // batch_size
-        iterations = epochs * steps_per_epoch
-        stream = BatchStream(batches, iterations, cfg.workers, pin_memory=lab.device.type == "cuda")
-
-        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
-            x, y = (t.to(lab.device, non_blocking=True) for t in stream(step))
-            logits = model(x).float()
-            if teacher is None:
-                return F.cross_entropy(logits, y), {}
-            with torch.no_grad():
-                t_logits = teacher(x).float()
-            return distillation_loss(logits, t_logits, y, cfg.T, cfg.alpha)
-
+    def train_student(self, name: str, teacher: nn.Module | None = None) -> Trained:
+        """The 5-layer CNN with Section II's loss from ``teacher``, or alone: Adam at a constant rate ([3]'s)."""
+        session, cfg = self.session, self.cfg
+        label = "5-layer CNN, alone (ours only)" if teacher is None else "5-layer CNN, distilled"
+        model = FiveLayerCNN().to(self.device)
+        per_epoch = len(self.train_set) // cfg.a_batch_size
+        iterations = cfg.a_epochs * per_epoch
+        batches = training_batches(self.sample, len(self.train_set), iterations, batch_size=cfg.a_batch_size,
+                                   session=session)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.a_lr)
-        # [3] keeps the students' Adam rate constant over its 30 epochs
-        trained = lab.train(name, label, model, optimizer, loss_fn, iterations, lambda: self.evaluate(model),
-                            steps_per_epoch, schedule=schedule)
-        for e in trained.evals:   # the teacher's epochs have more (smaller) batches than the students'
-            e["epoch"] = e["iteration"] / steps_per_epoch
+        trained = train(model, optimizer, job_loss(model, teacher, batches, cfg), iterations, session=session,
+                        name=name, label=label, evaluate=lambda: self.evaluate(model), eval_every=per_epoch)
+        trained.info["steps_per_epoch"] = per_epoch
+        session.say(f"  {label}: accuracy {100 * trained.metrics['accuracy']:.2f}%")
         return trained
 
     @torch.no_grad()
@@ -397,13 +375,27 @@ def accuracy_cell(trained: Trained) -> str:
     return f"{100 * trained.metrics['accuracy']:.2f}%" + (" (diverged)" if trained.diverged else "")
 
 
-# ----------------------------------------------------------------------------------------------- experiment B
+# =============================================================================================== experiment B
+def student_optimizer(model: TorchvisionSegmenter, cfg: Config, variant: str = "kd") -> torch.optim.SGD:
+    """Section III.B's SGD: momentum 0.9, lr 2e-3 for the FCN head and 2e-4 for the backbone, weight decay 5e-4
+    (``cfg``'s values); the variants "no-weight-decay" and "no-momentum" drop one. A backbone rate of 0 keeps the
+    backbone fixed: the same training without its backward pass (its BatchNorm still sees the batches)."""
+    groups = [{"params": model.head_parameters(), "lr": cfg.head_lr}]
+    if cfg.backbone_lr > 0:
+        groups.append({"params": model.backbone.parameters(), "lr": cfg.backbone_lr})
+    else:
+        model.backbone.requires_grad_(False)
+    return torch.optim.SGD(groups, lr=cfg.head_lr, momentum=0.0 if variant == "no-momentum" else cfg.momentum,
+                           weight_decay=0.0 if variant == "no-weight-decay" else cfg.weight_decay)
+
+
 class SegmentationExperiment:
     """Section III.B: FCN-ResNet101 -> FCN-ResNet50 on PASCAL VOC 2012 (--data-root) or synthetic scenes."""
 
+    TEACHER = PAPER_B_NAMES["teacher"] + " (teacher)"
+
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self.lab: Lab | None = None
         if cfg.data_root:
             checked = dict(verdicts=Path(cfg.cache_dir) / VERDICTS_FILE, progress=cfg.progress)  # every file, now
             self.train_set = voc_dataset(cfg.data_root, "train", **checked)
@@ -428,7 +420,10 @@ class SegmentationExperiment:
         self.given_teacher = (build_segmenter("fcn_resnet101", NUM_CLASSES, weights=given, flags=FLAGS) if given
                               else None)
         self.start_backbone = self.given_backbone()
-        self.teacher_net: nn.Module | None = None
+        # mIoU over the 21 classes, pixel accuracy and cross-entropy on whole validation images, single scale
+        self.validate = functools.partial(evaluate_segmentation, dataset=self.val_set, device=device,
+                                          num_classes=NUM_CLASSES, amp=cfg.amp)
+        self.session: Session | None = None
 
     def given_backbone(self) -> dict | None:
         """The students' starting backbone where it comes from a file (--backbone-weights, or torchvision's
@@ -440,22 +435,22 @@ class SegmentationExperiment:
                                 flags=FLAGS)
         return model.backbone.state_dict()
 
-    def run(self, lab: Lab) -> None:
-        self.lab, cfg = lab, lab.cfg
-        lab.say(f"\nExperiment B (Section III.B): {self.data_name}; device {lab.device}")
+    def run(self, session: Session, results: ResultsCSV) -> None:
+        self.session, cfg, run = session, self.cfg, session.run
+        session.say(f"\nExperiment B (Section III.B): {self.data_name}; device {self.device}")
         teacher = self.teacher()
-        self.teacher_net = teacher.model
         before = self.new_student()          # Figure 2: the student before training (its initial weights)
         plot_figures_1_2(self, teacher.model, before)
-        students = [self.train_student(v) for v in ("kd", *cfg.variants)]
+        students = [self.train_student(v, teacher.model) for v in ("kd", *cfg.variants)]
         shape = (1, 3, cfg.profile_size, cfg.profile_size)
-        costs = {"teacher": lab.cost(teacher.model, shape), "student": lab.cost(before, shape)}
-        self.write_table(teacher, students, costs)
+        costs = {role: profile(model.eval(), shape, self.device, warmup=1, repeats=cfg.latency_repeats)
+                 for role, model in (("teacher", teacher.model), ("student", before))}
+        self.write_table(teacher, students, costs, results)
         plot_figures_3_4(self, teacher, students)
-        plot_curves(lab.run.figures / "B_training_loss.png",
+        plot_curves(run.figures / "B_training_loss.png",
                     {s.label: (list(range(1, len(s.train_loss) + 1)), s.train_loss) for s in students},
                     "Experiment B: training loss (Section II's L; 'alone': cross-entropy)", ylabel="loss")
-        plot_curves(lab.run.figures / "B_val_miou.png",
+        plot_curves(run.figures / "B_val_miou.png",
                     {s.label: ([e["iteration"] / self.steps_per_epoch for e in s.evals],
                                [100 * e["miou"] for e in s.evals]) for s in students},
                     "Experiment B: validation mIoU during training", xlabel="epoch", ylabel="mIoU %", marker="o")
@@ -463,16 +458,17 @@ class SegmentationExperiment:
     # ------------------------------------------------------------------ the teacher
     def teacher(self) -> Trained:
         """--teacher-weights coco (the report's teacher), --teacher-checkpoint FILE, or one we train and cache."""
-        lab, cfg = self.lab, self.lab.cfg
+        cfg = self.cfg
         if self.given_teacher is not None:
             source = "torchvision's COCO weights" if cfg.teacher_weights else cfg.teacher_checkpoint
-            model = self.given_teacher.to(lab.device)
-            trained = Trained("B_teacher", PAPER_B_NAMES["teacher"] + " (teacher)", model, self.evaluate(model))
+            model = self.given_teacher.to(self.device)
+            trained = Trained("B_teacher", self.TEACHER, model, self.validate(model))
         else:
             trained, source = self.train_teacher()
-        trained.metrics["source"] = source
-        trained.model.eval().requires_grad_(False)
-        lab.say(f"  teacher FCN-ResNet101 from {source}: mIoU {100 * trained.metrics['miou']:.2f} (report: 63.7)")
+        trained.info["source"] = source
+        freeze(trained.model)
+        self.session.say(f"  teacher FCN-ResNet101 from {source}: mIoU {100 * trained.metrics['miou']:.2f} "
+                         f"(report: 63.7)")
         return trained
 
     def train_teacher(self) -> tuple[Trained, str]:
@@ -480,28 +476,29 @@ class SegmentationExperiment:
         for all layers, poly, --teacher-iterations. With real data it starts from the ImageNet backbone and trains
         on VOC train. On the synthetic data it stands in for the report's teacher (ImageNet, then COCO): it trains
         on the other synthetic scenes, starting from the stand-in pre-training deepened to ResNet-101."""
-        lab, cfg = self.lab, self.lab.cfg
+        session, cfg = self.session, self.cfg
         key = {"what": "B teacher", "data": self.data_name, "iterations": cfg.teacher_iterations,
                "lr": cfg.teacher_lr, "batch": cfg.batch_size, "crop": cfg.crop, "init": cfg.backbone_init,
                "pretrain": [cfg.pretrain_images, cfg.pretrain_iterations], "seed": cfg.seed}
         path = cache_path(cfg.cache_dir, "fcn_kd_B_teacher", key)
-        label = PAPER_B_NAMES["teacher"] + " (teacher)"
-        if path.exists():
-            model = build_segmenter("fcn_resnet101", NUM_CLASSES).to(lab.device)
-            load_weights(model, path, what="cached teacher")
-            return Trained("B_teacher", label, model, self.evaluate(model)), f"the cache ({path})"
-        if cfg.backbone_init == "synthetic":
+        if path.exists():     # load_or_train fills it from the cache
+            model, init = build_segmenter("fcn_resnet101", NUM_CLASSES), None
+        elif cfg.backbone_init == "synthetic":
             model, init = deepen_to_resnet101(self.synthetic_pretraining()), "the deepened stand-in"
         else:
             model = build_segmenter("fcn_resnet101", NUM_CLASSES, flags=FLAGS,
                                     backbone_weights="imagenet" if cfg.backbone_init == "imagenet" else None)
             init = f"{cfg.backbone_init} backbone"
-        lab.say(f"training the FCN-ResNet101 teacher ({cfg.teacher_iterations} iterations from {init}; cached in "
-                f"{path})")
-        optimizer = torch.optim.SGD(model.to(lab.device).parameters(), lr=cfg.teacher_lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-        trained = self._fit("B_teacher", label, model, optimizer, cfg.teacher_iterations, None, self.teacher_set)
-        save_weights(path, model)
+
+        def fit_teacher(model: nn.Module) -> Trained:
+            session.say(f"training the FCN-ResNet101 teacher ({cfg.teacher_iterations} iterations from {init}; "
+                        f"cached in {path})")
+            return self.fit_alone(model, cfg.teacher_lr, cfg.teacher_iterations, "B_teacher", self.TEACHER)
+
+        model = model.to(self.device)
+        trained = load_or_train(model, path, fit_teacher)
+        if trained is None:
+            return Trained("B_teacher", self.TEACHER, model, self.validate(model)), f"the cache ({path})"
         return trained, f"training by this run ({cfg.teacher_iterations} iterations from {init}; cached)"
 
     # ------------------------------------------------------------------ the students
@@ -524,116 +521,72 @@ class SegmentationExperiment:
         --pretrain-images other synthetic scenes (not the students' training scenes, as ImageNet is not VOC; SGD
         at --pretrain-lr, all layers, poly), once, cached. The students take its backbone (with a fresh head, Figure 2);
         the teacher starts from it deepened to ResNet-101."""
-        lab, cfg = self.lab, self.lab.cfg
+        session, cfg = self.session, self.cfg
         key = {"what": "B synthetic pre-training", "images": cfg.pretrain_images, "size": cfg.image_size,
                "iterations": cfg.pretrain_iterations, "lr": cfg.pretrain_lr, "batch": cfg.batch_size,
                "crop": cfg.crop, "seed": cfg.seed}
         path = cache_path(cfg.cache_dir, "fcn_kd_B_pretraining", key)
-        model = build_segmenter("fcn_resnet50", NUM_CLASSES).to(lab.device)
-        if path.exists():
-            load_weights(model, path, what="cached pre-training")
-            return model
-        lab.say(f"pre-training an FCN-ResNet50 on {cfg.pretrain_images} other synthetic scenes "
-                f"({cfg.pretrain_iterations} iterations; the stand-in for ImageNet; cached in {path})")
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.seed + 1000)
-            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.pretrain_lr, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay)
-            self._fit("B_pretraining", "stand-in pre-training", model, optimizer, cfg.pretrain_iterations, None,
-                      self.teacher_set)
-        save_weights(path, model)
+
+        def pretrain(model: nn.Module) -> None:
+            session.say(f"pre-training an FCN-ResNet50 on {cfg.pretrain_images} other synthetic scenes "
+                        f"({cfg.pretrain_iterations} iterations; the stand-in for ImageNet; cached in {path})")
+            with torch.random.fork_rng():   # the random draws after it are those of a run that found it cached
+                self.fit_alone(model, cfg.pretrain_lr, cfg.pretrain_iterations, "B_pretraining",
+                               "stand-in pre-training")
+
+        model = build_segmenter("fcn_resnet50", NUM_CLASSES).to(self.device)
+        load_or_train(model, path, pretrain, what="cached pre-training")
         return model
 
-    def train_student(self, variant: str) -> Trained:
+    def fit_alone(self, model: nn.Module, lr: float, iterations: int, name: str, label: str) -> Trained:
+        """Cross-entropy training of all layers on the teacher's images (the teacher, and the stand-in
+        pre-training): SGD with the students' momentum and weight decay, poly schedule (FastFCN's)."""
+        cfg = self.cfg
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        batches = training_batches(functools.partial(augmented_item, self.teacher_set, cfg.crop, cfg.scale),
+                                   len(self.teacher_set), iterations, batch_size=cfg.batch_size, session=self.session)
+        return train(model, optimizer, job_loss(model, None, batches, cfg), iterations, session=self.session,
+                     name=name, label=label, evaluate=lambda: self.validate(model),
+                     scheduler=make_scheduler(optimizer, "poly", iterations))
+
+    def train_student(self, variant: str, teacher: nn.Module) -> Trained:
         """The report's student (variant "kd") and its variants: "no-weight-decay", "40-epochs" (the report's), and
         "no-momentum" (the table's name for the first), "alone" (no teacher; ours)."""
-        lab, cfg = self.lab, self.lab.cfg
+        session, cfg = self.session, self.cfg
         model = self.new_student()
-        weight_decay = 0.0 if variant == "no-weight-decay" else cfg.weight_decay
-        momentum = 0.0 if variant == "no-momentum" else cfg.momentum
-        epochs = 2 * cfg.epochs if variant == "40-epochs" else cfg.epochs
-        groups = [{"params": model.head_parameters(), "lr": cfg.head_lr}]                  # Section III.B
-        if cfg.backbone_lr > 0:
-            groups.append({"params": model.backbone.parameters(), "lr": cfg.backbone_lr})
-        else:   # rate 0: the same training without the backbone's backward pass (BatchNorm still sees the batch)
-            model.backbone.requires_grad_(False)
-        optimizer = torch.optim.SGD(groups, lr=cfg.head_lr, momentum=momentum, weight_decay=weight_decay)
+        optimizer = student_optimizer(model, cfg, variant)
+        iterations = (2 * cfg.epochs if variant == "40-epochs" else cfg.epochs) * self.steps_per_epoch
         label = student_label(variant, cfg)
-        trained = self._fit(f"B_student_{variant}", label, model, optimizer, epochs * self.steps_per_epoch,
-                            None if variant == "alone" else self.teacher_net, self.train_set,
-                            eval_every=cfg.eval_every_epochs * self.steps_per_epoch)
-        trained.metrics["variant"] = variant
-        lab.say(f"  {label}: mIoU {100 * trained.metrics['miou']:.2f}")
+        batches = training_batches(functools.partial(augmented_item, self.train_set, cfg.crop, cfg.scale),
+                                   len(self.train_set), iterations, batch_size=cfg.batch_size, session=session)
+        loss_fn = job_loss(model, None if variant == "alone" else teacher, batches, cfg)   # Section II, per pixel
+        trained = train(model, optimizer, loss_fn, iterations, session=session, name=f"B_student_{variant}",
+                        label=label, evaluate=lambda: self.validate(model),
+                        eval_every=cfg.eval_every_epochs * self.steps_per_epoch,
+                        scheduler=make_scheduler(optimizer, "poly", iterations))   # poly: FastFCN's
+        trained.info["variant"] = variant
+        session.say(f"  {label}: mIoU {100 * trained.metrics['miou']:.2f}")
         return trained
 
-    def _fit(self, name: str, label: str, model: nn.Module, optimizer: torch.optim.Optimizer, iterations: int,
-             teacher: nn.Module | None, dataset, eval_every: int | None = None) -> Trained:
-        """Train on ``dataset`` with Section II's loss from ``teacher``, or with the cross-entropy alone; validate
-        every ``eval_every`` iterations (None: at the end only)."""
-        lab, cfg = self.lab, self.lab.cfg
-        batches = StepBatches(len(dataset), cfg.batch_size, cfg.seed,
-                              functools.partial(voc_sample, dataset, cfg.crop, tuple(cfg.scale)))
-        stream = BatchStream(batches, iterations, cfg.workers, pin_memory=lab.device.type == "cuda")
-
-        def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
-            x, y = (t.to(lab.device, non_blocking=True) for t in stream(step))
-            logits = model(x).float()
-            if teacher is None:
-                return weighted_cross_entropy(logits, y, ignore_index=IGNORE_INDEX), {}
-            with torch.no_grad():
-                t_logits = teacher(x).float()
-            return distillation_loss(logits, t_logits, y, cfg.T, cfg.alpha)       # Section II, per pixel
-
-        return lab.train(name, label, model, optimizer, loss_fn, iterations, lambda: self.evaluate(model),
-                         eval_every or iterations, schedule="poly")   # poly: FastFCN's
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict:
-        """mIoU over the 21 classes and cross-entropy, on whole validation images at a single scale."""
-        was_training = model.training
-        model.eval()
-        cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)   # summed CE, labelled pixels
-        for i in range(len(self.val_set)):
-            image, mask = self.val_set[i]
-            x, y = normalize(image)[None].to(self.device), mask[None].to(self.device)
-            with autocast(self.device, self.cfg.amp):
-                logits = model(x).float()
-            totals[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")  # on the device:
-            totals[1] += (y != IGNORE_INDEX).sum()                                              # no sync per image
-            cm.update(logits.argmax(1), y)
-        model.train(was_training)
-        loss_sum, pixels = totals.tolist()
-        return {"miou": cm.miou, "val_loss": loss_sum / max(pixels, 1), "pixel_accuracy": cm.pixel_accuracy}
-
-    @torch.no_grad()
-    def predict(self, model: nn.Module, image: torch.Tensor) -> np.ndarray:
-        was_training = model.training
-        model.eval()
-        logits = model(normalize(image)[None].to(self.device))
-        model.train(was_training)
-        return logits.argmax(1)[0].cpu().numpy()
-
     # ------------------------------------------------------------------ the table (Section IV)
-    def write_table(self, teacher: Trained, students: list[Trained], costs: dict) -> None:
-        lab, cfg = self.lab, self.lab.cfg
+    def write_table(self, teacher: Trained, students: list[Trained], costs: dict, results: ResultsCSV) -> None:
+        cfg = self.cfg
         table = Table("Experiment B (Section III.B): mIoU", ["Network", "mIoU (paper)", "mIoU (ours)",
                                                              "pixel acc. (ours)", "params", "MAdds",
                                                              "latency ms (ours)", "weights MB"])
         rows = [(teacher, PAPER_B["teacher"], costs["teacher"])]
-        rows += [(s, PAPER_B.get(s.metrics["variant"]), costs["student"]) for s in students]
+        rows += [(s, PAPER_B.get(s.info["variant"]), costs["student"]) for s in students]
         for trained, paper, cost in rows:
             table.add(trained.label, "-" if paper is None else f"{paper:.1f}", miou_cell(trained),
                       f"{100 * trained.metrics['pixel_accuracy']:.1f}", f"{cost['params'] / 1e6:.2f}M",
                       f"{cost['macs'] / 1e9:.1f}G", f"{1000 * cost['latency_s']:.0f}",
                       f"{cost['size_bytes'] / 1e6:.1f}")
-            lab.record("B", trained, cost, "miou", notes=trained.metrics.get("variant", "teacher"))
+            record(results, "B", trained, cost, "miou", notes=trained.info.get("variant", "teacher"))
         published = PUBLISHED["fcn_resnet101"]["miou"]
         table.notes = [
             f"paper: the report's Section IV (VOC 2012); ours: {self.data_name}, measured by this run, 100 x mIoU "
             "over 21 classes on whole validation images at a single scale, final model.",
-            f"teacher: {teacher.metrics['source']}. The report's 63.7 equals the mIoU torchvision publishes for "
+            f"teacher: {teacher.info['source']}. The report's 63.7 equals the mIoU torchvision publishes for "
             f"fcn_resnet101's COCO weights ({published}, COCO val2017 with the VOC categories), not a VOC val number.",
             "'w/o momentum': Section III.B lists this experiment as 'Without Weight Decay'; the table calls it "
             "'w/o momentum'. We run without weight decay"
@@ -653,11 +606,9 @@ class SegmentationExperiment:
             "(255 left out of both); the report writes D_KL(S||T), we take the teacher as target as Hinton et al. do.",
             f"params, MAdds (ptflops), latency (median of {cfg.latency_repeats}) and weights at "
             f"1x3x{cfg.profile_size}x{cfg.profile_size} on "
-            f"{lab.device}; without the auxiliary head (torchvision's published counts include it: "
+            f"{self.device}; without the auxiliary head (torchvision's published counts include it: "
             f"{PUBLISHED['fcn_resnet101']['num_params']:,} / {PUBLISHED['fcn_resnet50']['num_params']:,} params)."]
-        finish_table(lab, table, "table_B")
-
-
+        finish_table(self.session.run, table, "table_B")
 def deepen_to_resnet101(fcn50: TorchvisionSegmenter) -> TorchvisionSegmenter:
     """An FCN-ResNet101 that computes exactly what ``fcn50`` computes (a Net2Net-style deepening, Chen et al.
     2016): ResNet-101 is ResNet-50 with 17 more bottleneck blocks in layer3 (23 for 6). Everything else is copied;
@@ -684,38 +635,36 @@ def miou_cell(trained: Trained) -> str:
     return f"{100 * trained.metrics['miou']:.1f}" + (" (diverged)" if trained.diverged else "")
 
 
-def finish_table(lab: Lab, table: Table, stem: str) -> None:
-    table.write(lab.run.path, stem)
-    print("\n" + table.markdown(), flush=True)
-
-
 # =============================================================================================== Figures 1-4
 def images_and_truth(path: Path, samples: list, caption: str, title: str) -> None:
     plot_panel(path, [[(caption, image.permute(1, 2, 0).numpy()), ("ground truth", colorize(mask))]
                       for image, mask in samples], title)
 
 
+def outputs(model: nn.Module, image: torch.Tensor) -> np.ndarray:
+    return colorize(predict_segmentation(model, image))
+
+
 def plot_figures_1_2(exp: SegmentationExperiment, teacher: nn.Module, student: nn.Module) -> None:
     """Figure 1: training images and their ground truth; Figure 2: teacher | student outputs before training."""
-    figures, n = exp.lab.run.figures, min(exp.lab.cfg.panel_images, len(exp.train_set))
+    figures, n = exp.session.run.figures, min(exp.cfg.panel_images, len(exp.train_set))
     samples = [exp.train_set[i] for i in range(n)]
     images_and_truth(figures / "figure1_train_images.png", samples, "training image",
                      "Figure 1: images from the training set and their ground truth")
     plot_panel(figures / "figure2_before_training.png",
-               [[("teacher", colorize(exp.predict(teacher, image))),
-                 ("student before training", colorize(exp.predict(student, image)))] for image, _ in samples],
-               "Figure 2: FCN outputs before training")
+               [[("teacher", outputs(teacher, image)), ("student before training", outputs(student, image))]
+                for image, _ in samples], "Figure 2: FCN outputs before training")
 
 
 def plot_figures_3_4(exp: SegmentationExperiment, teacher: Trained, students: list[Trained]) -> None:
     """Figure 3: validation images (and ground truth); Figure 4: teacher | students after training."""
-    figures, n = exp.lab.run.figures, min(exp.lab.cfg.panel_images, len(exp.val_set))
+    figures, n = exp.session.run.figures, min(exp.cfg.panel_images, len(exp.val_set))
     samples = [exp.val_set[i] for i in range(n)]
     images_and_truth(figures / "figure3_val_images.png", samples, "validation image",
                      "Figure 3: images from the validation set")
     plot_panel(figures / "figure4_after_training.png",   # the ground truth repeated, to compare at a glance
-               [[("ground truth", colorize(mask)), ("teacher", colorize(exp.predict(teacher.model, image)))]
-                + [(s.metrics["variant"], colorize(exp.predict(s.model, image))) for s in students]
+               [[("ground truth", colorize(mask)), ("teacher", outputs(teacher.model, image))]
+                + [(s.info["variant"], outputs(s.model, image)) for s in students]
                 for image, mask in samples], "Figure 4: FCN outputs after training (teacher | students)")
 
 
@@ -731,41 +680,41 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_fcn_kd.py --experiment all\n"
                "  python reproduce_fcn_kd.py --preset paper --data-root data --teacher-weights coco\n"
                "  python reproduce_fcn_kd.py --resume runs/reproduce_fcn_kd/20261121-120000",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=help_formatter(Config, PRESETS))   # it appends each flag's "default X; paper preset Y"
     p.add_argument("--experiment", choices=["A", "B", "all"],
-                   help=f"A: classification (Section III.A); B: segmentation (III.B); all: both "
-                        f"({help_default('experiment')})")
+                   help="A: classification (Section III.A); B: segmentation (III.B); all: both")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="default (the default): reduced, for a CPU; paper: the report's")
-    h = help_default   # "default X; paper preset Y", read from Config and PRESETS
+    p.add_argument("--data-root", metavar="FOLDER",
+                   help="folder holding cifar-10-batches-py (experiment A) and/or VOCdevkit/VOC2012 (B); default: "
+                        "synthetic data")
     d = p.add_argument_group("distillation (Section II)")
-    d.add_argument("--T", type=float, help=f"temperature ({h('T')})")
-    d.add_argument("--alpha", type=float, help=f"weight of the KD term, in [0, 1] ({h('alpha')})")
+    d.add_argument("--T", type=float, help="temperature")
+    d.add_argument("--alpha", type=float, help="weight of the KD term, in [0, 1]")
     a = p.add_argument_group("experiment A (Section III.A)")
-    a.add_argument("--a-epochs", type=int, metavar="N", help=f"student epochs ({h('a_epochs')}, the report's)")
-    a.add_argument("--a-teacher-epochs", type=int, metavar="N",
-                   help=f"ResNet-18 teacher epochs ({h('a_teacher_epochs')})")
-    a.add_argument("--a-batch-size", type=int, metavar="N", help=f"the students' batch size ({h('a_batch_size')})")
+    a.add_argument("--a-epochs", type=int, metavar="N", help="student epochs; the paper preset's are the report's")
+    a.add_argument("--a-teacher-epochs", type=int, metavar="N", help="ResNet-18 teacher epochs")
+    a.add_argument("--a-batch-size", type=int, metavar="N", help="the students' batch size")
     a.add_argument("--a-teacher-batch-size", type=int, metavar="N",
-                   help=f"the teacher's batch size (not given by the report; {h('a_teacher_batch_size')})")
-    a.add_argument("--a-lr", type=float, metavar="LR", help=f"Adam learning rate ({h('a_lr')})")
-    a.add_argument("--a-train-images", type=int, metavar="N", help=f"synthetic training images ({h('a_train_images')})")
-    a.add_argument("--a-test-images", type=int, metavar="N", help=f"synthetic test images ({h('a_test_images')})")
+                   help="the teacher's batch size (not given by the report)")
+    a.add_argument("--a-lr", type=float, metavar="LR", help="Adam learning rate")
+    a.add_argument("--a-train-images", type=int, metavar="N", help="synthetic training images")
+    a.add_argument("--a-test-images", type=int, metavar="N", help="synthetic test images")
     a.add_argument("--no-cifar-md5", dest="cifar_md5", action="store_const", const=False,
                    help="read CIFAR-10 files that differ from the published ones (a copy you re-saved); by default "
                         "each file must match its published md5 sum")
     b = p.add_argument_group("experiment B (Section III.B)")
     b.add_argument("--epochs", type=int, metavar="N",
-                   help=f"student epochs ({h('epochs')}, as the report; the '40-epochs' variant trains twice as many)")
+                   help="student epochs, as the report; the '40-epochs' variant trains twice as many")
     b.add_argument("--variants", metavar="LIST",
-                   help=f"students besides the report's main one, comma-separated from {', '.join(VARIANTS)} "
-                        f"({h('variants')}; 'none' for none)")
-    b.add_argument("--batch-size", type=int, metavar="N", help=f"images per batch ({h('batch_size')})")
+                   help=f"students besides the report's main one, comma-separated from {', '.join(VARIANTS)}, or "
+                        f"'none'")
+    b.add_argument("--batch-size", type=int, metavar="N", help="images per batch")
     b.add_argument("--head-lr", type=float, metavar="LR",
-                   help=f"FCN head learning rate ({h('head_lr')}, the report's)")
+                   help="FCN head learning rate; the paper preset's is the report's")
     b.add_argument("--backbone-lr", type=float, metavar="LR",
-                   help=f"backbone learning rate, 0 = fixed ({h('backbone_lr')}, the report's)")
-    b.add_argument("--weight-decay", type=float, metavar="WD", help=f"SGD weight decay ({h('weight_decay')})")
+                   help="backbone learning rate, 0 = fixed; the paper preset's is the report's")
+    b.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay")
     b.add_argument("--teacher-weights", choices=["coco"],
                    help="coco: torchvision's FCN-ResNet101 COCO-with-VOC-labels weights, the report's teacher "
                         "(default: train one here, or reuse the cached one)")
@@ -773,8 +722,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                    help="FCN-ResNet101 teacher weights: a file this script cached, or a torchvision state dict "
                         "(default: train one here, or reuse the cached one)")
     b.add_argument("--teacher-iterations", type=int, metavar="N",
-                   help=f"iterations of a teacher trained here (without --teacher-weights/--teacher-checkpoint; "
-                        f"{h('teacher_iterations')} = 20 epochs of VOC train)")
+                   help="iterations of a teacher trained here, without --teacher-weights/--teacher-checkpoint; the "
+                        "paper preset's are 20 epochs of VOC train")
     b.add_argument("--backbone-init", choices=["auto", "imagenet", "synthetic", "scratch"],
                    help="the students' starting backbone: imagenet (torchvision's weights, the report's), synthetic "
                         "(a stand-in trained on the synthetic scenes), scratch; auto (default): synthetic without "
@@ -782,37 +731,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     b.add_argument("--backbone-weights", metavar="FILE",
                    help="a local torchvision ResNet-50 ImageNet file (default: as --backbone-init says)")
     b.add_argument("--pretrain-iterations", type=int, metavar="N",
-                   help=f"iterations of the synthetic stand-in pre-training (--backbone-init synthetic; "
-                        f"{h('pretrain_iterations')})")
-    b.add_argument("--pretrain-lr", type=float, metavar="LR",
-                   help=f"SGD rate of that pre-training ({h('pretrain_lr')})")
+                   help="iterations of the synthetic stand-in pre-training (--backbone-init synthetic)")
+    b.add_argument("--pretrain-lr", type=float, metavar="LR", help="SGD rate of that pre-training")
     b.add_argument("--pretrain-images", type=int, metavar="N",
-                   help=f"other synthetic scenes for the stand-in pre-training and the teacher "
-                        f"({h('pretrain_images')})")
-    b.add_argument("--teacher-lr", type=float, metavar="LR",
-                   help=f"SGD rate of a teacher trained here ({h('teacher_lr')})")
-    b.add_argument("--crop", type=int, metavar="PIXELS", help=f"training crop side ({h('crop')})")
-    b.add_argument("--train-images", type=int, metavar="N", help=f"synthetic training scenes ({h('train_images')})")
-    b.add_argument("--val-images", type=int, metavar="N", help=f"synthetic validation scenes ({h('val_images')})")
-    b.add_argument("--image-size", type=int, metavar="PIXELS", help=f"synthetic scene side ({h('image_size')})")
-    b.add_argument("--eval-every-epochs", type=int, metavar="N",
-                   help=f"epochs between validations ({h('eval_every_epochs')})")
+                   help="other synthetic scenes for the stand-in pre-training and the teacher")
+    b.add_argument("--teacher-lr", type=float, metavar="LR", help="SGD rate of a teacher trained here")
+    b.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side")
+    b.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes")
+    b.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes")
+    b.add_argument("--image-size", type=int, metavar="PIXELS", help="synthetic scene side")
+    b.add_argument("--eval-every-epochs", type=int, metavar="N", help="epochs between validations")
     b.add_argument("--profile-size", type=int, metavar="PIXELS",
-                   help=f"image side for the params/MAdds/latency columns ({h('profile_size')}, torchvision's)")
-    r = p.add_argument_group("run")
-    r.add_argument("--data-root", metavar="FOLDER",
-                   help="folder holding cifar-10-batches-py (experiment A) and/or VOCdevkit/VOC2012 (B); default: "
-                        "synthetic data")
-    add_device_arguments(r, help_default)
-    r.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers and backbones ({h('cache_dir')})")
-    add_run_folder_arguments(r, "reproduce_fcn_kd")
+                   help="image side for the params/MAdds/latency columns (torchvision's reference size)")
+    add_run_arguments(p, "reproduce_fcn_kd")
     args = p.parse_args(argv)
     parsed = {"variants": parse_variants(args.variants)} if args.variants is not None else {}
     cfg = config_from_args(args, Config, PRESETS, **parsed)
     if cfg.backbone_init == "auto":
         cfg.backbone_init = "imagenet" if cfg.data_root else "synthetic"
     return cfg, args
-
 
 def parse_variants(text: str) -> tuple:
     if text.strip() == "none":
@@ -822,11 +759,6 @@ def parse_variants(text: str) -> tuple:
     if unknown or not chosen:
         raise UserError(f"--variants {text!r}: choose from {', '.join(VARIANTS)} (comma-separated), or 'none'.")
     return tuple(dict.fromkeys(chosen))
-
-
-def help_default(name: str) -> str:
-    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
-    return default_text(Config, PRESETS, name)
 
 
 # The flags of each experiment's argument group: the other experiment ignores them.
@@ -877,7 +809,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     check_flags({"--weight-decay": cfg.weight_decay}, "must be non-negative", lambda v: 0 <= v < math.inf)
     check_flags({"--crop": cfg.crop, "--image-size": cfg.image_size, "--profile-size": cfg.profile_size},
                 "must be >= 32 (the FCN's output stride is 8)", lambda v: v >= 32)
-    check_run_options(cfg)   # --seed, --workers
+    check_run_options(cfg)   # --seed, --workers, --checkpoint-every
     if cfg.teacher_weights and cfg.teacher_checkpoint:
         raise UserError("--teacher-weights coco and --teacher-checkpoint FILE both name the teacher: give one.")
     if cfg.backbone_init == "synthetic" and cfg.data_root:
@@ -908,25 +840,17 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
-    run = None
-    if args.resume:
-        cfg, run = resume_run(args, Config)
-    else:
-        check_config(cfg, args)
+    cfg, run = resume_or_check(args, cfg, Config, check_config)
     device = pick_device(cfg.device)
+    seed_everything(cfg.seed)   # the models built below draw their initialisation from the global stream
     # data that is missing or malformed, and weights that cannot be fetched, stop us before a run folder exists
     kinds = {"A": [ClassificationExperiment], "B": [SegmentationExperiment],
              "all": [ClassificationExperiment, SegmentationExperiment]}[cfg.experiment]
     experiments = [kind(cfg, device) for kind in kinds]
-    if run is None:
-        run = RunDir.create("reproduce_fcn_kd", cfg.out)
-        run.write_config(asdict(cfg))
-    lab = Lab(cfg, run, device)
-    lab.say(f"run folder: {run.path}")
-    start = time.time()
-    for experiment in experiments:
-        experiment.run(lab)
-    lab.say(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})")
+    with run_folder(run, "reproduce_fcn_kd", cfg) as run:
+        session, results = Session(run, device, cfg), ResultsCSV(run.path / "results.csv")
+        for experiment in experiments:
+            experiment.run(session, results)
 
 
 if __name__ == "__main__":

@@ -64,8 +64,7 @@ import argparse
 import functools
 import math
 import os
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,20 +72,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.devices import autocast, pick_device
 from common.erfnet import ERFNet
 from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
+from common.images import IGNORE_INDEX, normalize
 from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_div, self_attention_distillation_loss,
                            weighted_cross_entropy)
-from common.metrics import ConfusionMatrix
-from common.profiler import count_macs, count_parameters, measure_latency
+from common.metrics import evaluate_segmentation, predict_segmentation
+from common.profiler import profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
-from common.roads import SyntheticRoads, colorize_roads, road_dataset
+from common.roads import colorize_roads, road_dataset
+from common.runs import (RunDir, RunOptions, add_run_arguments, check_run_options, config_from_args, help_formatter,
+                         resume_or_check, run_folder, run_main)
 from common.segmentation_models import WeightFlags, build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments, add_run_folder_arguments,
-                             autocast, cache_path, check_run_options, config_from_args, default_text, load_weights,
-                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
-from common.voc import IGNORE_INDEX, normalize
+from common.synthetic_roads import SyntheticRoads
+from common.teachers import OutputMemo, cache_path, freeze, load_or_train
+from common.training import Session, Trained, make_scheduler, train, training_batches
 
 TEACHER_ARCH = "deeplabv3_resnet101"
 # the teacher's weights on the command line (named in errors); torchvision's COCO weights have 21 VOC classes, not
@@ -104,7 +106,7 @@ METHODS = {   # row -> (label, distillation terms)
     "intra_kd": ("ERFNet + IntRA-KD + KD", ("intra", "kd")),
 }
 SAD_BLOCKS = ("block2", "block3", "block4")
-MEMO_BYTES = 1 << 29     # the teacher's head features kept for reuse by later students (512 MiB)
+TEACHER_TERMS = ("kd", "at", "intra")   # the distillation terms that need the teacher's outputs
 
 
 # =============================================================================================== the losses
@@ -143,6 +145,28 @@ def student_loss(terms: tuple, logits: torch.Tensor, feats: dict, target: torch.
     return loss, logs
 
 
+def teacher_outputs(teacher: nn.Module, x: torch.Tensor, memo: OutputMemo, step: int | None,
+                    amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen teacher's (logits, head features) for batch ``step``. Every student sees the same batch at the
+    same step, so the head features (stride 8) are computed once and kept in ``memo`` (step None: never kept); the
+    logits are the head's last 1x1 conv and bilinear upsampling of them, exactly as the teacher's own forward pass."""
+    def head() -> tuple[torch.Tensor]:
+        with torch.no_grad(), autocast(x.device, amp, cpu_bf16=True):
+            return (teacher(x, return_features=True)[1]["head"].float(),)
+
+    (feat,) = memo(step, head, x.device)
+    with torch.no_grad():
+        logits = F.interpolate(teacher.net.classifier[-1](feat), size=x.shape[-2:], mode="bilinear",
+                               align_corners=False)
+    return logits, feat
+
+
+def distillation_weights(cfg: Config) -> dict:
+    """``student_loss``'s ``weights`` from the run's settings."""
+    return {"kd": cfg.kd_weight, "T": cfg.T, "at": cfg.at_weight, "sad": cfg.sad_weight,
+            "intra": tuple(cfg.intra_weights)}
+
+
 def class_weights_for(num_classes: int, background_weight: float) -> torch.Tensor:
     """Cross-entropy weights: ``background_weight`` for class 0 (background), 1 for every marking class. The IntRA-KD
     repository trains ERFNet on ApolloScape with 0.05 (train_erfnet_vanilla.py); SAD's CULane code uses 0.4."""
@@ -153,8 +177,7 @@ def class_weights_for(num_classes: int, background_weight: float) -> torch.Tenso
 
 # =============================================================================================== configuration
 @dataclass
-class Config:
-    preset: str = "default"
+class Config(RunOptions):
     # ----- recipe (students)
     optimizer: str = "adam"              # adam | sgd (momentum 0.9, weight decay 1e-4)
     lr: float = 2e-3
@@ -185,17 +208,9 @@ class Config:
     crop_top: float = 0.0                # the fraction of each frame's top left out
     crop_height: int = 0                 # training crops (0: whole images)
     crop_width: int = 0
-    # ----- run
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    workers: int = 0
+    # ----- outputs (the run options: common.runs.RunOptions)
     latency_repeats: int = 5
     panel_images: int = 3
-    cache_dir: str = "runs/teacher_cache"
-    out: str | None = None
-    checkpoint_every: int = 100
-    progress: bool = True
 
 
 PRESETS = {
@@ -232,8 +247,18 @@ def new_student(cfg: Config, num_classes: int) -> ERFNet:
         return ERFNet(num_classes)
 
 
+def optimizer_for(cfg: Config, params, lr: float, iterations: int):
+    """Adam (default preset), or SGD with momentum 0.9 and weight decay 1e-4 (paper preset); poly schedule."""
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+    else:
+        optimizer = torch.optim.Adam(params, lr=lr)
+    return optimizer, make_scheduler(optimizer, "poly", iterations)
+
+
 class Experiment:
-    """The talk's comparison on ApolloScape / CULane (--data-root) or synthetic road scenes."""
+    """The talk's comparison on ApolloScape / CULane (--data-root) or synthetic road scenes: the teacher first,
+    then one ERFNet per row of METHODS, from the same initial weights on the same batches (common.training)."""
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -251,190 +276,110 @@ class Experiment:
         if len(self.train_set) < cfg.batch_size:
             raise UserError(f"{len(self.train_set)} training images are fewer than one batch of {cfg.batch_size}; "
                             f"raise --train-images or lower --batch-size.")
+        self.load = functools.partial(road_sample, self.train_set,
+                                      (cfg.crop_height, cfg.crop_width) if cfg.crop_height else None)
         self.given_teacher = None
         if cfg.teacher_checkpoint:
             self.given_teacher = build_segmenter(TEACHER_ARCH, self.num_classes, weights=cfg.teacher_checkpoint,
                                                  flags=FLAGS)
         self.class_weights = class_weights_for(self.num_classes, cfg.background_weight).to(device)
+        self.memo = OutputMemo()   # the teacher's head features by step, shared by the students
         self.run: RunDir | None = None
+        self.session: Session | None = None
         self.results: ResultsCSV | None = None
-        self.memo: dict[int, torch.Tensor] = {}
-        self.memo_bytes = 0
-
-    def say(self, text: str) -> None:
-        print(text, flush=True)
 
     # ------------------------------------------------------------------ the whole run
     def run_all(self, run: RunDir) -> None:
         cfg = self.cfg
         self.run, self.results = run, ResultsCSV(run.path / "results.csv")
-        self.say(f"data: {self.data_name}; {self.num_classes} classes; device {self.device}; student ERFNet, "
-                 f"teacher {TEACHER_ARCH}")
+        self.session = Session(run, self.device, cfg)
+        self.session.say(f"data: {self.data_name}; {self.num_classes} classes; device {self.device}; student "
+                         f"ERFNet, teacher {TEACHER_ARCH}")
         teacher = self.teacher()
         rows = {name: self.train_student(name, teacher.model) for name in cfg.methods}
-        costs = self.costs(teacher.model, next(iter(rows.values())).model)
+        shape = (1, 3, cfg.height, cfg.width)
+        self.session.say(f"measuring parameters, multiply-adds and latency at {shape} on {self.device}")
+        costs = {who: profile(model, shape, self.device, size=False, warmup=1, repeats=cfg.latency_repeats)
+                 for who, model in (("student", next(iter(rows.values())).model), ("teacher", teacher.model))}
         write_tables(self, teacher, rows, costs)
         plot_figures(self, teacher, rows)
 
     # ------------------------------------------------------------------ the teacher
     def teacher(self) -> Trained:
-        label = "DeepLabV3-ResNet101 (teacher)"
+        """The DeepLabV3-ResNet101: --teacher-checkpoint, or trained here first on the training set, once, and
+        cached; frozen."""
+        cfg, label = self.cfg, "DeepLabV3-ResNet101 (teacher)"
+        trained = None
         if self.given_teacher is not None:
-            model = self.given_teacher.to(self.device)
-            trained = Trained("teacher", label, model, self.evaluate(model, bf16=True))
-            source = self.cfg.teacher_checkpoint
+            model, source = self.given_teacher.to(self.device), cfg.teacher_checkpoint
         else:
-            trained, source = self.train_teacher(label)
+            key = {"what": "intra_kd teacher", "arch": TEACHER_ARCH, "data": self.data_name, "size": [cfg.height,
+                   cfg.width], "iterations": cfg.teacher_iterations, "lr": cfg.teacher_lr, "optimizer": cfg.optimizer,
+                   "batch": cfg.batch_size, "background_weight": cfg.background_weight, "seed": cfg.seed,
+                   "backbone": cfg.teacher_backbone}
+            path = cache_path(cfg.cache_dir, "intra_kd_teacher", key)
+            with torch.random.fork_rng():      # initial weights from the seed alone: a rerun trains the same teacher
+                torch.manual_seed(cfg.seed)
+                model = build_segmenter(TEACHER_ARCH, self.num_classes, backbone_weights=cfg.teacher_backbone,
+                                        flags=FLAGS)
+            model = model.to(self.device)
+            trained = load_or_train(model, path, lambda model: self.train_teacher(model, label, path))
+            source = (f"the cache ({path})" if trained is None else
+                      f"training by this run ({cfg.teacher_iterations} iterations; cached)")
+        if trained is None:   # given or cached: evaluated as trained, in bfloat16 where the CPU has it natively
+            trained = Trained("teacher", label, model, evaluate_segmentation(
+                model, self.val_set, self.device, self.num_classes, amp=cfg.amp, cpu_bf16=True))
         trained.metrics["source"] = source
-        trained.model.eval().requires_grad_(False)
-        self.say(f"  teacher from {source}: mIoU {100 * trained.metrics['miou']:.1f}")
+        freeze(trained.model)
+        self.session.say(f"  teacher from {source}: mIoU {100 * trained.metrics['miou']:.1f}")
         return trained
 
-    def train_teacher(self, label: str) -> tuple[Trained, str]:
-        """No --teacher-checkpoint: train the DeepLabV3-ResNet101 on the training set first, once, and cache it."""
+    def train_teacher(self, model: nn.Module, label: str, path: Path) -> Trained:
+        """Supervised training of the teacher with the students' segmentation loss (in bfloat16 on CPUs that have
+        it natively: a ResNet-101 trains about twice as fast)."""
         cfg = self.cfg
-        key = {"what": "intra_kd teacher", "arch": TEACHER_ARCH, "data": self.data_name, "size": [cfg.height,
-               cfg.width], "iterations": cfg.teacher_iterations, "lr": cfg.teacher_lr, "optimizer": cfg.optimizer,
-               "batch": cfg.batch_size, "background_weight": cfg.background_weight, "seed": cfg.seed,
-               "backbone": cfg.teacher_backbone}
-        path = cache_path(cfg.cache_dir, "intra_kd_teacher", key)
-        with torch.random.fork_rng():          # initial weights from the seed alone: a rerun trains the same teacher
-            torch.manual_seed(cfg.seed)
-            model = build_segmenter(TEACHER_ARCH, self.num_classes, backbone_weights=cfg.teacher_backbone,
-                                    flags=FLAGS)
-        model = model.to(self.device)
-        if path.exists():
-            load_weights(model, path, what="cached teacher")
-            return Trained("teacher", label, model, self.evaluate(model, bf16=True)), f"the cache ({path})"
-        self.say(f"training the {TEACHER_ARCH} teacher ({cfg.teacher_iterations} iterations; cached in {path})")
-        optimizer, scheduler = self.optimizer(model.parameters(), cfg.teacher_lr, cfg.teacher_iterations)
-        stream = self.batches(cfg.teacher_iterations)
+        self.session.say(f"training the {TEACHER_ARCH} teacher ({cfg.teacher_iterations} iterations; cached in "
+                         f"{path})")
+        optimizer, scheduler = optimizer_for(cfg, model.parameters(), cfg.teacher_lr, cfg.teacher_iterations)
+        stream = training_batches(self.load, len(self.train_set), cfg.teacher_iterations, batch_size=cfg.batch_size,
+                                  session=self.session)
 
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             x, y = stream(step)
             return weighted_cross_entropy(model(x).float(), y, self.class_weights, IGNORE_INDEX), {}
 
-        trained = self.fit("teacher", label, model, optimizer, scheduler, loss_fn, cfg.teacher_iterations,
-                           bf16=True)
-        save_weights(path, model)
-        return trained, f"training by this run ({cfg.teacher_iterations} iterations; cached)"
-
-    def teacher_outputs(self, teacher: nn.Module, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frozen teacher's (logits, head features) for batch ``step``. Every student sees the same batch at the
-        same step, so the head features (stride 8) are computed once and kept, up to MEMO_BYTES; the logits are
-        the head's last 1x1 conv and bilinear upsampling of them, exactly as the teacher's own forward pass."""
-        if step in self.memo:
-            feat = self.memo[step].to(self.device)
-        else:
-            with torch.no_grad(), autocast(self.device, self.cfg.amp, cpu_bf16=True):
-                _, features = teacher(x, return_features=True)
-            feat = features["head"].float()
-            if self.memo_bytes < MEMO_BYTES:
-                self.memo[step] = feat.cpu()
-                self.memo_bytes += 4 * feat.numel()
-        with torch.no_grad():
-            logits = F.interpolate(teacher.net.classifier[-1](feat), size=x.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-        return logits, feat
+        return train(model, optimizer, loss_fn, cfg.teacher_iterations, session=self.session, name="teacher",
+                     label=label, scheduler=scheduler, eval_every=cfg.eval_every, cpu_bf16=True,
+                     evaluate=lambda: evaluate_segmentation(model, self.val_set, self.device, self.num_classes,
+                                                            amp=cfg.amp, cpu_bf16=True))
 
     # ------------------------------------------------------------------ the students
     def train_student(self, name: str, teacher: nn.Module) -> Trained:
+        """One row: ERFNet trained with ``student_loss`` of the row's terms."""
         cfg = self.cfg
         label, terms = METHODS[name]
         student = new_student(cfg, self.num_classes).to(self.device)
-        optimizer, scheduler = self.optimizer(student.parameters(), cfg.lr, cfg.iterations)
-        stream = self.batches(cfg.iterations)
+        optimizer, scheduler = optimizer_for(cfg, student.parameters(), cfg.lr, cfg.iterations)
+        stream = training_batches(self.load, len(self.train_set), cfg.iterations, batch_size=cfg.batch_size,
+                                  session=self.session)
         sad_from = round(cfg.sad_start * cfg.iterations)
-        weights = {"kd": cfg.kd_weight, "T": cfg.T, "at": cfg.at_weight, "sad": cfg.sad_weight,
-                   "intra": tuple(cfg.intra_weights)}
+        weights = distillation_weights(cfg)
 
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             x, y = stream(step)
             logits, feats = student(x, return_features=True)
             t_logits = t_feat = None
-            if {"kd", "at", "intra"} & set(terms):
-                t_logits, t_feat = self.teacher_outputs(teacher, x, step)
+            if set(TEACHER_TERMS) & set(terms):
+                t_logits, t_feat = teacher_outputs(teacher, x, self.memo, step, cfg.amp)
             return student_loss(terms, logits.float(), feats, y, self.class_weights, self.num_classes, t_logits,
                                 t_feat, weights, sad_on=step >= sad_from)
 
-        trained = self.fit(f"student_{name}", label, student, optimizer, scheduler, loss_fn, cfg.iterations)
-        self.say(f"  {label}: mIoU {100 * trained.metrics['miou']:.1f}")
+        trained = train(student, optimizer, loss_fn, cfg.iterations, session=self.session, name=f"student_{name}",
+                        label=label, scheduler=scheduler, eval_every=cfg.eval_every,
+                        evaluate=lambda: evaluate_segmentation(student, self.val_set, self.device, self.num_classes,
+                                                               amp=cfg.amp))
+        self.session.say(f"  {label}: mIoU {100 * trained.metrics['miou']:.1f}")
         return trained
-
-    # ------------------------------------------------------------------ training
-    def optimizer(self, params, lr: float, iterations: int):
-        """Adam (default preset), or SGD with momentum 0.9 and weight decay 1e-4 (paper preset); poly schedule."""
-        if self.cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-        else:
-            optimizer = torch.optim.Adam(params, lr=lr)
-        return optimizer, make_scheduler(optimizer, "poly", iterations)
-
-    def batches(self, iterations: int):
-        """Batch ``step`` is a pure function of (seed, step): every job sees the same batches (common.training)."""
-        cfg = self.cfg
-        batches = StepBatches(len(self.train_set), cfg.batch_size, cfg.seed,
-                              functools.partial(road_sample, self.train_set,
-                                                (cfg.crop_height, cfg.crop_width) if cfg.crop_height else None))
-        stream = BatchStream(batches, iterations, cfg.workers, pin_memory=self.device.type == "cuda")
-        device = self.device
-
-        def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return tuple(t.to(device, non_blocking=True) for t in stream(step))
-
-        return batch
-
-    def fit(self, name: str, label: str, model: nn.Module, optimizer, scheduler, loss_fn, iterations: int,
-            bf16: bool = False) -> Trained:
-        """common.training.train_job; ``bf16``: the teacher, in bfloat16 also on CPUs that have it natively."""
-        cfg = self.cfg
-        return train_job(model, optimizer, loss_fn, iterations, name=name, label=label, run=self.run,
-                         device=self.device, evaluate=lambda: self.evaluate(model, bf16), eval_every=cfg.eval_every,
-                         checkpoint_every=cfg.checkpoint_every, amp=cfg.amp, progress=cfg.progress, seed=cfg.seed,
-                         scheduler=scheduler, cpu_bf16=bf16)
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, bf16: bool = False) -> dict:
-        """mIoU over the classes present (in the labels or the predictions), per-class IoU, pixel accuracy and
-        the (unweighted) cross-entropy on the validation images; ``bf16``: see ``fit``."""
-        was_training = model.training
-        model.eval()
-        cm = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
-        loss_sum, pixels = 0.0, 0
-        for i in range(len(self.val_set)):
-            image, mask = self.val_set[i]
-            x, y = normalize(image)[None].to(self.device), mask[None].to(self.device)
-            with autocast(self.device, self.cfg.amp, cpu_bf16=bf16):
-                logits = model(x).float()
-            loss_sum += float(F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum"))
-            pixels += int((y != IGNORE_INDEX).sum())
-            cm.update(logits.argmax(1), y)
-        model.train(was_training)
-        return {"miou": cm.miou, "val_loss": loss_sum / max(pixels, 1), "pixel_accuracy": cm.pixel_accuracy,
-                "iou_per_class": [None if math.isnan(v) else v for v in cm.iou_per_class().tolist()]}
-
-    @torch.no_grad()
-    def forward(self, model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """(logits, features) of one image, in eval mode: the student's blocks or the teacher's head."""
-        was_training = model.training
-        model.eval()
-        logits, feats = model(normalize(image)[None].to(self.device), return_features=True)
-        model.train(was_training)
-        return logits.float(), feats
-
-    # ------------------------------------------------------------------ cost columns (common/profiler.py)
-    def costs(self, teacher: nn.Module, student: nn.Module) -> dict:
-        cfg = self.cfg
-        shape = (1, 3, cfg.height, cfg.width)
-        self.say(f"measuring parameters, multiply-adds and latency at {shape} on {self.device}")
-        out = {"shape": shape, "threads": torch.get_num_threads()}
-        for name, model in (("student", student), ("teacher", teacher)):
-            out[f"{name}_params"] = count_parameters(model)
-            out[f"{name}_macs"] = count_macs(model, shape)
-            out[f"{name}_latency"] = measure_latency(model, shape, self.device, warmup=1,
-                                                    repeats=cfg.latency_repeats)
-        return out
 
 
 # =============================================================================================== the tables
@@ -467,20 +412,21 @@ def findings(teacher: Trained, rows: dict) -> list[str]:
 
 
 def write_tables(exp: Experiment, teacher: Trained, rows: dict, costs: dict) -> None:
+    """``costs``: common.profiler.profile of the student and of the teacher."""
     cfg = exp.cfg
     table = Table("IntRA-KD and baselines: ERFNet student, ResNet-101 teacher (ApolloScape in the paper)",
                   ["Model", "mIoU % (ours)", "mIoU % (paper, ApolloScape test)", "pixel acc. % (ours)", "params",
                    "MAdds", f"latency ms (ours, {exp.device.type})"])
 
     def add(key: str, trained: Trained, who: str) -> None:
-        m = trained.metrics
+        m, cost = trained.metrics, costs[who]
         published = PUBLISHED.get(key)
         table.add(trained.label, miou_cell(trained), "-" if published is None else f"{published:.2f}",
-                  f"{100 * m['pixel_accuracy']:.1f}", f"{costs[f'{who}_params']:,}",
-                  f"{costs[f'{who}_macs'] / 1e9:.2f}G", f"{1000 * costs[f'{who}_latency']:.1f}")
-        exp.results.add(experiment="intra_kd", model=trained.label, params=costs[f"{who}_params"],
-                        macs=costs[f"{who}_macs"], loss=round(m["val_loss"], 5), iou=round(m["miou"], 5),
-                        iterations=len(trained.train_loss), notes="diverged" if trained.diverged else "")
+                  f"{100 * m['pixel_accuracy']:.1f}", f"{cost['params']:,}", f"{cost['macs'] / 1e9:.2f}G",
+                  f"{1000 * cost['latency_s']:.1f}")
+        exp.results.add(experiment="intra_kd", model=trained.label, params=cost["params"], macs=cost["macs"],
+                        loss=round(m["val_loss"], 5), iou=round(m["miou"], 5), iterations=len(trained.train_loss),
+                        notes="diverged" if trained.diverged else "")
 
     add("teacher", teacher, "teacher")
     for name, trained in rows.items():
@@ -502,7 +448,7 @@ def write_tables(exp: Experiment, teacher: Trained, rows: dict, costs: dict) -> 
         f"moment weights ({weights}) between student block 4 (128 channels, stride 8) and the teacher's head (256 "
         f"channels, stride 8); masks nearest-resized, absent classes dropped (our readings).",
         f"cost columns: parameters; MAdds (ptflops, module hooks) and latency (median of {cfg.latency_repeats}, "
-        f"batch 1, {costs['threads']} threads) at {costs['shape'][2]}x{costs['shape'][3]}."]
+        f"batch 1, {torch.get_num_threads()} threads) at {cfg.height}x{cfg.width}."]
     table.write(exp.run.path, "table_intra_kd")
     print("\n" + table.markdown(), flush=True)
 
@@ -535,6 +481,17 @@ def affinity_graphs(feat: torch.Tensor, mask: torch.Tensor, num_classes: int) ->
     return classes, graphs
 
 
+@torch.no_grad()
+def features_of(model: nn.Module, image: torch.Tensor) -> dict:
+    """The features of one uint8 image, in eval mode on the model's device: the student's encoder blocks or the
+    teacher's head (the figures' affinity graphs and attention maps)."""
+    was_training = model.training
+    model.eval()
+    _, feats = model(normalize(image)[None].to(next(model.parameters()).device), return_features=True)
+    model.train(was_training)
+    return feats
+
+
 def plot_affinity_figure(path: Path, exp: Experiment, models: list[tuple[str, nn.Module, str]]) -> None:
     """The talk's 'Visualization of the Affinity Graph': the graphs of teacher and students on one image."""
     import matplotlib.pyplot as plt
@@ -543,7 +500,7 @@ def plot_affinity_figure(path: Path, exp: Experiment, models: list[tuple[str, nn
     image, mask = exp.val_set[index]
     fig, axes = plt.subplots(3, len(models), figsize=(3.2 * len(models), 9), squeeze=False)
     for col, (caption, model, key) in enumerate(models):
-        _, feats = exp.forward(model, image)
+        feats = features_of(model, image)
         classes, graphs = affinity_graphs(feats[key].float().cpu(), mask, exp.num_classes)
         names = [exp.class_names[c] for c in classes]
         for row, (moment, graph) in enumerate(zip(("mean", "variance", "skewness"), graphs)):
@@ -572,7 +529,7 @@ def plot_figures(exp: Experiment, teacher: Trained, rows: dict) -> None:
     samples = [exp.val_set[i] for i in range(min(cfg.panel_images, len(exp.val_set)))]
     plot_panel(figures / "predictions.png",
                [[("image", image.permute(1, 2, 0).numpy()), ("ground truth", colorize_roads(mask))]
-                + [(name, colorize_roads(exp.forward(model, image)[0].argmax(1)[0].cpu().numpy()))
+                + [(name, colorize_roads(predict_segmentation(model, image)))
                    for name, model in shown] for image, mask in samples],
                "Validation predictions ('Qualitative Results')")
     graphs = [("teacher", teacher.model, "head")] + [(METHODS[k][0], rows[k].model, "block4")
@@ -582,7 +539,7 @@ def plot_figures(exp: Experiment, teacher: Trained, rows: dict) -> None:
     image = samples[0][0]
     for key in ("alone", "sad"):
         if key in rows:
-            _, feats = exp.forward(rows[key].model, image)
+            feats = features_of(rows[key].model, image)
             attention_rows.append([(f"{METHODS[key][0]}: {block}", feats[block].pow(2).sum(1)[0].cpu().numpy())
                                    for block in SAD_BLOCKS])
     if attention_rows:   # G itself: its spatial softmax Psi is nearly one-hot on unnormalised activations
@@ -603,31 +560,30 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_intra_kd.py --methods alone,intra --iterations 400\n"
                "  python reproduce_intra_kd.py --preset paper --data-root data/apolloscape --dataset apolloscape\n"
                "  python reproduce_intra_kd.py --resume runs/reproduce_intra_kd/20261121-120000",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=help_formatter(Config, PRESETS))
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="default (the default): reduced, for a CPU; paper: the lane codebases' recipe at full scale")
-    h = help_default   # "default X; paper preset Y", read from Config and PRESETS
     r = p.add_argument_group("training (every student row)")
     r.add_argument("--methods", metavar="LIST",
                    help=f"rows to train, comma-separated, from {','.join(METHODS)} (default all)")
-    r.add_argument("--optimizer", choices=["adam", "sgd"], help=f"the students' optimizer ({h('optimizer')})")
-    r.add_argument("--lr", type=float, metavar="LR", help=f"students' learning rate ({h('lr')})")
-    r.add_argument("--batch-size", type=int, metavar="N", help=f"images per batch ({h('batch_size')})")
-    r.add_argument("--iterations", type=int, metavar="N", help=f"iterations per student ({h('iterations')})")
-    r.add_argument("--eval-every", type=int, metavar="N", help=f"iterations between validations ({h('eval_every')})")
+    r.add_argument("--optimizer", choices=["adam", "sgd"], help="the students' optimizer")
+    r.add_argument("--lr", type=float, metavar="LR", help="students' learning rate")
+    r.add_argument("--batch-size", type=int, metavar="N", help="images per batch")
+    r.add_argument("--iterations", type=int, metavar="N", help="iterations per student")
+    r.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations")
     r.add_argument("--background-weight", type=float, metavar="W",
-                   help=f"cross-entropy weight of the background, markings 1 ({h('background_weight')}, the IntRA-KD "
-                        f"repository's; SAD's CULane code: 0.4)")
+                   help="cross-entropy weight of the background, every marking 1; the IntRA-KD repository's code "
+                        "uses 0.05, SAD's CULane code 0.4")
     d = p.add_argument_group("distillation")
-    d.add_argument("--kd-weight", type=float, metavar="W", help=f"weight of T^2 KL(p_T || p_S) ({h('kd_weight')})")
-    d.add_argument("--T", type=float, help=f"KD temperature ({h('T')})")
-    d.add_argument("--at-weight", type=float, metavar="W", help=f"weight of attention transfer ({h('at_weight')})")
-    d.add_argument("--sad-weight", type=float, metavar="W", help=f"weight of SAD ({h('sad_weight')}, the SAD paper's)")
+    d.add_argument("--kd-weight", type=float, metavar="W", help="weight of T^2 KL(p_T || p_S)")
+    d.add_argument("--T", type=float, help="KD temperature")
+    d.add_argument("--at-weight", type=float, metavar="W", help="weight of attention transfer")
+    d.add_argument("--sad-weight", type=float, metavar="W", help="weight of SAD, as in the SAD paper")
     d.add_argument("--sad-start", type=float, metavar="F",
-                   help=f"fraction of training after which SAD is on, in [0, 1] ({h('sad_start')}: the SAD paper's "
-                        f"40k of 60k)")
+                   help="fraction of training after which SAD is on, in [0, 1]; the SAD paper's: 40k of 60k "
+                        "iterations")
     d.add_argument("--intra-weights", metavar="A,B,C",
-                   help=f"IntRA-KD weights of the mean, variance and skewness graphs ({h('intra_weights')})")
+                   help="IntRA-KD weights of the mean, variance and skewness graphs")
     t = p.add_argument_group("the teacher (DeepLabV3-ResNet101)")
     t.add_argument("--teacher-checkpoint", metavar="FILE",
                    help="deeplabv3_resnet101 weights with the task's classes: a file this script cached, or a "
@@ -635,27 +591,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     t.add_argument("--teacher-backbone", metavar="imagenet|FILE",
                    help=f"ImageNet ResNet-101 weights under a teacher trained here (default: none, random; paper "
                         f"preset {PRESETS['paper']['teacher_backbone']})")
-    t.add_argument("--teacher-iterations", type=int, metavar="N",
-                   help=f"iterations of a teacher trained here ({h('teacher_iterations')})")
-    t.add_argument("--teacher-lr", type=float, metavar="LR", help=f"its learning rate ({h('teacher_lr')})")
+    t.add_argument("--teacher-iterations", type=int, metavar="N", help="iterations of a teacher trained here")
+    t.add_argument("--teacher-lr", type=float, metavar="LR", help="its learning rate")
     g = p.add_argument_group("data")
     g.add_argument("--data-root", metavar="FOLDER", help="the real data set's folder (default: synthetic scenes)")
-    g.add_argument("--dataset", choices=["apolloscape", "culane"],
-                   help=f"which real data set --data-root holds ({h('dataset')})")
-    g.add_argument("--train-images", type=int, metavar="N", help=f"synthetic training scenes ({h('train_images')})")
-    g.add_argument("--val-images", type=int, metavar="N", help=f"synthetic validation scenes ({h('val_images')})")
-    g.add_argument("--height", type=int, metavar="PIXELS", help=f"input height, a multiple of 8 ({h('height')})")
-    g.add_argument("--width", type=int, metavar="PIXELS", help=f"input width, a multiple of 8 ({h('width')})")
+    g.add_argument("--dataset", choices=["apolloscape", "culane"], help="which real data set --data-root holds")
+    g.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes")
+    g.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes")
+    g.add_argument("--height", type=int, metavar="PIXELS", help="input height, a multiple of 8")
+    g.add_argument("--width", type=int, metavar="PIXELS", help="input width, a multiple of 8")
     g.add_argument("--crop-top", type=float, metavar="F",
-                   help=f"the fraction of each real frame's top left out, in [0, 1) ({h('crop_top')})")
+                   help="the fraction of each real frame's top left out, in [0, 1)")
     g.add_argument("--crop-height", type=int, metavar="PIXELS",
-                   help=f"training crops' height, a multiple of 8, 0 = whole images ({h('crop_height')})")
+                   help="training crops' height, a multiple of 8, 0 = whole images")
     g.add_argument("--crop-width", type=int, metavar="PIXELS",
-                   help=f"training crops' width, a multiple of 8, 0 = whole images ({h('crop_width')})")
-    u = p.add_argument_group("run")
-    add_device_arguments(u, help_default)
-    u.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers ({h('cache_dir')})")
-    add_run_folder_arguments(u, "reproduce_intra_kd")
+                   help="training crops' width, a multiple of 8, 0 = whole images")
+    add_run_arguments(p, "reproduce_intra_kd")
     args = p.parse_args(argv)
     parsed = {}
     if args.methods is not None:
@@ -684,11 +635,6 @@ def parse_intra_weights(text: str) -> tuple:
     return weights
 
 
-def help_default(name: str) -> str:
-    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
-    return default_text(Config, PRESETS, name)
-
-
 def check_config(cfg: Config, args: argparse.Namespace) -> None:
     """Impossible settings are user errors, reported before any work starts. ``args`` are the flags as given (None:
     not given), to tell a flag the user set from a default or a preset."""
@@ -715,7 +661,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     if not cfg.data_root:   # the real data sets' sizes are known only once they are read
         check_flags({"--train-images": cfg.train_images}, f"must hold at least one batch (--batch-size "
                     f"{cfg.batch_size})", lambda v: v >= cfg.batch_size)
-    check_run_options(cfg)   # --seed, --workers
+    check_run_options(cfg)   # --seed, --workers, --checkpoint-every
     # Flags this run would ignore: silently, they would change nothing.
     for flag, value in (("--dataset", args.dataset), ("--crop-top", args.crop_top)):
         if value is not None and not cfg.data_root:
@@ -752,20 +698,11 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
-    run = None
-    if args.resume:
-        cfg, run = resume_run(args, Config)
-    else:
-        check_config(cfg, args)
+    cfg, run = resume_or_check(args, cfg, Config, check_config)
     device = pick_device(cfg.device)
     experiment = Experiment(cfg, device)          # missing data, bad labels or a wrong teacher file stop us here
-    if run is None:
-        run = RunDir.create("reproduce_intra_kd", cfg.out)
-        run.write_config(asdict(cfg))
-    print(f"run folder: {run.path}", flush=True)
-    start = time.time()
-    experiment.run_all(run)
-    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})", flush=True)
+    with run_folder(run, "reproduce_intra_kd", cfg) as run:
+        experiment.run_all(run)
 
 
 if __name__ == "__main__":

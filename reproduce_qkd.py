@@ -69,30 +69,32 @@ import importlib.util
 import math
 import os
 import platform
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from common.devices import autocast, pick_device
 from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
+from common.images import IGNORE_INDEX
 from common.int8 import convert_reference, count_int8_convolutions, int8_weight_bytes, lower_int8, prepare_int8_qat
 from common.losses import kd_kl_div, pairwise_similarity_loss, weighted_cross_entropy
-from common.metrics import ConfusionMatrix
-from common.profiler import count_macs, count_parameters, measure_latency
+from common.metrics import evaluate_segmentation, predict_segmentation
+from common.profiler import measure_latency, profile
 from common.quantization import fake_quantize_model, quantized_weight_bytes, strip_fake_quantization
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
+from common.runs import (RunDir, RunOptions, add_run_arguments, check_run_options, config_from_args, help_formatter,
+                         resume_or_check, run_folder, run_main)
 from common.segmentation_models import WeightFlags, build_segmenter
-from common.training import (BatchStream, RunDir, StepBatches, Trained, add_device_arguments, add_run_folder_arguments,
-                             autocast, cache_path, check_run_options, config_from_args, default_text, load_weights,
-                             make_scheduler, pick_device, resume_run, run_main, save_weights, train_job)
+from common.synthetic_scenes import SyntheticScenes
+from common.teachers import OutputMemo, cache_path, freeze, load_or_train
+from common.training import Session, Trained, make_scheduler, train, training_batches
 from common.unet import UNet
-from common.voc import IGNORE_INDEX, NUM_CLASSES, SyntheticScenes, augment, colorize, normalize, voc_dataset
+from common.voc import NUM_CLASSES, augmented_item, colorize, voc_dataset
 
 TEACHER_ARCH = "deeplabv3_resnet101"
 FLAGS = WeightFlags(network_file="--teacher-checkpoint", network_download="--teacher-weights coco")  # named in errors
@@ -105,11 +107,10 @@ SOURCE_SAYS = {
     "qkd": "described (Section 3.2); no result reported",
     "int8": "not in the report",
 }
-MEMO_BYTES = 1 << 29     # teacher outputs kept for reuse by later students (512 MiB; the default preset needs 200)
 KD_ROWS = {"pixel": (True, False), "pair": (False, True), "both": (True, True)}   # (pixel-wise, pair-wise)
 
 
-# =============================================================================================== Section 3.1: the loss
+# ========================================================================== the objectives (Sections 3.1, 3.2, 4)
 def distillation_loss(student_logits: torch.Tensor, student_feat: torch.Tensor, teacher_logits: torch.Tensor,
                       teacher_feat: torch.Tensor, target: torch.Tensor, pixel_weight: float, pair_weight: float,
                       T: float = 1.0, patch: int = 2) -> tuple[torch.Tensor, dict]:
@@ -132,10 +133,32 @@ def distillation_loss(student_logits: torch.Tensor, student_feat: torch.Tensor, 
     return loss, logs
 
 
+def co_study_loss(student_logits: torch.Tensor, student_feat: torch.Tensor, teacher_logits: torch.Tensor,
+                  teacher_feat: torch.Tensor, target: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """QKD's co-studying (Section 3.2, Kim et al. 2019): the quantized student's ``distillation_loss`` plus the
+    teacher's own, CE(y, p_T) + T^2 KL(p_S || p_T), the student as its target, so that the teacher becomes
+    quantization-friendly. Both networks are differentiated here."""
+    s_loss, logs = distillation_loss(student_logits, student_feat, teacher_logits, teacher_feat, target,
+                                     cfg.pixel_weight, cfg.pair_weight, cfg.T, cfg.patch)
+    t_ce = weighted_cross_entropy(teacher_logits, target, ignore_index=IGNORE_INDEX)
+    t_kl = kd_kl_div(teacher_logits, student_logits, cfg.T, valid_mask=target != IGNORE_INDEX)
+    logs.update(teacher_ce=t_ce.detach(), teacher_kl=t_kl.detach())
+    return s_loss + t_ce + cfg.T ** 2 * t_kl, logs
+
+
+def adam(params, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
+    """Section 4: Adam, lr 1e-4, 'momentum' 0.8 (beta1), and a plateau scheduler in min mode."""
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                           patience=cfg.plateau_patience)
+    return optimizer, scheduler
+
+
 # =============================================================================================== configuration
 @dataclass
-class Config:
-    preset: str = "default"
+class Config(RunOptions):
+    """The run: common.runs.RunOptions (seed, device, amp, workers, cache_dir, out, checkpoint_every, progress) and
+    the settings of the report's procedure below."""
     # ----- Section 4's recipe
     lr: float = 1e-4
     beta1: float = 0.8                  # "a momentum of 0.8"
@@ -172,19 +195,11 @@ class Config:
     scale: tuple = (0.5, 2.0)
     eval_size: int = 512                # VOC: validation images are padded to this square (the int8 model's input)
     profile_size: int = 256             # the cost columns at 1x3xSxS
-    # ----- run
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    workers: int = 0
+    # ----- costs and rows
     latency_repeats: int = 5
     compile: bool = True                # time the fp32 student compiled (torch.compile), as the int8 one is lowered
     int8: bool = True                   # the int8 row (x86 CPUs, torchao)
     panel_images: int = 3
-    cache_dir: str = "runs/teacher_cache"
-    out: str | None = None
-    checkpoint_every: int = 100
-    progress: bool = True
 
 
 PRESETS = {
@@ -200,13 +215,6 @@ PRESETS = {
 
 
 # =============================================================================================== data and models
-def voc_sample(dataset, crop: int, scale: tuple, index: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training sample: random scale, flip and crop (common.voc.augment); top level for worker processes."""
-    image, mask = dataset[index]
-    return augment(image, mask, generator, crop=crop, scale=tuple(scale))
-
-
 def new_student(cfg: Config) -> UNet:
     """Buda et al.'s U-Net [1]: k = 32, BatchNorm, bias-free 3x3 convolutions; 3 input channels, 21 classes. Its
     initial weights depend on the seed only (not on whether the teacher was trained or read from the cache)."""
@@ -237,9 +245,12 @@ def student_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
     return out[0], out[1]
 
 
-def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    return out[0] if isinstance(out, (tuple, list)) else out
+def teacher_outputs(teacher: nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frozen teacher's (logits, pair-wise feature: its DeepLab head after ASPP and the 3x3 conv), in float32 (a
+    weak teacher's logits overflow float16)."""
+    with torch.no_grad(), autocast(x.device, amp):
+        logits, features = teacher(x, return_features=True)
+    return logits.float(), features["head"].float()
 
 
 # =============================================================================================== the experiment
@@ -264,23 +275,26 @@ class Experiment:
         if len(self.train_set) < cfg.batch_size:
             raise UserError(f"{len(self.train_set)} training images are fewer than one batch of {cfg.batch_size}; "
                             f"raise --train-images or lower --batch-size.")
+        # the batches of every job (random scale, flip and crop), and the validation: whole images padded to the
+        # evaluation square (the U-Net needs sides divisible by 16, the int8 graph its one input shape)
+        self.load = functools.partial(augmented_item, self.train_set, cfg.crop, tuple(cfg.scale))
+        self.validate = functools.partial(evaluate_segmentation, dataset=self.val_set, num_classes=NUM_CLASSES,
+                                          amp=cfg.amp, pad_to=self.eval_side)
         # weights named on the command line are read now: a wrong file stops us before the run folder exists
         given = cfg.teacher_weights or cfg.teacher_checkpoint
         self.given_teacher = build_segmenter(TEACHER_ARCH, NUM_CLASSES, weights=given, flags=FLAGS) if given else None
         self.run: RunDir | None = None
         self.results: ResultsCSV | None = None
-        self.teacher_memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.memo_bytes = 0
-
-    def say(self, text: str) -> None:
-        print(text, flush=True)
+        self.session: Session | None = None
+        self.memo = OutputMemo()     # the frozen teacher's outputs by step, shared by the fp32 distillation rows
 
     # ------------------------------------------------------------------ the whole run, as Sections 3-4
     def run_all(self, run: RunDir) -> None:
         cfg = self.cfg
         self.run, self.results = run, ResultsCSV(run.path / "results.csv")
-        self.say(f"data: {self.data_name}; device {self.device}; student U-Net k={cfg.student_width}, teacher "
-                 f"{TEACHER_ARCH}")
+        self.session = Session(run, self.device, cfg)
+        self.session.say(f"data: {self.data_name}; device {self.device}; student U-Net k={cfg.student_width}, "
+                         f"teacher {TEACHER_ARCH}")
         teacher = self.teacher()
         pretrained = self.train_fp32("student_pretrain", "U-Net, pre-trained alone", new_student(cfg), 0,
                                      cfg.pretrain_iterations, None, False, False)
@@ -305,118 +319,77 @@ class Experiment:
 
     # ------------------------------------------------------------------ the teacher (Section 3)
     def teacher(self) -> Trained:
-        cfg = self.cfg
+        """The report's teacher (given weights), else one trained here from scratch, once, and cached."""
+        cfg, session = self.cfg, self.session
         label = "DeepLabV3-ResNet101 (teacher)"
         if self.given_teacher is not None:
             model = self.given_teacher.to(self.device)
             source = "torchvision's COCO weights" if cfg.teacher_weights else cfg.teacher_checkpoint
-            trained = Trained("teacher", label, model, self.evaluate(model))
+            trained = Trained("teacher", label, model, self.validate(model, device=self.device))
         else:
-            trained, source = self.train_teacher(label)
+            key = {"what": "qkd teacher", "arch": TEACHER_ARCH, "data": self.data_name,
+                   "iterations": cfg.teacher_iterations, "lr": cfg.teacher_lr, "batch": cfg.batch_size,
+                   "crop": cfg.crop, "scale": list(cfg.scale), "seed": cfg.seed}
+            path = cache_path(cfg.cache_dir, "qkd_teacher", key)
+            with torch.random.fork_rng():      # initial weights from the seed alone: a rerun trains the same teacher
+                torch.manual_seed(cfg.seed)
+                model = build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(self.device)
+            trained = load_or_train(model, path, lambda model: self.train_teacher(model, label, path))
+            if trained is None:
+                trained = Trained("teacher", label, model, self.validate(model, device=self.device))
+                source = f"the cache ({path})"
+            else:
+                source = f"training by this run ({cfg.teacher_iterations} iterations from scratch; cached)"
         trained.metrics["source"] = source
-        trained.model.eval().requires_grad_(False)
-        self.say(f"  teacher from {source}: mIoU {100 * trained.metrics['miou']:.1f}")
+        freeze(trained.model)
+        session.say(f"  teacher from {source}: mIoU {100 * trained.metrics['miou']:.1f}")
         return trained
 
-    def train_teacher(self, label: str) -> tuple[Trained, str]:
-        """No weights given: train the DeepLabV3-ResNet101 from scratch on the training set, once, and cache it.
-        Our recipe (the report uses a pretrained one): SGD, momentum 0.9, --teacher-lr, poly, weight decay 1e-4."""
-        cfg = self.cfg
-        key = {"what": "qkd teacher", "arch": TEACHER_ARCH, "data": self.data_name,
-               "iterations": cfg.teacher_iterations, "lr": cfg.teacher_lr, "batch": cfg.batch_size, "crop": cfg.crop,
-               "scale": list(cfg.scale), "seed": cfg.seed}
-        path = cache_path(cfg.cache_dir, "qkd_teacher", key)
-        with torch.random.fork_rng():          # initial weights from the seed alone: a rerun trains the same teacher
-            torch.manual_seed(cfg.seed)
-            model = build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(self.device)
-        if path.exists():
-            load_weights(model, path, what="cached teacher")
-            return Trained("teacher", label, model, self.evaluate(model)), f"the cache ({path})"
-        self.say(f"training the {TEACHER_ARCH} teacher ({cfg.teacher_iterations} iterations from scratch; cached in "
-                 f"{path})")
+    def train_teacher(self, model: nn.Module, label: str, path: Path) -> Trained:
+        """No weights given: the DeepLabV3-ResNet101 trained from scratch on the training set (then cached at
+        ``path``). Our recipe (the report uses a pretrained one): SGD, momentum 0.9, --teacher-lr, poly, weight decay
+        1e-4."""
+        cfg, session = self.cfg, self.session
+        session.say(f"training the {TEACHER_ARCH} teacher ({cfg.teacher_iterations} iterations from scratch; cached in "
+                    f"{path})")
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.teacher_lr, momentum=0.9, weight_decay=1e-4)
-        scheduler = make_scheduler(optimizer, "poly", cfg.teacher_iterations)
-        stream = self.batches(cfg.teacher_iterations, 0)
+        stream = training_batches(self.load, len(self.train_set), cfg.teacher_iterations,
+                                  batch_size=cfg.batch_size, session=session)
 
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             x, y = stream(step)
             return weighted_cross_entropy(model(x).float(), y, ignore_index=IGNORE_INDEX), {}
 
-        trained = self.fit("teacher", label, model, optimizer, loss_fn, cfg.teacher_iterations,
-                           scheduler=scheduler, eval_every=cfg.teacher_iterations)
-        save_weights(path, model)
-        return trained, f"training by this run ({cfg.teacher_iterations} iterations from scratch; cached)"
+        return train(model, optimizer, loss_fn, cfg.teacher_iterations, session=session, name="teacher", label=label,
+                     evaluate=lambda: self.validate(model, device=self.device),
+                     scheduler=make_scheduler(optimizer, "poly", cfg.teacher_iterations))
 
-    def teacher_outputs(self, teacher: nn.Module, x: torch.Tensor, step: int | None) -> tuple[torch.Tensor, ...]:
-        """The frozen teacher's (logits, head features) for batch ``step``. Every student sees the same batch at the
-        same step (StepBatches), so the first student to need a batch computes it and the others reuse it (the
-        teacher's forward pass costs as much as a student's training step on a CPU), up to MEMO_BYTES of outputs.
-        ``step`` None: no memo."""
-        if step is not None and step in self.teacher_memo:
-            return tuple(t.to(self.device) for t in self.teacher_memo[step])
-        with torch.no_grad(), autocast(self.device, self.cfg.amp):
-            logits, features = teacher(x, return_features=True)
-        logits, feat = logits.float(), features["head"].float()
-        if step is not None and self.memo_bytes < MEMO_BYTES:  # float32: a weak teacher's logits overflow float16
-            self.teacher_memo[step] = (logits.cpu(), feat.cpu())
-            self.memo_bytes += 4 * (logits.numel() + feat.numel())
-        return logits, feat
-
-    # ------------------------------------------------------------------ training
-    def batches(self, iterations: int, start_step: int) -> BatchStream:
-        """Batches of steps start_step, start_step + 1, ...: a job continuing the pretrained student sees the data
-        the pre-training would have seen next, and all jobs that start at the same step see the same batches."""
-        cfg = self.cfg
-        batches = StepBatches(len(self.train_set), cfg.batch_size, cfg.seed,
-                              functools.partial(voc_sample, self.train_set, cfg.crop, tuple(cfg.scale)))
-        stream = BatchStream(batches, start_step + iterations, cfg.workers, pin_memory=self.device.type == "cuda")
-        device = self.device
-
-        def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return tuple(t.to(device, non_blocking=True) for t in stream(start_step + step))
-
-        return batch
-
-    def adam(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
-        """Section 4: Adam, lr 1e-4, 'momentum' 0.8 (beta1), and a plateau scheduler in min mode."""
-        optimizer = torch.optim.Adam(params, lr=self.cfg.lr, betas=(self.cfg.beta1, 0.999))
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
-                                                               patience=self.cfg.plateau_patience)
-        return optimizer, scheduler
-
-    def fit(self, name: str, label: str, model: nn.Module, optimizer, loss_fn, iterations: int, scheduler=None,
-            eval_every: int | None = None, evaluated: nn.Module | None = None, amp: bool | None = None,
-            start_step: int = 0) -> Trained:
-        """common.training.train_job: resumable, logged to metrics.jsonl, evaluated every ``eval_every`` iterations
-        and at the end (``evaluated``: the network to score, if ``model`` holds more); the final model is reported."""
-        cfg = self.cfg
-        target = evaluated if evaluated is not None else model
-        return train_job(model, optimizer, loss_fn, iterations, name=name, label=label, run=self.run,
-                         device=self.device, evaluate=lambda: self.evaluate(target),
-                         eval_every=eval_every or cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
-                         amp=cfg.amp if amp is None else amp, progress=cfg.progress, seed=cfg.seed,
-                         scheduler=scheduler, evaluated=evaluated, start_step=start_step)
-
+    # ------------------------------------------------------------------ the float students (Sections 3, 3.1)
     def train_fp32(self, name: str, label: str, student: UNet, start_step: int, iterations: int,
                    teacher: nn.Module | None, pixel: bool, pair: bool) -> Trained:
-        """A float student: alone (cross-entropy) or distilled with Section 3.1's terms, from ``start_step``."""
-        cfg = self.cfg
+        """A float student: alone (cross-entropy) or distilled with Section 3.1's terms, from ``start_step``: it sees
+        the batches the pre-training would have seen next, as every row that starts there. The frozen teacher's
+        outputs of a step are computed by the first row that needs them and reused by the others (self.memo)."""
+        cfg, session = self.cfg, self.session
         student = student.to(self.device)
-        optimizer, scheduler = self.adam(student.parameters())
-        stream = self.batches(iterations, start_step)
+        optimizer, scheduler = adam(student.parameters(), cfg)
+        stream = training_batches(self.load, len(self.train_set), iterations, batch_size=cfg.batch_size,
+                                  session=session, first_step=start_step)
 
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             x, y = stream(step)
             logits, feat = student_outputs(student, x)
             if teacher is None:
                 return weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX), {}
-            t_logits, t_feat = self.teacher_outputs(teacher, x, start_step + step)
+            t_logits, t_feat = self.memo(start_step + step, lambda: teacher_outputs(teacher, x, cfg.amp), self.device)
             return distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y,
                                      cfg.pixel_weight if pixel else 0.0, cfg.pair_weight if pair else 0.0, cfg.T,
                                      cfg.patch)
 
-        trained = self.fit(name, label, student, optimizer, loss_fn, iterations, scheduler, start_step=start_step)
-        self.say(f"  {label}: mIoU {100 * trained.metrics['miou']:.1f}")
+        trained = train(student, optimizer, loss_fn, iterations, session=session, name=name, label=label,
+                        evaluate=lambda: self.validate(student, device=self.device), eval_every=cfg.eval_every,
+                        scheduler=scheduler, start_step=start_step)
+        session.say(f"  {label}: mIoU {100 * trained.metrics['miou']:.1f}")
         return trained
 
     # ------------------------------------------------------------------ Section 3.2: QAT and QKD
@@ -426,22 +399,25 @@ class Experiment:
 
     def self_study(self, name: str, student: nn.Module, start_step: int, iterations: int) -> Trained:
         """The quantized student trained alone on the labels: QKD's self-studying phase, and QAT without a teacher."""
-        optimizer, scheduler = self.adam(student.parameters())
-        stream = self.batches(iterations, start_step)
+        cfg, session = self.cfg, self.session
+        optimizer, scheduler = adam(student.parameters(), cfg)
+        stream = training_batches(self.load, len(self.train_set), iterations, batch_size=cfg.batch_size,
+                                  session=session, first_step=start_step)
 
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             x, y = stream(step)
             return weighted_cross_entropy(student(x).float(), y, ignore_index=IGNORE_INDEX), {}
 
-        return self.fit(name, "", student, optimizer, loss_fn, iterations, scheduler, amp=False,
-                        start_step=start_step)
+        return train(student, optimizer, loss_fn, iterations, session=session, name=name,
+                     evaluate=lambda: self.validate(student, device=self.device), eval_every=cfg.eval_every,
+                     scheduler=scheduler, start_step=start_step, amp=False)
 
     def train_qat(self, bits: int, pretrained: Trained, start_step: int) -> Trained:
         cfg = self.cfg
         total = cfg.self_study + cfg.co_study + cfg.tutor
         trained = self.self_study(f"qat{bits}", self.quantized_copy(pretrained.model, bits), start_step, total)
         trained.label = f"U-Net QAT W{bits}A{bits}, no teacher"
-        self.say(f"  {trained.label}: mIoU {100 * trained.metrics['miou']:.1f}")
+        self.session.say(f"  {trained.label}: mIoU {100 * trained.metrics['miou']:.1f}")
         return trained
 
     def train_qkd(self, bits: int, pretrained: Trained, teacher: nn.Module,
@@ -453,8 +429,8 @@ class Experiment:
         phases = [self.self_study(f"qkd{bits}_1_self", student, start_step, cfg.self_study)]
         tutor = copy.deepcopy(teacher)
         phases.append(self.co_study(f"qkd{bits}_2_co", student, tutor, start_step + cfg.self_study))
-        tutor.eval().requires_grad_(False)
-        phases.append(self.tutoring(f"qkd{bits}_3_tutor", student, tutor,
+        freeze(tutor)
+        phases.append(self.tutoring(self.session, f"qkd{bits}_3_tutor", student, tutor,
                                     start_step + cfg.self_study + cfg.co_study, cfg.tutor))
         final = phases[-1]
         final.label = f"U-Net QKD W{bits}A{bits}"
@@ -464,21 +440,21 @@ class Experiment:
         final.start_step = start_step
         final.metrics["phase_ends"] = [len(phases[0].train_loss),
                                        len(phases[0].train_loss) + len(phases[1].train_loss)]
-        self.say(f"  {final.label}: mIoU {100 * final.metrics['miou']:.1f}")
+        self.session.say(f"  {final.label}: mIoU {100 * final.metrics['miou']:.1f}")
         return final, tutor
 
     def co_study(self, name: str, student: nn.Module, teacher: nn.Module, start_step: int) -> Trained:
-        """QKD's co-studying: the quantized student learns from the teacher (Section 3.1's loss) while the teacher
-        learns from the labels and from the quantized student, CE + T^2 KL(p_S || p_T), so that it becomes
-        quantization-friendly. --co-study-teacher head: the teacher's backbone stays fixed (and in eval mode)."""
-        cfg = self.cfg
+        """QKD's co-studying (``co_study_loss``): student and teacher train together. --co-study-teacher head: the
+        teacher's backbone stays fixed (and in eval mode)."""
+        cfg, session = self.cfg, self.session
         head_only = cfg.co_study_teacher == "head"
         teacher.train().requires_grad_(True)
         if head_only:
             teacher.backbone.requires_grad_(False)
         pair = nn.ModuleDict({"student": student, "teacher": teacher})     # one checkpoint holds both
-        optimizer, scheduler = self.adam([p for p in pair.parameters() if p.requires_grad])
-        stream = self.batches(cfg.co_study, start_step)
+        optimizer, scheduler = adam([p for p in pair.parameters() if p.requires_grad], cfg)
+        stream = training_batches(self.load, len(self.train_set), cfg.co_study, batch_size=cfg.batch_size,
+                                  session=session, first_step=start_step)
 
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             if head_only:
@@ -486,134 +462,82 @@ class Experiment:
             x, y = stream(step)
             s_logits, s_feat = student_outputs(student, x)
             t_logits, t_features = teacher(x, return_features=True)
-            s_logits, t_logits = s_logits.float(), t_logits.float()
-            s_loss, logs = distillation_loss(s_logits, s_feat.float(), t_logits, t_features["head"].float(), y,
-                                             cfg.pixel_weight, cfg.pair_weight, cfg.T, cfg.patch)
-            t_ce = weighted_cross_entropy(t_logits, y, ignore_index=IGNORE_INDEX)
-            t_kl = kd_kl_div(t_logits, s_logits, cfg.T, valid_mask=y != IGNORE_INDEX)   # the student as target
-            logs.update(teacher_ce=t_ce.detach(), teacher_kl=t_kl.detach())
-            return s_loss + t_ce + cfg.T ** 2 * t_kl, logs
+            return co_study_loss(s_logits.float(), s_feat.float(), t_logits.float(), t_features["head"].float(), y,
+                                 cfg)
 
-        return self.fit(name, "", pair, optimizer, loss_fn, cfg.co_study, scheduler, evaluated=student, amp=False,
-                        start_step=start_step)
+        return train(pair, optimizer, loss_fn, cfg.co_study, session=session, name=name,
+                     evaluate=lambda: self.validate(student, device=self.device), eval_every=cfg.eval_every,
+                     scheduler=scheduler, evaluated=student, start_step=start_step, amp=False)
 
-    def tutoring(self, name: str, student: nn.Module, tutor: nn.Module, start_step: int, iterations: int,
-                 memo: bool = False) -> Trained:
-        """QKD's tutoring: the teacher frozen, the quantized student distilled with Section 3.1's loss."""
+    def tutoring(self, session: Session, name: str, student: nn.Module, tutor: nn.Module, start_step: int,
+                 iterations: int) -> Trained:
+        """QKD's tutoring: the teacher frozen, the quantized student distilled with Section 3.1's loss, on
+        ``session``'s device (the int8 row's is the CPU). No memo: each bit width has its own co-studied tutor."""
         cfg = self.cfg
-        optimizer, scheduler = self.adam(student.parameters())
-        stream = self.batches(iterations, start_step)
+        optimizer, scheduler = adam(student.parameters(), cfg)
+        stream = training_batches(self.load, len(self.train_set), iterations, batch_size=cfg.batch_size,
+                                  session=session, first_step=start_step)
 
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             x, y = stream(step)
             logits, feat = student_outputs(student, x)
-            t_logits, t_feat = self.teacher_outputs(tutor, x, start_step + step if memo else None)
+            t_logits, t_feat = teacher_outputs(tutor, x, cfg.amp)
             return distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y, cfg.pixel_weight,
                                      cfg.pair_weight, cfg.T, cfg.patch)
 
-        return self.fit(name, "", student, optimizer, loss_fn, iterations, scheduler, amp=False,
-                        start_step=start_step)
+        return train(student, optimizer, loss_fn, iterations, session=session, name=name,
+                     evaluate=lambda: self.validate(student, device=session.device), eval_every=cfg.eval_every,
+                     scheduler=scheduler, start_step=start_step, amp=False)
 
     # ------------------------------------------------------------------ a real int8 model
     def train_int8(self, rows: dict, tutors: dict, teacher: nn.Module) -> Trained:
         """The 8-bit QKD student (else the '+ both' student) exported, re-quantized with the x86 backend's own
         scheme (torchao's X86InductorQuantizer: uint8 activations per tensor, int8 weights per channel), tutored for
         --int8-iterations by the same teacher, then converted: BatchNorm folded, every convolution a oneDNN int8
-        kernel (transposed convolutions stay float). Runs on the CPU: the int8 kernels are x86 ones."""
+        kernel (transposed convolutions stay float). A job of its own on the CPU: the int8 kernels are x86 ones."""
         cfg = self.cfg
+        cpu = torch.device("cpu")
+        session = Session(self.run, cpu, cfg)
         source = "qkd8" if "qkd8" in rows else "both"
-        tutor = tutors.get(8, teacher)
+        tutor = copy.deepcopy(tutors.get(8, teacher)).to(cpu)      # a CPU copy: the run's teacher stays where it is
         float_student = strip_fake_quantization(rows[source].model) if source == "qkd8" else rows[source].model
         float_student = copy.deepcopy(float_student).cpu().train()
         example = torch.randn(2, 3, cfg.crop, cfg.crop)
         prepared = prepare_int8_qat(LogitsAndFeature(float_student), example, multiple=16)   # crops, then images
-        device, self.device = self.device, torch.device("cpu")        # this job runs on the CPU
-        tutor_device = next(tutor.parameters()).device
-        tutor.cpu()
-        memo, self.teacher_memo = self.teacher_memo, {}
         start = cfg.pretrain_iterations + cfg.self_study + cfg.co_study + cfg.tutor
-        try:
-            trained = self.tutoring("int8", prepared, tutor, start, cfg.int8_iterations)
-            trained.metrics["fake_quant_miou"] = trained.metrics["miou"]    # the prepared model, before conversion
-            self.say("  converting to int8 (torchao folds BatchNorm by pattern matching: about half a minute)")
-            reference = convert_reference(prepared)
-            # a lowered graph takes one input shape: one for the validation images, one for the cost columns
-            converted = lower_int8(reference, torch.randn(1, 3, self.eval_side, self.eval_side))
-            self.int8_for_profile = (converted if cfg.profile_size == self.eval_side else
-                                     lower_int8(reference, torch.randn(1, 3, cfg.profile_size, cfg.profile_size)))
-            trained.model = converted
-            trained.metrics.update(self.evaluate(converted))                 # the int8 model's own score
-        finally:
-            self.device, self.teacher_memo = device, memo
-            tutor.to(tutor_device)
+        trained = self.tutoring(session, "int8", prepared, tutor, start, cfg.int8_iterations)
+        trained.metrics["fake_quant_miou"] = trained.metrics["miou"]    # the prepared model, before conversion
+        session.say("  converting to int8 (torchao folds BatchNorm by pattern matching: about half a minute)")
+        reference = convert_reference(prepared)
+        # a lowered graph takes one input shape: one for the validation images, one for the cost columns
+        converted = lower_int8(reference, torch.randn(1, 3, self.eval_side, self.eval_side))
+        trained.info["profile_graph"] = (converted if cfg.profile_size == self.eval_side else
+                                         lower_int8(reference, torch.randn(1, 3, cfg.profile_size, cfg.profile_size)))
+        trained.model = converted
+        trained.metrics.update(self.validate(converted, device=cpu))        # the int8 model's own score
         trained.label = f"U-Net int8 (x86 oneDNN), from {rows[source].label}"
         trained.metrics["int8_convolutions"] = count_int8_convolutions(converted)
         trained.metrics["source_row"] = source
-        self.say(f"  {trained.label}: mIoU {100 * trained.metrics['miou']:.1f} "
-                 f"({trained.metrics['int8_convolutions']} int8 convolutions)")
+        session.say(f"  {trained.label}: mIoU {100 * trained.metrics['miou']:.1f} "
+                    f"({trained.metrics['int8_convolutions']} int8 convolutions)")
         return trained
-
-    # ------------------------------------------------------------------ evaluation
-    def padded(self, image: torch.Tensor) -> torch.Tensor:
-        """A normalised (1, 3, S, S) input with S = the evaluation side: the image at the top left, zeros (the mean
-        colour) beyond it; the U-Net needs sides divisible by 16 and the int8 model its one input shape."""
-        h, w = image.shape[-2:]
-        side = self.eval_side
-        if h > side or w > side:
-            raise UserError(f"a validation image of {h}x{w} pixels exceeds --eval-size {side}; raise --eval-size "
-                            f"(a multiple of 16) to at least {16 * math.ceil(max(h, w) / 16)}.")
-        return F.pad(normalize(image)[None], (0, side - w, 0, side - h))
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict:
-        """mIoU over the 21 classes, pixel accuracy and cross-entropy on the whole validation images, single scale."""
-        was_training = model.training
-        model.eval()
-        cm = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for i in range(len(self.val_set)):
-            image, mask = self.val_set[i]
-            h, w = mask.shape
-            x, y = self.padded(image).to(self.device), mask[None].to(self.device)
-            with autocast(self.device, self.cfg.amp):
-                logits = logits_of(model, x)[..., :h, :w].float()
-            totals[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
-            totals[1] += (y != IGNORE_INDEX).sum()
-            cm.update(logits.argmax(1), y)
-        model.train(was_training)
-        loss_sum, pixels = totals.tolist()
-        return {"miou": cm.miou, "val_loss": loss_sum / max(pixels, 1), "pixel_accuracy": cm.pixel_accuracy}
-
-    @torch.no_grad()
-    def predict(self, model: nn.Module, image: torch.Tensor) -> np.ndarray:
-        h, w = image.shape[-2:]
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters(), torch.empty(0)).device     # the int8 graph holds no parameters: CPU
-        logits = logits_of(model, self.padded(image).to(device))[..., :h, :w]
-        model.train(was_training)
-        return logits.argmax(1)[0].cpu().numpy()
 
     # ------------------------------------------------------------------ cost columns (common/profiler.py)
     def costs(self, teacher: nn.Module, rows: dict) -> dict:
-        """Parameters, weight bytes, MAdds and CPU latency at 1x3xSxS, S = --profile-size, all on the CPU with this
-        process's threads: the float student compiled (torch.compile) and the int8 model lowered to oneDNN, so
-        the two are compared as deployed; the teacher eager. Fake-quantized rows have no latency of their own:
-        they run in float."""
+        """Parameters, MAdds and CPU latency at 1x3xSxS, S = --profile-size, all on the CPU with this process's
+        threads: the float student compiled (torch.compile) and the int8 model lowered to oneDNN, so the two are
+        compared as deployed; the teacher eager. Fake-quantized rows have no latency of their own: they run in
+        float."""
         cfg = self.cfg
         shape = (1, 3, cfg.profile_size, cfg.profile_size)
+        threads = torch.get_num_threads()
+        self.session.say(f"measuring latency at {shape} on the CPU ({threads} threads)")
         float_student = copy.deepcopy(rows["alone"].model).cpu().eval()
-        out = {"threads": torch.get_num_threads(), "shape": shape}
-        out["student_params"] = count_parameters(float_student)
-        out["student_macs"] = count_macs(float_student, shape)
-        out["teacher_params"] = count_parameters(teacher)
-        out["teacher_macs"] = count_macs(teacher, shape)
-        self.say(f"measuring latency at {shape} on the CPU ({out['threads']} threads)")
-        out["teacher_latency"] = measure_latency(copy.deepcopy(teacher).cpu(), shape, "cpu", warmup=1,
-                                                 repeats=max(1, cfg.latency_repeats // 2))
-        out["student_eager_latency"] = measure_latency(float_student, shape, "cpu", warmup=2,
-                                                       repeats=cfg.latency_repeats)
-        out["student_latency"], out["compiled"] = out["student_eager_latency"], False
+        out = {"threads": threads, "shape": shape,
+               "teacher": profile(copy.deepcopy(teacher).cpu(), shape, "cpu", warmup=1,
+                                  repeats=max(1, cfg.latency_repeats // 2)),
+               "student": profile(float_student, shape, "cpu", warmup=2, repeats=cfg.latency_repeats)}
+        out["student_latency"], out["compiled"] = out["student"]["latency_s"], False
         if cfg.compile:
             try:
                 compiled = torch.compile(float_student)
@@ -621,9 +545,10 @@ class Experiment:
                                                          repeats=cfg.latency_repeats)
                 out["compiled"] = True
             except Exception as e:   # no C++ compiler, or inductor unsupported here: say so, keep the eager time
-                self.say(f"  torch.compile failed ({type(e).__name__}: {str(e)[:80]}); the fp32 latency is eager")
+                self.session.say(f"  torch.compile failed ({type(e).__name__}: {str(e)[:80]}); the fp32 latency is "
+                                 f"eager")
         if "int8" in rows:
-            out["int8_latency"] = measure_latency(self.int8_for_profile, shape, "cpu", warmup=2,
+            out["int8_latency"] = measure_latency(rows["int8"].info["profile_graph"], shape, "cpu", warmup=2,
                                                   repeats=cfg.latency_repeats)
             out["int8_bytes"] = int8_weight_bytes(rows["int8"].model)
         return out
@@ -684,22 +609,23 @@ def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: di
     table = Table("Section 4: the U-Net student, distilled and quantized (VOC 2012 in the report)",
                   ["Model", "W/A bits", "mIoU (ours)", "pixel acc. (ours)", "val CE (ours)", "params",
                    "weights MB", "MAdds", "CPU latency ms (ours)", "the report says"])
+    teacher_cost, student_cost = costs["teacher"], costs["student"]
     latency = {"fp32": f"{1000 * costs['student_latency']:.1f}" + ("" if costs["compiled"] else " (eager)"),
                "int8": f"{1000 * costs.get('int8_latency', math.nan):.1f}"}
-    student_macs = f"{costs['student_macs'] / 1e9:.2f}G"
+    student_macs = f"{student_cost['macs'] / 1e9:.2f}G"
 
     def add(trained: Trained, bits: str, params: int, size: int, macs: str, lat: str, says: str) -> None:
         m = trained.metrics
         table.add(trained.label, bits, miou_cell(trained), f"{100 * m['pixel_accuracy']:.1f}", f"{m['val_loss']:.3f}",
                   f"{params:,}", f"{size / 1e6:.2f}", macs, lat, says)
-        exp.results.add(experiment="qkd", model=trained.label, params=params, macs=costs["student_macs"]
-                        if trained is not teacher else costs["teacher_macs"], loss=round(m["val_loss"], 5),
+        exp.results.add(experiment="qkd", model=trained.label, params=params, macs=student_cost["macs"]
+                        if trained is not teacher else teacher_cost["macs"], loss=round(m["val_loss"], 5),
                         iou=round(m["miou"], 5), iterations=len(trained.train_loss),
                         notes="; ".join(filter(None, [bits, "diverged" if trained.diverged else ""])))
 
-    add(teacher, "32/32", costs["teacher_params"], 4 * costs["teacher_params"], f"{costs['teacher_macs'] / 1e9:.1f}G",
-        f"{1000 * costs['teacher_latency']:.0f} (eager)", SOURCE_SAYS["teacher"])
-    params = costs["student_params"]
+    add(teacher, "32/32", teacher_cost["params"], 4 * teacher_cost["params"], f"{teacher_cost['macs'] / 1e9:.1f}G",
+        f"{1000 * teacher_cost['latency_s']:.0f} (eager)", SOURCE_SAYS["teacher"])
+    params = student_cost["params"]
     add(pretrained, "32/32", params, quantized_weight_bytes(pretrained.model), student_macs, latency["fp32"],
         "start of every row below")
     for name in ("alone", *KD_ROWS):
@@ -741,7 +667,7 @@ def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: di
         f"{cfg.profile_size} (the same multiply-adds in int8). Latency: median of {cfg.latency_repeats} passes on the "
         f"CPU, {costs['threads']} threads, batch 1 at that size; fp32 "
         f"{'compiled with torch.compile' if costs['compiled'] else 'eager (--no-compile, or compilation failed)'}"
-        f" (eager: {1000 * costs['student_eager_latency']:.1f} ms), int8 lowered to oneDNN, teacher eager."]
+        f" (eager: {1000 * student_cost['latency_s']:.1f} ms), int8 lowered to oneDNN, teacher eager."]
     table.write(exp.run.path, "table_qkd")
     print("\n" + table.markdown(), flush=True)
 
@@ -784,7 +710,8 @@ def plot_figures(exp: Experiment, teacher: Trained, pretrained: Trained, rows: d
     samples = [exp.val_set[i] for i in range(min(cfg.panel_images, len(exp.val_set)))]
     plot_panel(figures / "predictions.png",
                [[("image", image.permute(1, 2, 0).numpy()), ("ground truth", colorize(mask))]
-                + [(name, colorize(exp.predict(model, image))) for name, model in shown] for image, mask in samples],
+                + [(name, colorize(predict_segmentation(model, image, pad_to=exp.eval_side))) for name, model in shown]
+                for image, mask in samples],
                "Validation predictions")
 
 
@@ -799,42 +726,36 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_qkd.py --bits 8,4,2 --ranges tracked\n"
                "  python reproduce_qkd.py --preset paper --data-root data --teacher-weights coco\n"
                "  python reproduce_qkd.py --resume runs/reproduce_qkd/20261121-120000",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=help_formatter(Config, PRESETS))   # appends "(default X; paper preset Y)" to each setting
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="default (the default): reduced, for a CPU; paper: the report's scale")
-    h = help_default   # "default X; paper preset Y", read from Config and PRESETS
     r = p.add_argument_group("the report's recipe (Section 4)")
-    r.add_argument("--lr", type=float, metavar="LR", help=f"Adam learning rate ({h('lr')}, the report's)")
-    r.add_argument("--beta1", type=float, metavar="B",
-                   help=f"Adam's beta1, the report's 'momentum', in [0, 1) ({h('beta1')})")
-    r.add_argument("--batch-size", type=int, metavar="N", help=f"images per batch ({h('batch_size')})")
+    r.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate, the report's")
+    r.add_argument("--beta1", type=float, metavar="B", help="Adam's beta1, the report's 'momentum', in [0, 1)")
+    r.add_argument("--batch-size", type=int, metavar="N", help="images per batch")
     r.add_argument("--pretrain-iterations", type=int, metavar="N",
-                   help=f"the student's training alone before any compression (the report's '1000 epochs'; "
-                        f"{h('pretrain_iterations')})")
+                   help="the student's training alone before any compression: the report's '1000 epochs'")
     r.add_argument("--iterations", type=int, metavar="N",
-                   help=f"iterations of each fp32 row after pre-training (the report's '20 more epochs'; "
-                        f"{h('iterations')})")
-    r.add_argument("--eval-every", type=int, metavar="N",
-                   help=f"iterations between validations and plateau checks ({h('eval_every')})")
+                   help="iterations of each fp32 row after pre-training: the report's '20 more epochs'")
+    r.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations and plateau checks")
     r.add_argument("--plateau-patience", type=int, metavar="N",
-                   help=f"validations without improvement before the rate drops 10x ({h('plateau_patience')})")
+                   help="validations without improvement before the rate drops 10x")
     d = p.add_argument_group("distillation (Section 3.1)")
-    d.add_argument("--T", type=float, help=f"temperature of the pixel-wise term ({h('T')})")
-    d.add_argument("--pixel-weight", type=float, metavar="W", help=f"weight of the pixel-wise KL ({h('pixel_weight')})")
-    d.add_argument("--pair-weight", type=float, metavar="W", help=f"weight of the pair-wise term ({h('pair_weight')})")
-    d.add_argument("--patch", type=int, metavar="P", help=f"pair-wise node size, P x P pixels ({h('patch')})")
+    d.add_argument("--T", type=float, help="temperature of the pixel-wise term")
+    d.add_argument("--pixel-weight", type=float, metavar="W", help="weight of the pixel-wise KL")
+    d.add_argument("--pair-weight", type=float, metavar="W", help="weight of the pair-wise term")
+    d.add_argument("--patch", type=int, metavar="P", help="pair-wise node size, P x P pixels")
     q = p.add_argument_group("quantization-aware distillation (Section 3.2)")
     q.add_argument("--bits", metavar="LIST",
-                   help=f"bit widths of weights and activations, comma-separated, each in 2..8 ({h('bits')})")
+                   help="bit widths of weights and activations, comma-separated, each in 2..8")
     q.add_argument("--ranges", choices=["learned", "tracked"],
-                   help=f"learned clipping ranges (QKD's) or moving min/max ranges ({h('ranges')})")
-    q.add_argument("--self-study", type=int, metavar="N", help=f"QKD self-studying iterations ({h('self_study')})")
-    q.add_argument("--co-study", type=int, metavar="N", help=f"QKD co-studying iterations ({h('co_study')})")
-    q.add_argument("--tutor", type=int, metavar="N", help=f"QKD tutoring iterations ({h('tutor')})")
-    q.add_argument("--co-study-teacher", choices=["head", "all"],
-                   help=f"what of the teacher co-studying trains ({h('co_study_teacher')})")
+                   help="learned clipping ranges (QKD's) or moving min/max ranges")
+    q.add_argument("--self-study", type=int, metavar="N", help="QKD self-studying iterations")
+    q.add_argument("--co-study", type=int, metavar="N", help="QKD co-studying iterations")
+    q.add_argument("--tutor", type=int, metavar="N", help="QKD tutoring iterations")
+    q.add_argument("--co-study-teacher", choices=["head", "all"], help="what of the teacher co-studying trains")
     q.add_argument("--int8-iterations", type=int, metavar="N",
-                   help=f"tutoring under the int8 backend's quantizer before conversion ({h('int8_iterations')})")
+                   help="tutoring under the int8 backend's quantizer before conversion")
     t = p.add_argument_group("the teacher (DeepLabV3-ResNet101)")
     t.add_argument("--teacher-weights", choices=["coco"],
                    help="coco: torchvision's pretrained weights (COCO with the VOC classes), the report's teacher "
@@ -843,30 +764,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                    help="deeplabv3_resnet101 weights: a file this script cached, or a torchvision state dict "
                         "(default: train one here, or reuse the cached one)")
     t.add_argument("--teacher-iterations", type=int, metavar="N",
-                   help=f"iterations of a teacher trained here, without the two flags above "
-                        f"({h('teacher_iterations')})")
-    t.add_argument("--teacher-lr", type=float, metavar="LR",
-                   help=f"SGD rate of a teacher trained here ({h('teacher_lr')})")
+                   help="iterations of a teacher trained here, without the two flags above")
+    t.add_argument("--teacher-lr", type=float, metavar="LR", help="SGD rate of a teacher trained here")
     g = p.add_argument_group("data")
     g.add_argument("--data-root", metavar="FOLDER",
                    help="folder holding VOCdevkit/VOC2012 (or VOCdevkit/, or VOC2012/); default: synthetic scenes")
-    g.add_argument("--train-images", type=int, metavar="N", help=f"synthetic training scenes ({h('train_images')})")
-    g.add_argument("--val-images", type=int, metavar="N", help=f"synthetic validation scenes ({h('val_images')})")
-    g.add_argument("--image-size", type=int, metavar="PIXELS", help=f"synthetic scene side ({h('image_size')})")
-    g.add_argument("--crop", type=int, metavar="PIXELS", help=f"training crop side, a multiple of 16 ({h('crop')})")
+    g.add_argument("--train-images", type=int, metavar="N", help="synthetic training scenes")
+    g.add_argument("--val-images", type=int, metavar="N", help="synthetic validation scenes")
+    g.add_argument("--image-size", type=int, metavar="PIXELS", help="synthetic scene side")
+    g.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side, a multiple of 16")
     g.add_argument("--eval-size", type=int, metavar="PIXELS",
-                   help=f"VOC (--data-root): validation images are padded to this square, a multiple of 16 "
-                        f"({h('eval_size')})")
+                   help="VOC (--data-root): validation images are padded to this square, a multiple of 16")
     g.add_argument("--profile-size", type=int, metavar="PIXELS",
-                   help=f"image side of the params/MAdds/latency columns, a multiple of 16 ({h('profile_size')})")
-    u = p.add_argument_group("run")
-    add_device_arguments(u, help_default, "auto (default), cpu or cuda; the int8 model always runs on the CPU")
-    u.add_argument("--no-int8", dest="int8", action="store_const", const=False,
+                   help="image side of the params/MAdds/latency columns, a multiple of 16")
+    c = p.add_argument_group("costs and rows")
+    c.add_argument("--no-int8", dest="int8", action="store_const", const=False,
                    help="skip the int8 row (it needs an x86 CPU and torchao)")
-    u.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+    c.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                    help="time the fp32 student eager, not compiled (saves about 30 s of torch.compile)")
-    u.add_argument("--cache-dir", metavar="FOLDER", help=f"cached teachers ({h('cache_dir')})")
-    add_run_folder_arguments(u, "reproduce_qkd")
+    add_run_arguments(p, "reproduce_qkd",
+                      device_help="auto, cpu or cuda (auto takes the GPU when there is one); the int8 model always "
+                                  "runs on the CPU")
     args = p.parse_args(argv)
     parsed = {"bits": parse_bits(args.bits)} if args.bits is not None else {}
     return config_from_args(args, Config, PRESETS, **parsed), args
@@ -882,11 +800,6 @@ def parse_bits(text: str) -> tuple:
         raise UserError(f"--bits {text!r}: each bit width must lie in 2..8 (fake quantization below 2 bits has no "
                         f"zero level, above 8 it is no longer low-precision); e.g. --bits 8,4,2.")
     return bits
-
-
-def help_default(name: str) -> str:
-    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
-    return default_text(Config, PRESETS, name)
 
 
 def check_config(cfg: Config, args: argparse.Namespace) -> None:
@@ -912,7 +825,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     if not cfg.data_root:   # VOC's size is known only once it is read
         check_flags({"--train-images": cfg.train_images}, f"must hold at least one batch (--batch-size "
                     f"{cfg.batch_size})", lambda v: v >= cfg.batch_size)
-    check_run_options(cfg)   # --seed, --workers
+    check_run_options(cfg)   # --seed, --workers, --checkpoint-every
     if args.eval_size is not None and not cfg.data_root:   # the synthetic scenes are evaluated at their own size
         raise UserError("--eval-size pads VOC's validation images, and without --data-root none are read: drop it, "
                         "or give --data-root.")
@@ -955,20 +868,11 @@ def check_int8_support() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
-    run = None
-    if args.resume:
-        cfg, run = resume_run(args, Config)
-    else:
-        check_config(cfg, args)
+    cfg, run = resume_or_check(args, cfg, Config, check_config)
     device = pick_device(cfg.device)
     experiment = Experiment(cfg, device)          # missing data or a wrong teacher file stop us here
-    if run is None:
-        run = RunDir.create("reproduce_qkd", cfg.out)
-        run.write_config(asdict(cfg))
-    print(f"run folder: {run.path}", flush=True)
-    start = time.time()
-    experiment.run_all(run)
-    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})", flush=True)
+    with run_folder(run, "reproduce_qkd", cfg) as run:
+        experiment.run_all(run)
 
 
 if __name__ == "__main__":

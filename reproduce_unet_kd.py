@@ -45,37 +45,70 @@ Readings of the source we had to choose (each is also printed under its table):
 from __future__ import annotations
 
 import argparse
-import hashlib
+import copy
 import json
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.datasets import EPFLMitochondria, SyntheticEM, Volume, fixed_crops, normalize, random_crops
+from common.devices import pick_device
+from common.em_data import EPFLMitochondria, Volume, fixed_crops, normalize, random_crops
 from common.errors import UserError, check_flags, refuse_ignored
 from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weighted_cross_entropy
 from common.metrics import ConfusionMatrix
-from common.profiler import count_macs, count_parameters, profile
+from common.profiler import profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel
-from common.training import (History, RunDir, add_run_folder_arguments, batches, check_run_options, config_from_args,
-                             default_text, fit, load_weights, make_scheduler, moving_average_min, pick_device,
-                             resume_run, run_main, save_weights, seed_everything)
+from common.runs import (RunDir, RunOptions, add_run_arguments, check_run_options, config_from_args, help_formatter,
+                         load_checkpoint, load_weights, resume_or_check, run_folder, run_main)
+from common.synthetic_em import SyntheticEM
+from common.teachers import cache_path, freeze, load_or_train
+from common.training import History, Session, Trained, make_scheduler, seed_everything, train
 from common.unet import UNet
 
 EXPERIMENTS = ["table1", "table2", "table3", "table4", "table5", "table6", "headline"]
+OBJECTIVES = ("hard", "soft", "mixed")
 MACS_INPUT = (1, 1, 256, 256)  # the input of our MAdds and latency columns (one 256x256 grey slice)
+
+
+# =============================================================================================== the objective
+def kd_objective(objective: str, student_logits: torch.Tensor, target: torch.Tensor,
+                 teacher_logits: torch.Tensor | None, T: float, lam: float,
+                 class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """L_KD of source 002, 'The Distillation Procedure', for one batch: (loss, logged terms).
+
+        P_T^tau = softmax(a_T / tau),  P_S^tau = softmax(a_S / tau)
+        L_KD(W_S) = H(y_true, P_S) + lambda * H(P_T^tau, P_S^tau)
+
+    ``objective`` "hard" keeps the first term, H(y_true, P_S) (weighted by ``class_weights``, our reading of the
+    source's class weights; None: unweighted); "soft" the second, tau^2 * H(P_T^tau, P_S^tau), multiplied by
+    tau^2 as Hinton et al. do (and as Table 5 reports it), with lambda = 1; "mixed" both, hard + ``lam`` * soft.
+    ``T`` is tau; ``teacher_logits`` (unused by "hard") are a_T, detached inside the losses. Logged:
+    "train_hard", "train_soft" (the tau^2 H term as trained) and "train_soft_kl" = tau^2 KL(P_T^tau || P_S^tau),
+    which differs from the H term only by the teacher's entropy (same gradient, not trained on; Table 5).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    logs: dict = {}
+    loss = student_logits.new_zeros(())
+    if objective in ("hard", "mixed"):                   # H(y_true, P_S)
+        hard = weighted_cross_entropy(student_logits, target, class_weights)
+        loss, logs["train_hard"] = loss + hard, hard.detach()
+    if objective in ("soft", "mixed"):                   # lambda * tau^2 * H(P_T^tau, P_S^tau)
+        soft = T * T * soft_cross_entropy(student_logits, teacher_logits, T)
+        loss, logs["train_soft"] = loss + (lam if objective == "mixed" else 1.0) * soft, soft.detach()
+        logs["train_soft_kl"] = T * T * kd_kl_div(student_logits.detach(), teacher_logits, T)
+    return loss, logs
 
 
 # =============================================================================================== configuration
 @dataclass
-class Config:
+class Config(RunOptions):
     experiment: str = "headline"
-    preset: str = "default"
     k: int = 2                        # student width (headline)
     teacher: int = 64                 # teacher width (headline)
     teacher_bn: bool = True           # headline teacher with BatchNorm (see the module docstring)
@@ -113,16 +146,10 @@ class Config:
     alpha_t: int = 100
     beta_t: int = 3
     eval_tile: int = 256
-    # run
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
+    # teachers
     online_teacher: bool = False
     teacher_checkpoint: str | None = None
-    cache_dir: str = "runs/teacher_cache"
-    out: str | None = None
-    checkpoint_every: int = 500
-    progress: bool = True
+    checkpoint_every: int = 500       # iterations between checkpoints (RunOptions: 100)
 
 
 PRESETS = {
@@ -212,6 +239,12 @@ def _cores(n: int, max_core: int) -> tuple[int, int]:
     return core, count * core - n
 
 
+def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive slices of ``x`` of at most ``batch_size`` items."""
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size]
+
+
 def crops_loss(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> float:
     """Mean cross-entropy over fixed test crops: one evaluation L_test^i of the averaged test loss."""
     model.eval()
@@ -234,21 +267,54 @@ def evaluate_slices(model: torch.nn.Module, volume: Volume, cfg: Config, device:
 
 
 # =============================================================================================== training
-@dataclass
-class Trained:
-    name: str
-    model: UNet
-    history: History | None   # None for a teacher loaded from a file
-    test: dict           # evaluate_slices of the best state
-    summary: dict        # averaged-loss protocol
+def learning_rate(cfg: Config, k: int) -> float:
+    """Adam's rate for a k-UNet. Our choice: the 2- and 1-UNets only leave the class-prior plateau in a short run
+    at a higher rate (default preset: lr 1e-3 left every distilled 2-UNet at IoU 0 after 3,000 iterations; 3e-3
+    did not); the wide U-Nets (k >= 16) train at --teacher-lr."""
+    return cfg.teacher_lr if k >= 16 else cfg.lr
+
+
+def moving_average_min(values: list[float], window: int) -> tuple[float, int]:
+    """min_k (1/window) sum_{i=k}^{k+window-1} values[i], and the index of the window's last element.
+
+    Source 002's averaged loss (L*_train with alpha_t; the test loss with beta_t). With fewer values than the
+    window, the mean of all of them.
+    """
+    if not values:
+        return math.nan, -1
+    if len(values) <= window:
+        return float(np.mean(values)), len(values) - 1
+    c = np.cumsum(np.insert(np.asarray(values, dtype=np.float64), 0, 0.0))
+    means = (c[window:] - c[:-window]) / window
+    k = int(np.argmin(means))
+    return float(means[k]), k + window - 1
+
+
+def averaged_losses(history: History, cfg: Config, barrier: float) -> dict:
+    """The source's protocol: L*_train (window alpha_t), test loss averaged over beta_t evaluations, raw min; and
+    whether the run stayed at the class-prior ``barrier`` (best test loss within 5% of it)."""
+    train_avg, _ = moving_average_min(history.train_loss, cfg.alpha_t)
+    test_losses = [e["test_loss"] for e in history.evals]
+    test_avg, i_avg = moving_average_min(test_losses, cfg.beta_t)
+    test_min = min(test_losses, default=math.nan)
+    at_avg = history.evals[i_avg]["iteration"] if i_avg >= 0 else 0
+    at_min = history.evals[int(np.argmin(test_losses))]["iteration"] if test_losses else 0
+    return {"train_loss_avg": train_avg, "test_loss_avg": test_avg, "test_loss_min": test_min,
+            "iteration_at_min": at_avg, "iteration_at_raw_min": at_min,
+            "iterations_run": len(history.train_loss), "diverged": history.diverged,
+            "stuck": bool(test_min >= 0.95 * barrier)}
 
 
 class Lab:
-    """Everything the experiments share: config, data, device, run folder, results, and the cached teachers."""
+    """What the experiments share: the data, the run (its Session and results.csv) and the teachers of this run;
+    and the source's procedure: train a k-UNet with L_KD (``train_model``), from a teacher (``teacher``).
 
-    def __init__(self, cfg: Config, run: RunDir, train: Volume, test: Volume) -> None:
-        self.cfg, self.run, self.train, self.test = cfg, run, train, test
-        self.device = pick_device(cfg.device)
+    A job's ``Trained.metrics`` hold ``evaluate_slices`` of its best state (loss, iou, pixel_accuracy, prediction)
+    and the averaged losses of ``averaged_losses``."""
+
+    def __init__(self, cfg: Config, run: RunDir, device: torch.device, train: Volume, test: Volume) -> None:
+        self.cfg, self.run, self.device, self.train, self.test = cfg, run, device, train, test
+        self.session = Session(run, device, cfg)
         self.test_crops = fixed_crops(self.test, cfg.n_t, cfg.crop)
         self.weights = class_weights(self.train, cfg.class_weight_power)
         self.barrier = class_prior_loss(self.test.class_frequencies(2))
@@ -257,75 +323,48 @@ class Lab:
         self._soft_targets: dict[int, torch.Tensor] = {}    # keyed by id() of a teacher held in _teachers
 
     # ------------------------------------------------------------------ one model
+    def new_unet(self, k: int, bn: bool, seed: int | None = None) -> UNet:
+        """A k-UNet initialised from ``seed`` (default the run's)."""
+        seed_everything(self.cfg.seed if seed is None else seed)
+        return UNet(k, batch_norm=bn).to(self.device)
+
     def train_model(self, name: str, k: int, objective: str, *, bn: bool, iterations: int,
                     teacher: UNet | None = None, T: float = 1.0, lam: float = 0.0, seed: int | None = None,
-                    weighted: bool = False, init: UNet | None = None, batch_size: int | None = None,
+                    weighted: bool = False, start: UNet | None = None, batch_size: int | None = None,
                     crop: int | None = None) -> Trained:
-        """Train one k-UNet with objective 'hard', 'soft' or 'mixed' (the L_KD of 'The Distillation Procedure')."""
+        """Train one k-UNet on ``kd_objective`` ('hard', 'soft' or 'mixed': the L_KD of 'The Distillation
+        Procedure'): a new one initialised from ``seed``, or ``start`` (trained in place). Resumable; evaluated on
+        the test crops every --eval-every iterations; the state with the lowest test loss is kept."""
         cfg, device = self.cfg, self.device
         seed = cfg.seed if seed is None else seed
         batch_size, crop = batch_size or cfg.batch_size, crop or cfg.crop
-        seed_everything(seed)
-        model = UNet(k, batch_norm=bn).to(device)
-        if init is not None:
-            model.load_state_dict(init.state_dict())
+        model = self.new_unet(k, bn, seed) if start is None else start
         w = self.weights.to(device) if weighted else None
+        if teacher is not None:
+            freeze(teacher)
         targets = None if teacher is None or cfg.online_teacher else self.soft_targets(teacher)
 
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             x, y, *t = random_crops(self.train, batch_size, crop, seed, step, extra=targets)
             x, y = x.to(device), y.to(device)
             student = model(x)
-            logs: dict = {}
-            loss = student.new_zeros(())
-            if objective in ("hard", "mixed"):                   # H(y_true, P_S)
-                hard = weighted_cross_entropy(student, y, w)
-                loss, logs["train_hard"] = loss + hard, hard.detach()
-            if objective in ("soft", "mixed"):                   # lambda * tau^2 * H(P_T^tau, P_S^tau)
+            teacher_logits = None
+            if objective != "hard":
                 if t:
                     teacher_logits = t[0].to(device)
                 else:
                     with torch.no_grad():
-                        teacher_logits = teacher.eval()(x)
-                soft = T * T * soft_cross_entropy(student, teacher_logits, T)
-                loss, logs["train_soft"] = loss + (lam if objective == "mixed" else 1.0) * soft, soft.detach()
-                # KL = H - H(P_T): same gradient, without the teacher's entropy (logged for Table 5)
-                logs["train_soft_kl"] = T * T * kd_kl_div(student.detach(), teacher_logits, T)
-            return loss, logs
+                        teacher_logits = teacher(x)
+            return kd_objective(objective, student, y, teacher_logits, T, lam, w)
 
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr_for(k))
-        scheduler = make_scheduler(optimizer, cfg.schedule, iterations)
+        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(cfg, k))
         images, masks = self.test_crops
-        history = fit(model, optimizer, loss_fn, iterations, name=name, run=self.run, device=device,
-                      scheduler=scheduler,
-                      evaluate=lambda: {"test_loss": crops_loss(model, images, masks, device)},
-                      eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, amp=cfg.amp,
-                      progress=cfg.progress)
-        test = evaluate_slices(model, self.test, cfg, device)
-        summary = self.averaged_losses(history)
-        if not self.run.logged(name, "final"):   # a resumed run reloads finished jobs; their line is there
-            self.run.log({"job": name, "event": "final", **{k_: v for k_, v in test.items() if k_ != "prediction"},
-                          **summary})
-        return Trained(name, model, history, test, summary)
-
-    def lr_for(self, k: int) -> float:
-        """Our choice: the 2- and 1-UNets only leave the class-prior plateau in a short run at a higher rate
-        (default preset: lr 1e-3 left every distilled 2-UNet at IoU 0 after 3,000 iterations; 3e-3 did not)."""
-        return self.cfg.teacher_lr if k >= 16 else self.cfg.lr
-
-    def averaged_losses(self, history) -> dict:
-        """The source's protocol: L*_train (window alpha_t), test loss averaged over beta_t evaluations, raw min."""
-        cfg = self.cfg
-        train_avg, _ = moving_average_min(history.train_loss, cfg.alpha_t)
-        test_losses = [e["test_loss"] for e in history.evals]
-        test_avg, i_avg = moving_average_min(test_losses, cfg.beta_t)
-        test_min = min(test_losses, default=math.nan)
-        at_avg = history.evals[i_avg]["iteration"] if i_avg >= 0 else 0
-        at_min = history.evals[int(np.argmin(test_losses))]["iteration"] if test_losses else 0
-        return {"train_loss_avg": train_avg, "test_loss_avg": test_avg, "test_loss_min": test_min,
-                "iteration_at_min": at_avg, "iteration_at_raw_min": at_min,
-                "iterations_run": len(history.train_loss), "diverged": history.diverged,
-                "stuck": bool(test_min >= 0.95 * self.barrier)}
+        return train(model, optimizer, loss_fn, iterations, session=self.session, name=name,
+                     scheduler=make_scheduler(optimizer, cfg.schedule, iterations),
+                     evaluate=lambda: {"test_loss": crops_loss(model, images, masks, device)},
+                     eval_every=cfg.eval_every, seed=seed, best_key="test_loss", diverge_above=1e3,
+                     report=lambda history: {**evaluate_slices(model, self.test, cfg, device),
+                                             **averaged_losses(history, cfg, self.barrier)})
 
     # ------------------------------------------------------------------ teachers
     def teacher(self, k: int, bn: bool, iterations: int, checkpoint: str | None = None) -> Trained:
@@ -337,30 +376,33 @@ class Lab:
         if checkpoint:
             model = UNet(k, batch_norm=bn).to(self.device)
             load_weights(model, checkpoint, what="--teacher-checkpoint")
-            return Trained(f"teacher_k{k}", model, None, evaluate_slices(model, self.test, cfg, self.device), {})
-        key = {"k": k, "bn": bn, "iterations": iterations, "lr": self.lr_for(k), "schedule": cfg.schedule,
+            return Trained(f"teacher_k{k}", "", model, evaluate_slices(model, self.test, cfg, self.device))
+        key = {"k": k, "bn": bn, "iterations": iterations, "lr": learning_rate(cfg, k), "schedule": cfg.schedule,
                "batch": cfg.batch_size, "crop": cfg.crop, "seed": cfg.seed, "data": self.train.name,
                "data_root": str(Path(cfg.data_root).resolve()) if cfg.data_root else None}
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-        path = Path(cfg.cache_dir) / f"unet_k{k}_{'bn' if bn else 'nobn'}_{digest}.pt"
-        if path not in self._teachers:
-            self._teachers[path] = self._load_or_train_teacher(path, key, k, bn, iterations)
-        return self._teachers[path]
-
-    def _load_or_train_teacher(self, path: Path, key: dict, k: int, bn: bool, iterations: int) -> Trained:
-        cfg = self.cfg
-        model = UNet(k, batch_norm=bn).to(self.device)
-        if path.exists():
-            state = load_weights(model, path, what="cached teacher")
-            print(f"teacher {k}-UNet: reusing {path}")
-            return Trained(f"teacher_k{k}", model, None, evaluate_slices(model, self.test, cfg, self.device),
-                           json.loads(state["summary"]))
+        path = cache_path(cfg.cache_dir, f"unet_k{k}_{'bn' if bn else 'nobn'}", key)
+        if path in self._teachers:
+            return self._teachers[path]
         name = f"teacher_k{k}{'_bn' if bn else ''}"
         restored = self.run.logged(name, "final")   # finished before an interruption: --resume reloads it
-        trained = self.train_model(name, k, "hard", bn=bn, iterations=iterations)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_weights(path, trained.model, {"summary": json.dumps(trained.summary), "key": json.dumps(key)})
-        print(f"teacher {k}-UNet: {'restored from this run' if restored else 'trained'} and cached in {path}")
+        extra = {"key": json.dumps(key)}            # + its metrics, once trained (for the tables of later runs)
+
+        def train_teacher(model: UNet) -> Trained:
+            trained = self.train_model(name, k, "hard", bn=bn, iterations=iterations, start=model)
+            extra["summary"] = json.dumps({n: v for n, v in trained.metrics.items() if n != "prediction"})
+            return trained
+
+        model = self.new_unet(k, bn)
+        trained = load_or_train(model, path, train_teacher, extra=extra)
+        if trained is None:
+            # load_or_train does not hand back the file's extra entries: read the saved averaged losses again
+            saved = json.loads(load_checkpoint(path, "cached teacher")["summary"])
+            trained = Trained(f"teacher_k{k}", "", model,
+                              {**saved, **evaluate_slices(model, self.test, cfg, self.device)})
+            print(f"teacher {k}-UNet: reusing {path}")
+        else:
+            print(f"teacher {k}-UNet: {'restored from this run' if restored else 'trained'} and cached in {path}")
+        self._teachers[path] = trained
         return trained
 
     def soft_targets(self, teacher: UNet) -> torch.Tensor:
@@ -374,12 +416,15 @@ class Lab:
                                                             self.cfg.eval_tile).half()
         return self._soft_targets[id(teacher)]
 
-    def record(self, experiment: str, trained: Trained, label: str) -> None:
-        self.results.add(experiment=experiment, model=label, params=count_parameters(trained.model),
-                         macs=count_macs(trained.model, MACS_INPUT), loss=round(trained.test["loss"], 5),
-                         iou=round(trained.test["iou"], 5), iterations=trained.summary.get("iterations_run", ""),
-                         notes="diverged" if trained.summary.get("diverged") else
-                         ("stuck at class prior" if trained.summary.get("stuck") else ""))
+    def record(self, experiment: str, trained: Trained, label: str) -> dict:
+        """One row of results.csv; returns the model's ``profile`` (no latency)."""
+        cost = profile(trained.model, MACS_INPUT, self.device, latency=False)
+        m = trained.metrics
+        self.results.add(experiment=experiment, model=label, params=cost["params"], macs=cost["macs"],
+                         loss=round(m["loss"], 5), iou=round(m["iou"], 5), iterations=m.get("iterations_run", ""),
+                         notes="diverged" if m.get("diverged") else
+                         ("stuck at class prior" if m.get("stuck") else ""))
+        return cost
 
 
 # =============================================================================================== experiments
@@ -405,11 +450,11 @@ def run_table1(lab: Lab) -> None:
     for k in c.ks:
         t = lab.train_model(f"table1_k{k}", k, "hard", bn=c.bn, iterations=c.table1_iterations,
                             batch_size=c.table1_batch_size, crop=c.table1_crop)
-        lab.record("table1", t, f"{k}-UNet hard")
+        cost = lab.record("table1", t, f"{k}-UNet hard")
         paper = PAPER["table1"].get(k, (None, None, None))
-        table.add(k, count_parameters(t.model), paper[0], t.summary["test_loss_avg"], paper[1],
-                  t.summary["train_loss_avg"], paper[2], t.summary["iteration_at_min"], t.test["iou"])
-        curves[f"{k}-UNet"] = ([e["iteration"] for e in t.history.evals], [e["test_loss"] for e in t.history.evals])
+        table.add(k, cost["params"], paper[0], t.metrics["test_loss_avg"], paper[1],
+                  t.metrics["train_loss_avg"], paper[2], t.metrics["iteration_at_min"], t.metrics["iou"])
+        curves[f"{k}-UNet"] = ([e["iteration"] for e in t.evals], [e["test_loss"] for e in t.evals])
     finish_table(lab, table, "table1")
     plot_curves(lab.run.figures / "table1_test_loss.png", curves, "Table 1: test loss of k-UNets (hard training)",
                 hline=(lab.barrier, "class-prior barrier (our data)"), logy=True)
@@ -432,13 +477,13 @@ def run_table2(lab: Lab) -> None:
         t = lab.train_model(f"table2_T{T}", 2, "soft", bn=c.bn, iterations=c.sweep_iterations,
                             teacher=teacher.model, T=T)
         lab.record("table2", t, f"2-UNet soft T={T}")
-        losses.append("Div." if t.summary["diverged"] else t.summary["test_loss_min"])
-        its.append("-" if t.summary["diverged"] else t.summary["iteration_at_raw_min"])
+        losses.append("Div." if t.metrics["diverged"] else t.metrics["test_loss_min"])
+        its.append("-" if t.metrics["diverged"] else t.metrics["iteration_at_raw_min"])
     paper = [PAPER["table2"].get(T, (None, None)) for T in temps]
     table = Table("Table 2. Soft training of a 2-UNet from a 4-UNet teacher", ["T_transfer"] + [str(T) for T in temps],
                   notes=protocol_notes(lab) + [
                       f"teacher: 4-UNet, {c.small_teacher_iterations} iterations, test loss "
-                      f"{teacher.test['loss']:.4f} (paper: 300,000 iterations, 0.0910).",
+                      f"{teacher.metrics['loss']:.4f} (paper: 300,000 iterations, 0.0910).",
                       "test loss = minimum of the raw test-loss evaluations (no averaging), as in the source.",
                       "Div. = a non-finite training loss, or one above 1e3 (our definition; the source gives none)."])
     table.add("Test loss (paper)", *["Div." if p[0] is None else p[0] for p in paper])
@@ -470,9 +515,9 @@ def run_table3(lab: Lab) -> None:
             t = lab.train_model(f"table3_T{T}_trial{trial}", 2, "soft", bn=c.bn, iterations=c.sweep_iterations,
                                 teacher=teacher.model, T=T, seed=c.seed + trial)
             lab.record("table3", t, f"2-UNet soft T={T} trial {trial}")
-            avg.append(t.summary["test_loss_avg"])
-            mins.append(t.summary["test_loss_min"])
-            if t.summary["stuck"]:
+            avg.append(t.metrics["test_loss_avg"])
+            mins.append(t.metrics["test_loss_min"])
+            if t.metrics["stuck"]:
                 stuck.append(str(trial))
         paper = PAPER["table3"].get(T, ((None,) * 3, (None,) * 3))
         table.add(T, *[v for i in range(3) for v in (paper[0][i], avg[i])],
@@ -492,7 +537,7 @@ def run_table4(lab: Lab) -> None:
             t = lab.train_model(f"table4_k{k}_trial{trial}", k, "hard", bn=c.bn, iterations=c.sweep_iterations,
                                 seed=c.seed + trial)
             lab.record("table4", t, f"{k}-UNet hard trial {trial}")
-            ours.append(t.summary["test_loss_avg"])
+            ours.append(t.metrics["test_loss_avg"])
         paper = list(PAPER["table4"][k]) + [None] * max(0, len(trials) - 10)
         table.add(f"{k}-Unet (paper)", *paper[:len(trials)])
         table.add(f"{k}-Unet (ours)", *ours)
@@ -519,7 +564,7 @@ def run_table5(lab: Lab) -> None:
         lab.record("table5", t, f"2-UNet mixed T={T}")
         hard, soft, kl = (last_mean(lab, t.name, key) for key in ("train_hard", "train_soft", "train_soft_kl"))
         p = PAPER["table5"].get(T, (None,) * 4)
-        table.add(T, p[0], t.summary["test_loss_avg"], p[1], t.summary["test_loss_min"], p[2], hard, p[3], soft, kl)
+        table.add(T, p[0], t.metrics["test_loss_avg"], p[1], t.metrics["test_loss_min"], p[2], hard, p[3], soft, kl)
     finish_table(lab, table, "table5")
 
 
@@ -539,14 +584,14 @@ def run_table6(lab: Lab) -> None:
         soft = lab.train_model(f"table6_soft{paper_its}_T{T}", 1, "soft", bn=c.bn, iterations=soft_its[paper_its],
                                teacher=teacher.model, T=T)
         hard = lab.train_model(f"table6_soft{paper_its}_T{T}_hard", 1, "hard", bn=c.bn,
-                               iterations=c.sweep_iterations, init=soft.model)
+                               iterations=c.sweep_iterations, start=copy.deepcopy(soft.model))
         lab.record("table6", hard, f"1-UNet soft {soft_its[paper_its]} it T={T}, then hard")
-        table.add(paper_its, soft_its[paper_its], T, paper_start, soft.summary["test_loss_avg"], paper_test,
-                  hard.summary["test_loss_avg"])
+        table.add(paper_its, soft_its[paper_its], T, paper_start, soft.metrics["test_loss_avg"], paper_test,
+                  hard.metrics["test_loss_avg"])
         curves[f"T={T}, soft {soft_its[paper_its]} it"] = (
-            [e["iteration"] for e in soft.history.evals] + [soft_its[paper_its] + e["iteration"]
-                                                            for e in hard.history.evals],
-            [e["test_loss"] for e in soft.history.evals + hard.history.evals])
+            [e["iteration"] for e in soft.evals] + [soft_its[paper_its] + e["iteration"]
+                                                            for e in hard.evals],
+            [e["test_loss"] for e in soft.evals + hard.evals])
     finish_table(lab, table, "table6")
     plot_curves(lab.run.figures / "table6_sequential.png", curves, "Table 6: soft, then hard training (1-UNet)",
                 hline=(lab.barrier, "class-prior barrier (our data)"))
@@ -561,11 +606,12 @@ def run_headline(lab: Lab) -> None:
     soft = lab.train_model(f"headline_k{c.k}_soft", c.k, "soft", teacher=teacher.model, T=c.T, **common)
     mixed = lab.train_model(f"headline_k{c.k}_mixed", c.k, "mixed", teacher=teacher.model, T=c.T, lam=c.lam,
                             **common)
-    t_params = count_parameters(teacher.model)
     rows = [("teacher", teacher, f"{c.teacher}-UNet {'with' if c.teacher_bn else 'without'} BN, hard", None),
             ("alone", alone, f"{c.k}-UNet BN+CW, hard (no teacher)", None),
             ("soft", soft, f"{c.k}-UNet BN, soft T={c.T}", PAPER["headline"]["soft"]),
             ("mixed", mixed, f"{c.k}-UNet BN+CW, mixed T={c.T} lambda={c.lam}", PAPER["headline"]["mixed"])]
+    params = [lab.record("headline", t, label)["params"] for _, t, label, _ in rows]
+    t_params = params[0]
     table = Table(f"Making it work: BatchNorm and class weights ({c.teacher}-UNet -> {c.k}-UNet)",
                   ["model", "params", "compression", "CE (paper)", "CE (ours)", "IoU (paper)", "IoU (ours)",
                    "#Iterations (paper)", "#Iterations (ours)"],
@@ -576,12 +622,10 @@ def run_headline(lab: Lab) -> None:
                       f"'without BN' (that count is the with-BN layout); ours: {t_params:,} parameters.",
                       f"class weights (ours): {[round(float(v), 3) for v in lab.weights]} for background, "
                       f"mitochondria (power {c.class_weight_power})."])
-    for key, t, label, paper in rows:
-        params = count_parameters(t.model)
-        lab.record("headline", t, label)
-        table.add(label, params, f"{t_params / params:.0f}x", paper[0] if paper else None, t.test["loss"],
-                  paper[1] if paper else None, t.test["iou"], paper[2] if paper else None,
-                  t.summary.get("iterations_run"))
+    for (_, t, label, paper), n in zip(rows, params):
+        table.add(label, n, f"{t_params / n:.0f}x", paper[0] if paper else None, t.metrics["loss"],
+                  paper[1] if paper else None, t.metrics["iou"], paper[2] if paper else None,
+                  t.metrics.get("iterations_run"))
     finish_table(lab, table, "headline")
     cost = Table("Model cost (common/profiler.py)", ["model", "params", "MAdds (1x256x256)", "latency (ms)",
                                                     "weights (bytes)"],
@@ -591,18 +635,18 @@ def run_headline(lab: Lab) -> None:
         cost.add(label, p["params"], p["macs"], f"{p['latency_s'] * 1e3:.1f}", p["size_bytes"])
     cost.write(lab.run.path, "cost")
     print(cost.markdown())
-    curves = {t.name: ([e["iteration"] for e in t.history.evals], [e["test_loss"] for e in t.history.evals])
-              for _, t, _, _ in rows if t.history is not None}
+    curves = {t.name: ([e["iteration"] for e in t.evals], [e["test_loss"] for e in t.evals])
+              for _, t, _, _ in rows if t.evals}
     plot_curves(lab.run.figures / "headline_test_loss.png", curves, "Test loss (headline)",
                 hline=(lab.barrier, "class-prior barrier (our data)"), logy=True)
     panel = []
     for i in range(min(3, len(lab.test))):
         panel.append([("image", lab.test.images[i]), ("ground truth", lab.test.masks[i])]
-                     + [(f"{key} IoU {t.test['iou']:.2f}", t.test["prediction"][i]) for key, t, _, _ in rows])
+                     + [(f"{key} IoU {t.metrics['iou']:.2f}", t.metrics["prediction"][i]) for key, t, _, _ in rows])
     plot_panel(lab.run.figures / "headline_predictions.png", panel, "image | ground truth | teacher | students")
-    print(f"\nforeground IoU on the test slices: teacher {teacher.test['iou']:.3f} | {c.k}-UNet alone "
-          f"{alone.test['iou']:.3f} | distilled soft {soft.test['iou']:.3f} | distilled mixed {mixed.test['iou']:.3f}"
-          f"  (compression {t_params / count_parameters(soft.model):.0f}x)")
+    print(f"\nforeground IoU on the test slices: teacher {teacher.metrics['iou']:.3f} | {c.k}-UNet alone "
+          f"{alone.metrics['iou']:.3f} | distilled soft {soft.metrics['iou']:.3f} | distilled mixed "
+          f"{mixed.metrics['iou']:.3f}  (compression {t_params / params[2]:.0f}x)")
 
 
 def last_mean(lab: Lab, job: str, key: str) -> float:
@@ -632,36 +676,29 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                "  python reproduce_unet_kd.py --experiment table2\n"
                "  python reproduce_unet_kd.py --experiment all --preset paper --data-root data/epfl\n"
                "  python reproduce_unet_kd.py --resume runs/reproduce_unet_kd/20261121-120000",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = help_default   # "default X; paper preset Y", read from Config and PRESETS
-    p.add_argument("--experiment", choices=EXPERIMENTS + ["all"], help=f"which table to reproduce ({d('experiment')})")
+        formatter_class=help_formatter(Config, PRESETS))
+    p.add_argument("--experiment", choices=EXPERIMENTS + ["all"], help="which table to reproduce")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="default (the default): reduced scale for a CPU; paper: the source's iteration counts and "
                         "averaging")
-    p.add_argument("--k", type=int, help=f"student width k of the k-UNet (headline; {d('k')})")
-    p.add_argument("--teacher", type=int, help=f"teacher width (headline; {d('teacher')})")
+    p.add_argument("--k", type=int, help="width k of the headline's student k-UNet")
+    p.add_argument("--teacher", type=int, help="width k of the headline's teacher k-UNet")
     p.add_argument("--no-teacher-bn", dest="teacher_bn", action="store_const", const=False,
                    help="headline teacher without BatchNorm: the source labels its teacher so, but prints the "
                         "with-BN parameter count, which our default teacher matches")
     p.add_argument("--bn", action="store_const", const=True, help="BatchNorm in the Tables 1-6 U-Nets too")
-    p.add_argument("--T", type=float, help=f"distillation temperature tau of the headline ({d('T')})")
+    p.add_argument("--T", type=float, help="distillation temperature tau of the headline")
     p.add_argument("--lambda", dest="lam", type=float,
-                   help=f"weight lambda of the soft term in mixed training (headline, Table 5; {d('lam')})")
-    p.add_argument("--iterations", type=int, metavar="N",
-                   help=f"training iterations of each headline student ({d('iterations')})")
+                   help="weight lambda of the soft term in the mixed training of the headline and Table 5")
+    p.add_argument("--iterations", type=int, metavar="N", help="training iterations of each headline student")
     p.add_argument("--teacher-iterations", type=int, metavar="N",
-                   help=f"training iterations of the headline teacher ({d('teacher_iterations')})")
-    p.add_argument("--batch-size", type=int, metavar="N",
-                   help=f"crops per training batch (Table 1 has its own; {d('batch_size')})")
-    p.add_argument("--crop", type=int, metavar="PIXELS", help=f"training crop side, a multiple of 16 ({d('crop')})")
-    p.add_argument("--lr", type=float,
-                   help=f"Adam learning rate of U-Nets with k < 16, the students ({d('lr')})")
+                   help="training iterations of the headline teacher")
+    p.add_argument("--batch-size", type=int, metavar="N", help="crops per training batch; Table 1 has its own")
+    p.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side, a multiple of 16")
+    p.add_argument("--lr", type=float, help="Adam learning rate of U-Nets with k < 16, the students")
     p.add_argument("--teacher-lr", type=float, metavar="LR",
-                   help=f"Adam learning rate of U-Nets with k >= 16 (Table 1, headline; {d('teacher_lr')})")
-    p.add_argument("--schedule", choices=["poly", "constant"], help=f"learning-rate schedule ({d('schedule')})")
-    p.add_argument("--seed", type=int, help=f"random seed: data, initialisation, batches ({d('seed')})")
-    p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
+                   help="Adam learning rate of U-Nets with k >= 16: the headline teacher, Table 1's wide rows")
+    p.add_argument("--schedule", choices=["poly", "constant"], help="learning-rate schedule")
     p.add_argument("--data-root", metavar="FOLDER",
                    help="folder with the EPFL stacks training.tif, training_groundtruth.tif, "
                         "testing.tif, testing_groundtruth.tif (default: synthetic data)")
@@ -670,21 +707,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                         "(default: train one, or reuse the cached one)")
     p.add_argument("--online-teacher", action="store_const", const=True,
                    help="run the teacher on every batch instead of once per training slice")
-    p.add_argument("--cache-dir", metavar="FOLDER", help=f"where trained teachers are cached ({d('cache_dir')})")
-    p.add_argument("--eval-every", type=int, metavar="N",
-                   help=f"iterations between test-loss evaluations ({d('eval_every')})")
-    p.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help=f"iterations between resumable checkpoints ({d('checkpoint_every')})")
-    p.add_argument("--class-weight-power", type=float, metavar="P",
-                   help=f"class weights ~ frequency^-p (headline; {d('class_weight_power')})")
-    add_run_folder_arguments(p, "reproduce_unet_kd")
+    p.add_argument("--eval-every", type=int, metavar="N", help="iterations between test-loss evaluations")
+    p.add_argument("--class-weight-power", type=float, metavar="P", help="the headline's class weights ~ frequency^-p")
+    add_run_arguments(p, "reproduce_unet_kd", workers=False)
     args = p.parse_args(argv)
     return config_from_args(args, Config, PRESETS), args
-
-
-def help_default(name: str) -> str:
-    """--help's "default X" for Config field ``name`` (see ``common.training.default_text``)."""
-    return default_text(Config, PRESETS, name)
 
 
 def check_config(cfg: Config, args: argparse.Namespace) -> None:
@@ -693,8 +720,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     positive, non_negative = (lambda v: 0 < v < math.inf), (lambda v: 0 <= v < math.inf)   # NaN fails both
     check_flags({"--k": cfg.k, "--teacher": cfg.teacher, "--iterations": cfg.iterations,
                  "--teacher-iterations": cfg.teacher_iterations, "--batch-size": cfg.batch_size,
-                 "--eval-every": cfg.eval_every, "--checkpoint-every": cfg.checkpoint_every}, "must be >= 1",
-                lambda v: v >= 1)
+                 "--eval-every": cfg.eval_every}, "must be >= 1", lambda v: v >= 1)
     check_flags({"--crop": cfg.crop}, "must be a positive multiple of 16 (the U-Net pools four times)",
                 lambda v: v > 0 and v % 16 == 0)
     if cfg.table1_crop <= 0 or cfg.table1_crop % 16:   # set by the preset, not by a flag
@@ -705,7 +731,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     check_flags({"--T": cfg.T, "--lr": cfg.lr, "--teacher-lr": cfg.teacher_lr}, "must be positive", positive)
     check_flags({"--lambda": cfg.lam, "--class-weight-power": cfg.class_weight_power}, "must be non-negative",
                 non_negative)
-    check_run_options(cfg)   # --seed, --workers
+    check_run_options(cfg)   # --seed, --checkpoint-every
     # Flags that only some experiments read: given to one that ignores them, they would change nothing, silently.
     headline = ("headline",)
     readers = {"--k": ("k", headline), "--teacher": ("teacher", headline), "--no-teacher-bn": ("teacher_bn", headline),
@@ -734,26 +760,18 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
-    run: RunDir | None = None
-    if args.resume:
-        cfg, run = resume_run(args, Config)
+    cfg, run = resume_or_check(args, cfg, Config, check_config)
+    if run is not None:
         print(f"resuming {run.path} with its saved config")
-    else:
-        check_config(cfg, args)
-    pick_device(cfg.device)
-    train, test = load_data(cfg)        # bad data stops us before a run folder exists
-    if run is None:
-        run = RunDir.create("reproduce_unet_kd", cfg.out)
-        run.write_config(asdict(cfg))
-    print(f"run folder: {run.path}")
-    start = time.time()
-    lab = Lab(cfg, run, train, test)
-    print(f"data: {lab.train.name} ({len(lab.train)} slices) / {lab.test.name} ({len(lab.test)} slices); "
-          f"foreground {lab.train.class_frequencies()[1]:.3f} of training pixels; class-prior barrier "
-          f"{lab.barrier:.4f} (paper: {PAPER['barrier']}); device {lab.device}")
-    for name in (EXPERIMENTS if cfg.experiment == "all" else [cfg.experiment]):
-        RUNNERS[name](lab)
-    print(f"\ndone in {(time.time() - start) / 60:.1f} min; results in {run.path} ({run.outputs()})")
+    device = pick_device(cfg.device)
+    train_data, test_data = load_data(cfg)   # bad data stops us before a run folder exists
+    with run_folder(run, "reproduce_unet_kd", cfg) as run:
+        lab = Lab(cfg, run, device, train_data, test_data)
+        print(f"data: {lab.train.name} ({len(lab.train)} slices) / {lab.test.name} ({len(lab.test)} slices); "
+              f"foreground {lab.train.class_frequencies()[1]:.3f} of training pixels; class-prior barrier "
+              f"{lab.barrier:.4f} (paper: {PAPER['barrier']}); device {device}")
+        for name in (EXPERIMENTS if cfg.experiment == "all" else [cfg.experiment]):
+            RUNNERS[name](lab)
 
 
 if __name__ == "__main__":

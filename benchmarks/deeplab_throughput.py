@@ -19,28 +19,27 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.losses import attention_transfer_loss, soft_cross_entropy, weighted_cross_entropy  # noqa: E402
-from common.training import autocast, pick_device  # noqa: E402
-from reproduce_deeplab_caspp import TABLES, TEACHER, Row, build  # noqa: E402
+from common.devices import autocast, pick_device  # noqa: E402
+from common.teachers import freeze  # noqa: E402
+from reproduce_deeplab_caspp import TABLES, TEACHER, Config, Row, build, caspp_objective  # noqa: E402
 from unet_kd_throughput import cpu_name, time_steps  # noqa: E402
 
 
 def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, method: str = "none",
               teacher=None):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    """One training step of the script: its objective (``caspp_objective``, with the default alpha, beta, T) and
+    its SGD settings."""
+    cfg = Config()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def step() -> None:
         with autocast(device, amp):
-            logits, feats = model(x, return_features=True)
-            loss = weighted_cross_entropy(logits.float(), y)
-            if method != "none":
+            logits, feats = model(x, return_features=True) if method.startswith("at") else (model(x), None)
+            t_logits = t_feats = None
+            if teacher is not None:
                 with torch.no_grad():
                     t_logits, t_feats = teacher(x, return_features=True)
-                if method == "kd":   # Eq. 4.6
-                    loss = 0.1 * loss + 2 * 0.9 * 16 * soft_cross_entropy(logits.float(), t_logits.float(), 4.0)
-                else:                # Eq. 4.9, AT on all layers
-                    layers = lambda f: [*f["atrous"], f["aspp"]]  # noqa: E731
-                    loss = loss + 1000 * attention_transfer_loss(layers(feats), layers(t_feats))
+            loss, _ = caspp_objective(method, logits, feats, t_logits, t_feats, y, cfg.alpha, cfg.beta, cfg.T)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -50,8 +49,8 @@ def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", choices=["5.1", "A.1", "5.4", "A.2"], default="5.1", help="whose rows to time")
-    p.add_argument("--crop", type=int, default=64, help="default: the default preset's crop (thesis: 256)")
-    p.add_argument("--batch-size", type=int, default=8, help="default: the default preset's batch")
+    p.add_argument("--crop", type=int, default=Config.crop, help="default: the default preset's crop (thesis: 256)")
+    p.add_argument("--batch-size", type=int, default=Config.batch_size, help="default: the default preset's batch")
     p.add_argument("--distill", action="store_true", help="also time KD and AT-all steps with the teacher")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
@@ -74,7 +73,7 @@ def main() -> None:
         seconds = time_steps(make_step(build(row).to(device), x, y, device, amp), device, 2, args.repeats)
         print(f"{row.label:34s} {seconds * 1e3:9.1f} {args.batch_size / seconds:9.1f}", flush=True)
     if args.distill:
-        teacher = build(TEACHER).to(device).eval()
+        teacher = freeze(build(TEACHER).to(device))
         student = Row(spec.backbone, 16, "DS", False)
         for method in ("kd", "at-all"):
             step = make_step(build(student).to(device), x, y, device, amp, method, teacher)

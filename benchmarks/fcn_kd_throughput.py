@@ -19,57 +19,53 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.devices import autocast, pick_device  # noqa: E402
 from common.segmentation_models import build_segmenter  # noqa: E402
-from common.training import autocast, pick_device  # noqa: E402
-from reproduce_fcn_kd import CifarResNet18, FiveLayerCNN, distillation_loss  # noqa: E402
+from common.teachers import freeze  # noqa: E402
+from reproduce_fcn_kd import (PRESETS, CifarResNet18, Config, FiveLayerCNN, job_loss,  # noqa: E402
+                              student_optimizer)
 from unet_kd_throughput import cpu_name, time_steps  # noqa: E402
+
+DEFAULT, PAPER = Config(), Config(**PRESETS["paper"])   # the script's settings: T, alpha, rates, crop, batch sizes
 
 
 def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, teacher=None):
+    """One training step of the script's objective (``job_loss``): Section II's loss with the teacher's forward
+    pass on every batch, or the cross-entropy alone without a teacher."""
+    loss_fn = job_loss(model, teacher, lambda step: (x, y), DEFAULT)
+
     def step() -> None:
         with autocast(device, amp):
-            logits = model(x).float()
-            if teacher is None:
-                loss = F.cross_entropy(logits, y, ignore_index=255)
-            else:
-                with torch.no_grad():
-                    t_logits = teacher(x).float()
-                loss, _ = distillation_loss(logits, t_logits, y, T=20.0, alpha=0.9)
+            loss, _ = loss_fn(0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return step
 
 
-def fcn_optimizer(model) -> torch.optim.Optimizer:
-    """Section III.B: SGD, momentum 0.9, lr 2e-3 for the head and 2e-4 for the backbone, weight decay 5e-4."""
-    return torch.optim.SGD([{"params": model.head_parameters(), "lr": 2e-3},
-                            {"params": model.backbone.parameters(), "lr": 2e-4}], momentum=0.9, weight_decay=5e-4)
-
-
 def steps_b(args, device: torch.device) -> list:
+    """Section III.B's SGD at the report's rates (the paper preset: the backbone trains too)."""
     x = torch.randn(args.batch_size, 3, args.crop, args.crop, device=device)
     y = torch.randint(0, 21, (args.batch_size, args.crop, args.crop), device=device)
     teacher = build_segmenter("fcn_resnet101", 21).to(device)
     student = build_segmenter("fcn_resnet50", 21).to(device)
-    frozen = build_segmenter("fcn_resnet101", 21).to(device).eval().requires_grad_(False)
-    return [("FCN-ResNet101 teacher, cross-entropy", make_step(teacher, fcn_optimizer(teacher), x, y, device,
-                                                                args.amp)),
-            ("FCN-ResNet50 student, cross-entropy", make_step(student, fcn_optimizer(student), x, y, device,
-                                                               args.amp)),
-            ("FCN-ResNet50 student, KD (teacher fwd)", make_step(student, fcn_optimizer(student), x, y, device,
-                                                                  args.amp, frozen))]
+    frozen = freeze(build_segmenter("fcn_resnet101", 21).to(device))
+    sgd = lambda m: student_optimizer(m, PAPER)  # noqa: E731
+    return [("FCN-ResNet101 teacher, cross-entropy", make_step(teacher, sgd(teacher), x, y, device, args.amp)),
+            ("FCN-ResNet50 student, cross-entropy", make_step(student, sgd(student), x, y, device, args.amp)),
+            ("FCN-ResNet50 student, KD (teacher fwd)", make_step(student, sgd(student), x, y, device, args.amp,
+                                                                  frozen))]
 
 
 def steps_a(args, device: torch.device) -> list:
+    """Section III.A's Adam."""
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     teacher, student = CifarResNet18().to(device), FiveLayerCNN().to(device)
-    frozen = CifarResNet18().to(device).eval().requires_grad_(False)
-    adam = lambda m: torch.optim.Adam(m.parameters(), lr=1e-3)  # noqa: E731  Section III.A
+    frozen = freeze(CifarResNet18().to(device))
+    adam = lambda m: torch.optim.Adam(m.parameters(), lr=DEFAULT.a_lr)  # noqa: E731
     return [("ResNet-18 teacher, cross-entropy", make_step(teacher, adam(teacher), x, y, device, args.amp)),
             ("5-layer CNN, cross-entropy", make_step(student, adam(student), x, y, device, args.amp)),
             ("5-layer CNN, KD (teacher fwd)", make_step(student, adam(student), x, y, device, args.amp, frozen))]
@@ -78,14 +74,16 @@ def steps_a(args, device: torch.device) -> list:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", choices=["A", "B"], default="B")
-    p.add_argument("--crop", type=int, default=64, help="B's crop (default: the default preset's; paper 480)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 8 for B, 128 for A (the report's)")
+    p.add_argument("--crop", type=int, default=DEFAULT.crop,
+                   help=f"B's crop (default: the default preset's, {DEFAULT.crop}; paper {PAPER.crop})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default: {DEFAULT.batch_size} for B, {DEFAULT.a_batch_size} for A (the report's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-amp", dest="amp", action="store_false")
     args = p.parse_args()
-    args.batch_size = args.batch_size or (8 if args.experiment == "B" else 128)
+    args.batch_size = args.batch_size or (DEFAULT.batch_size if args.experiment == "B" else DEFAULT.a_batch_size)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)

@@ -19,43 +19,49 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.int8 import convert_reference, count_int8_convolutions, lower_int8, prepare_int8_qat  # noqa: E402
-from common.profiler import measure_latency  # noqa: E402
-from common.quantization import fake_quantize_model  # noqa: E402
-from common.segmentation_models import build_segmenter  # noqa: E402
-from common.training import autocast, pick_device  # noqa: E402
-from reproduce_qkd import LogitsAndFeature, distillation_loss, new_student, parse_args, student_outputs  # noqa: E402
+from common.devices import autocast, pick_device
+from common.images import IGNORE_INDEX
+from common.int8 import convert_reference, count_int8_convolutions, lower_int8, prepare_int8_qat
+from common.losses import weighted_cross_entropy
+from common.profiler import measure_latency
+from common.quantization import fake_quantize_model
+from common.segmentation_models import build_segmenter
+from common.teachers import freeze
+from common.voc import NUM_CLASSES
+from reproduce_qkd import (PRESETS, TEACHER_ARCH, Config, LogitsAndFeature, adam, co_study_loss,  # noqa: E402
+                           distillation_loss, new_student, student_outputs, teacher_outputs)
 from unet_kd_throughput import cpu_name, time_steps  # noqa: E402
 
 
 def training_steps(args, device: torch.device) -> list:
-    cfg, _ = parse_args([])
+    cfg = Config()       # the script's default settings: Section 4's optimizer, Section 3.1's weights
     x = torch.randn(args.batch_size, 3, args.crop, args.crop, device=device)
-    y = torch.randint(0, 21, (args.batch_size, args.crop, args.crop), device=device)
-    teacher = build_segmenter("deeplabv3_resnet101", 21).to(device).eval().requires_grad_(False)
+    y = torch.randint(0, NUM_CLASSES, (args.batch_size, args.crop, args.crop), device=device)
+    teacher = freeze(build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(device))
 
     def step_of(model, teacher=None, amp=args.amp, co_study=False):
-        """One Adam step (Section 4's settings) of ``model``; with ``co_study`` the teacher's head trains too."""
+        """One step of ``model`` with the script's objective and optimizer (Adam, Section 4); with ``co_study`` the
+        teacher's head trains too (QKD's co-studying, ``co_study_loss``)."""
         params = [p for p in model.parameters() if p.requires_grad]
         if co_study:
             params += [p.requires_grad_(True) for p in teacher.head_parameters()]
-        optimizer = torch.optim.Adam(params, lr=1e-4, betas=(0.8, 0.999))
+        optimizer, _ = adam(params, cfg)
 
         def step() -> None:
             with autocast(device, amp):
                 logits, feat = student_outputs(model, x)
                 if teacher is None:
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+                elif co_study:
+                    t_logits, t_feats = teacher(x, return_features=True)
+                    loss, _ = co_study_loss(logits.float(), feat.float(), t_logits.float(), t_feats["head"].float(),
+                                            y, cfg)
                 else:
-                    with torch.set_grad_enabled(co_study):
-                        t_logits, t_feats = teacher(x, return_features=True)
-                    loss, _ = distillation_loss(logits.float(), feat.float(), t_logits.float(),
-                                                t_feats["head"].float(), y, 10.0, 10.0)
-                    if co_study:
-                        loss = loss + F.cross_entropy(t_logits.float(), y)
+                    t_logits, t_feat = teacher_outputs(teacher, x, amp)
+                    loss, _ = distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y, cfg.pixel_weight,
+                                                cfg.pair_weight, cfg.T, cfg.patch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -76,7 +82,7 @@ def training_steps(args, device: torch.device) -> list:
 
 def inference_latencies(args) -> list:
     """Median CPU latency (common.profiler.measure_latency) of each form of the student, batch 1."""
-    cfg, _ = parse_args([])
+    cfg = Config()
     shape = (1, 3, args.size, args.size)
     time_it = lambda model: measure_latency(model, shape, "cpu", warmup=2, repeats=args.repeats)  # noqa: E731
     student = new_student(cfg).eval()
@@ -93,12 +99,16 @@ def inference_latencies(args) -> list:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--crop", type=int, default=64, help="training crop side (default 64; paper preset 320)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--size", type=int, default=256, help="inference image side (default 256; paper preset 512)")
+    paper = PRESETS["paper"]
+    p.add_argument("--crop", type=int, default=Config.crop,
+                   help=f"training crop side (default {Config.crop}; paper preset {paper['crop']})")
+    p.add_argument("--batch-size", type=int, default=Config.batch_size,
+                   help=f"images per training step (default {Config.batch_size}; paper preset {paper['batch_size']})")
+    p.add_argument("--size", type=int, default=Config.profile_size,
+                   help=f"inference image side (default {Config.profile_size}; paper preset {paper['profile_size']})")
     p.add_argument("--device", default="auto", help="training steps' device; inference is always on the CPU")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=Config.latency_repeats)
     p.add_argument("--no-amp", dest="amp", action="store_false")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile (~30 s)")
     p.add_argument("--no-train", dest="train", action="store_false", help="inference latency only")

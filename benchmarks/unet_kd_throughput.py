@@ -3,7 +3,9 @@
 
 Prints images/s for one training step (forward, backward, Adam) of the teacher and of the student, and the
 student's distillation step in two forms: with the teacher run on every batch (--online-teacher) and with the
-teacher's logits cached once per slice (the script's default). Speeds are measurements, not tests.
+teacher's logits cached once per slice (the script's default). The networks, the objective (``kd_objective``),
+the learning rates and the defaults are the script's (its headline: teacher and students with BatchNorm).
+Speeds are measurements, not tests.
 
     python benchmarks/unet_kd_throughput.py                  # CPU or the GPU if there is one
     python benchmarks/unet_kd_throughput.py --threads 2 --crop 64 --batch-size 8
@@ -21,9 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.losses import soft_cross_entropy, weighted_cross_entropy  # noqa: E402
-from common.training import autocast, pick_device  # noqa: E402
-from common.unet import UNet  # noqa: E402
+from common.devices import autocast, pick_device
+from common.teachers import freeze
+from common.unet import UNet
+from reproduce_unet_kd import Config, kd_objective, learning_rate
+
+DEFAULTS = Config()   # the script's default preset
 
 
 def time_steps(step, device: torch.device, warmup: int, repeats: int) -> float:
@@ -51,8 +56,9 @@ def cpu_name() -> str:
 
 
 def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool,
-              teacher: UNet | None = None, cached: torch.Tensor | None = None, T: float = 4.0):
-    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+              teacher: UNet | None = None, cached: torch.Tensor | None = None, T: float = DEFAULTS.T):
+    """One training step of the script: "hard" without a teacher, else "soft" (teacher run now, or ``cached``)."""
+    opt = torch.optim.Adam(student.parameters(), lr=learning_rate(DEFAULTS, student.k))
 
     def step() -> None:
         with autocast(device, amp):
@@ -60,11 +66,9 @@ def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.dev
             if teacher is not None:
                 with torch.no_grad():
                     t = teacher(x)
-                loss = T * T * soft_cross_entropy(s, t, T)
-            elif cached is not None:
-                loss = T * T * soft_cross_entropy(s, cached, T)
             else:
-                loss = weighted_cross_entropy(s, y)
+                t = cached
+            loss, _ = kd_objective("hard" if t is None else "soft", s, y, t, T, DEFAULTS.lam)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -73,10 +77,10 @@ def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.dev
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", type=int, default=64, help="teacher width k")
-    p.add_argument("--k", type=int, default=2, help="student width k")
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=4, help="default: the default preset's batch")
+    p.add_argument("--teacher", type=int, default=DEFAULTS.teacher, help="teacher width k (default: the script's)")
+    p.add_argument("--k", type=int, default=DEFAULTS.k, help="student width k (default: the script's)")
+    p.add_argument("--crop", type=int, default=DEFAULTS.crop, help="default: the default preset's crop")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="default: the default preset's batch")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--repeats", type=int, default=10)
@@ -89,7 +93,7 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 1, args.crop, args.crop, device=device)
     y = torch.randint(0, 2, (args.batch_size, args.crop, args.crop), device=device)
-    teacher = UNet(args.teacher).to(device)
+    teacher = UNet(args.teacher, batch_norm=DEFAULTS.teacher_bn).to(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"device: {device} ({name}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, AMP {'on' if amp else 'off'}; batch {args.batch_size} x 1 x {args.crop} x {args.crop}")
@@ -98,15 +102,15 @@ def main() -> None:
     teacher_step = make_step(teacher, x, y, device, amp)
     rows.append((f"teacher {args.teacher}-UNet, hard step",
                  time_steps(teacher_step, device, 2, max(3, args.repeats // 3))))
-    student = UNet(args.k).to(device)
+    student = UNet(args.k, batch_norm=True).to(device)   # the headline's students
     rows.append((f"student {args.k}-UNet, hard step", time_steps(make_step(student, x, y, device, amp), device, 3,
                                                                   args.repeats)))
-    teacher.eval()
+    freeze(teacher)   # as the script uses its teacher
     with torch.no_grad():
         cached = teacher(x)
-    rows.append((f"student, soft step, cached teacher logits", time_steps(
+    rows.append(("student, soft step, cached teacher logits", time_steps(
         make_step(student, x, y, device, amp, cached=cached), device, 3, args.repeats)))
-    rows.append((f"student, soft step, teacher forward each batch", time_steps(
+    rows.append(("student, soft step, teacher forward each batch", time_steps(
         make_step(student, x, y, device, amp, teacher=teacher), device, 2, args.repeats)))
     base = rows[1][1]
     print(f"{'step':48s} {'ms/step':>9s} {'images/s':>9s} {'vs hard student':>16s}")

@@ -110,7 +110,7 @@ class ERFNet(nn.Module):
         self.classifier = nn.ConvTranspose2d(16, num_classes, 2, stride=2, bias=True)           # layer 23
 
     def config(self) -> dict:
-        """What identifies this network in a checkpoint (common.training's save_weights / load_weights)."""
+        """What identifies this network in a checkpoint (common.runs.save_weights / load_weights)."""
         return {"arch": "erfnet", "num_classes": self.num_classes, "in_channels": self.in_channels}
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict]:

@@ -90,16 +90,19 @@ def weights_size_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def profile(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu",
-            latency: bool = True) -> dict:
-    """{"params", "macs", "latency_s" (None if ``latency`` is False), "size_bytes"} of ``model``.
+def profile(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu", *,
+            latency: bool = True, size: bool = True, warmup: int = 3, repeats: int = 10) -> dict:
+    """{"params", "macs", "latency_s" (None if ``latency`` is False), "size_bytes" (None if ``size`` is False: it
+    serialises the weights, a quarter of a GB for a ResNet-101)} of ``model``: the cost columns of every script's
+    tables.
 
     "macs" are MAdds, multiply-adds (1 MAC = 1 multiply + 1 add) per image of ``input_shape`` (batch 1), in the
-    convention of source 004's tables (ptflops, module hooks only). Latency is measured on ``device``.
+    convention of source 004's tables (ptflops, module hooks only). Latency is the median of ``repeats`` timed
+    forward passes on ``device`` after ``warmup`` untimed ones (``measure_latency``).
     """
     return {
         "params": count_parameters(model),
         "macs": count_macs(model, input_shape),
-        "latency_s": measure_latency(model, input_shape, device) if latency else None,
-        "size_bytes": weights_size_bytes(model),
+        "latency_s": measure_latency(model, input_shape, device, warmup, repeats) if latency else None,
+        "size_bytes": weights_size_bytes(model) if size else None,
     }

@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only, no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.training import atomic_write_text  # noqa: E402
+from common.runs import atomic_write_text
 
 RESULTS_COLUMNS = ["experiment", "model", "params", "macs", "loss", "iou", "iterations", "notes"]
 

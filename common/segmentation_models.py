@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torchvision.models import segmentation
 
 from common.errors import UserError
-from common.training import load_weights
+from common.runs import load_weights
 from common.weight_files import fetch_torchvision_weights, published_file_name, read_weights_file
 
 ARCHITECTURES = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
@@ -101,7 +101,7 @@ class TorchvisionSegmenter(nn.Module):
         return list(self.net.classifier.parameters())
 
     def config(self) -> dict:
-        """What identifies this network in a checkpoint (common.training's save_weights / load_weights)."""
+        """What identifies this network in a checkpoint (common.runs.save_weights / load_weights)."""
         return {"arch": self.arch, "num_classes": self.num_classes}
 
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, dict]:
@@ -147,7 +147,7 @@ def _is_state_dict(state: object) -> bool:
 
 
 def _is_repository_checkpoint(state: object) -> bool:
-    """A file of common.training's save_weights: {"arch": config, "model": state dict, ...}."""
+    """A file of common.runs.save_weights: {"arch": config, "model": state dict, ...}."""
     return isinstance(state, dict) and "model" in state
 
 

@@ -62,7 +62,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(k, num_classes, kernel_size=1)
 
     def config(self) -> dict:
-        """What identifies this architecture in a checkpoint (see common.training.load_weights)."""
+        """What identifies this architecture in a checkpoint (see common.runs.load_weights)."""
         config = {"name": "UNet", "k": self.k, "in_channels": self.in_channels,
                   "num_classes": self.num_classes, "batch_norm": self.batch_norm}
         if not self.conv_bias:   # only when set, so checkpoints written before this option still load

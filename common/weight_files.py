@@ -9,7 +9,7 @@ A ``.pth`` file is a pickle, and a plain ``torch.load`` of a crafted one runs wh
   README tells offline users to fill by hand; so we download and read the file ourselves: a file already there
   must match the sha256 prefix in its published name (torch.hub's convention), and it is loaded tensors-only.
 
-Checkpoints this repository writes are read by ``common.training.load_checkpoint``, likewise ``weights_only``.
+Checkpoints this repository writes are read by ``common.runs.load_checkpoint``, likewise ``weights_only``.
 """
 from __future__ import annotations
 

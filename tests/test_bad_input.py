@@ -3,7 +3,7 @@
 and no file outside it (the one thing a failed run may keep is --cache-dir's record of data files that passed
 their check, ``common.filecheck.VERDICTS_FILE``).
 
-Each reader's own bad files are tested beside it (test_voc.py, test_roads.py, test_cifar.py, test_datasets.py);
+Each reader's own bad files are tested beside it (test_voc.py, test_roads.py, test_cifar.py, test_em_data.py);
 flag ranges in test_flags.py; crafted weight files in test_security.py. Here the scripts are run whole, in process
 through ``run_main`` as the command line runs them (a subprocess each would cost seconds of import).
 """
@@ -21,10 +21,9 @@ import reproduce_intra_kd
 import reproduce_qkd
 import reproduce_unet_kd
 from common.filecheck import VERDICTS_FILE
-from common.training import run_main, save_weights
+from common.runs import run_main, save_weights
 from common.unet import UNet
 from script_runs import tiny, without
-from test_reproduce_deeplab_caspp import write_tiny_voc
 
 SCRIPTS = {
     "unet": (reproduce_unet_kd, ["--iterations", "1", "--teacher-iterations", "1", "--batch-size", "2"]),
@@ -132,7 +131,7 @@ def test_a_gpu_that_is_not_there(name, tmp_path, capsys, monkeypatch):
 
 
 def test_two_runs_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
-    from common.training import RunDir
+    from common.runs import RunDir
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("time.strftime", lambda fmt: "20261130-120000")
@@ -159,22 +158,20 @@ def test_a_user_error_after_the_run_folder_exists_removes_it(tmp_path, capsys, m
     ("fcn", ["--backbone-init", "scratch"]),
     ("qkd", []),
 ])
-def test_a_bad_voc_mask_anywhere_stops_before_training(name, extra, tmp_path, capsys, monkeypatch):
+def test_a_bad_voc_mask_anywhere_stops_before_training(name, extra, tmp_path, capsys, monkeypatch, write_tiny_voc):
     write_tiny_voc(tmp_path / "voc", bad_label=50)    # every val mask holds a 50
     line = fails_cleanly(name, ["--data-root", str(tmp_path / "voc"), *extra], tmp_path, capsys, monkeypatch,
                          "2008_000001.png", "2008_000002.png")
     assert "50" in line
 
 
-def test_epfl_masks_with_other_labels(tmp_path, capsys, monkeypatch):
-    from test_cli import write_epfl
-
+def test_epfl_masks_with_other_labels(tmp_path, capsys, monkeypatch, write_epfl):
     write_epfl(tmp_path / "epfl", (0, 7, 255))
     fails_cleanly("unet", ["--data-root", str(tmp_path / "epfl")], tmp_path, capsys, monkeypatch,
                   "training_groundtruth.tif")
 
 
-def test_voc_given_to_experiment_a_is_named(tmp_path, capsys, monkeypatch):
+def test_voc_given_to_experiment_a_is_named(tmp_path, capsys, monkeypatch, write_tiny_voc):
     write_tiny_voc(tmp_path / "voc")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):

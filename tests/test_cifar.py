@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from common import cifar
-from common.cifar import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, NUM_CLASSES, SyntheticObjects, augment_cifar,
-                          cifar10, normalize_cifar)
+from common.cifar import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, NUM_CLASSES, augment_cifar, cifar10,
+                          normalize_cifar)
+from common.synthetic_objects import SyntheticObjects
 from common.errors import UserError
-from common.voc import SyntheticScenes
+from common.synthetic_scenes import SyntheticScenes
 
 # ---- tiny files in the published format ------------------------------------------------------------------------
 PER_BATCH = {"data_batch_1": 3, "data_batch_2": 2, "data_batch_3": 3, "data_batch_4": 1, "data_batch_5": 2,
@@ -83,7 +84,7 @@ def make_cifar(root: Path, seed: int = 0) -> dict[str, tuple[np.ndarray, list[in
     for k, (name, n) in enumerate(PER_BATCH.items()):
         rows = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, NUM_CLASSES, n)]
-        label = f"testing batch 1 of 1" if name == "test_batch" else f"training batch {k + 1} of 5"
+        label = "testing batch 1 of 1" if name == "test_batch" else f"training batch {k + 1} of 5"
         write_py2_pickle(folder / name, {Py2Str(b"batch_label"): Py2Str(label.encode()), Py2Str(b"labels"): labels,
                                          Py2Str(b"data"): rows,
                                          Py2Str(b"filenames"): [Py2Str(b"img_%d.png" % i) for i in range(n)]})
@@ -383,7 +384,7 @@ def test_crafted_pickle_end_to_end(tmp_path, capsys):
     """``reproduce_fcn_kd.py --experiment A --data-root DIR --no-cifar-md5`` on a crafted data_batch_1: exit
     status 2 with one error line naming the file, nothing run, no run folder."""
     import reproduce_fcn_kd
-    from common.training import run_main
+    from common.runs import run_main
     root, marker = tmp_path / "data", tmp_path / "marker"
     make_cifar(root)
     plant_payload(root / "cifar-10-batches-py", "data_batch_1", marker)

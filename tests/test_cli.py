@@ -1,6 +1,8 @@
 """The command line of reproduce_unet_kd.py: user mistakes end with status 2 and one ``error:`` line, no traceback.
 
-Every case fails before any training starts, so each subprocess takes a few seconds (mostly importing torch).
+Every case runs twice: in process, through ``run_main`` as the command line runs ``main`` (the smoke tier), and as
+a real subprocess (the slow tier: a few seconds each, mostly importing torch). Every case fails before any
+training starts.
 """
 from __future__ import annotations
 
@@ -8,17 +10,35 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "reproduce_unet_kd.py"
 
 
-def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, "--no-progress", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+@pytest.fixture(params=["in_process", pytest.param("subprocess", marks=pytest.mark.slow)])
+def run_script(request, capsys, monkeypatch, tmp_path):
+    """``run_script(*args)``: ``reproduce_unet_kd.py --no-progress *args`` -> a CompletedProcess (status, stdout,
+    stderr), run in a subprocess or in this process (from inside ``tmp_path``, so a stray run folder shows there)."""
+    def in_subprocess(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, SCRIPT, "--no-progress", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def in_process(*args: str) -> subprocess.CompletedProcess:
+        import reproduce_unet_kd
+        from common.runs import run_main
+
+        monkeypatch.chdir(tmp_path)
+        capsys.readouterr()
+        try:
+            run_main(lambda: reproduce_unet_kd.main(["--no-progress", *args]))
+            status = 0
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else int(e.code is not None)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([SCRIPT, *args], status, out.out, out.err)
+
+    return in_subprocess if request.param == "subprocess" else in_process
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> str:
@@ -34,41 +54,27 @@ def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> str
     return line
 
 
-def write_stack(path: Path, pages: np.ndarray) -> None:
-    first, *rest = [Image.fromarray(p) for p in pages]
-    first.save(path, save_all=True, append_images=rest)
-
-
-def write_epfl(root: Path, mask_values: tuple[int, ...]) -> None:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for images, masks in (("training.tif", "training_groundtruth.tif"), ("testing.tif", "testing_groundtruth.tif")):
-        write_stack(root / images, rng.integers(0, 256, (2, 32, 32), dtype=np.uint8))
-        write_stack(root / masks, np.asarray(mask_values, np.uint8)[rng.integers(0, len(mask_values), (2, 32, 32))])
-
-
-def test_help():
-    result = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+def test_help(run_script):
+    result = run_script("--help")
     assert result.returncode == 0, result.stderr
     assert "--data-root" in result.stdout and "--preset" in result.stdout and "--resume" in result.stdout
 
 
-def test_missing_data_root(tmp_path):
+def test_missing_data_root(tmp_path, run_script):
     missing = tmp_path / "no_epfl_here"
     result = run_script("--data-root", str(missing), "--out", str(tmp_path / "run"), "--cache-dir",
                         str(tmp_path / "cache"))
     assert_user_error(result, str(missing), "not a folder")
 
 
-def test_data_root_with_wrong_label_values(tmp_path):
+def test_data_root_with_wrong_label_values(tmp_path, write_epfl, run_script):
     write_epfl(tmp_path / "epfl", (1, 2))
     result = run_script("--data-root", str(tmp_path / "epfl"), "--out", str(tmp_path / "run"), "--cache-dir",
                         str(tmp_path / "cache"))
     assert_user_error(result, "training_groundtruth.tif", "label values", "[1, 2]")
 
 
-def test_data_root_with_truncated_stack(tmp_path):
+def test_data_root_with_truncated_stack(tmp_path, write_epfl, run_script):
     write_epfl(tmp_path / "epfl", (0, 255))
     stack = tmp_path / "epfl" / "training.tif"
     data = stack.read_bytes()
@@ -78,16 +84,16 @@ def test_data_root_with_truncated_stack(tmp_path):
     assert_user_error(result, str(stack), "not a readable TIFF")
 
 
-def test_crop_not_a_multiple_of_16(tmp_path):
+def test_crop_not_a_multiple_of_16(tmp_path, run_script):
     result = run_script("--crop", "50", "--out", str(tmp_path / "run"))
     assert_user_error(result, "multiple of 16", "50")
     assert not (tmp_path / "run").exists()  # rejected before the run folder is made
 
 
-def test_teacher_checkpoint_of_another_width(tmp_path):
+def test_teacher_checkpoint_of_another_width(tmp_path, run_script):
     import torch  # noqa: F401  (the test process writes the file with the repository's own helper)
 
-    from common.training import save_weights
+    from common.runs import save_weights
     from common.unet import UNet
 
     checkpoint = tmp_path / "teacher_k2.pt"
@@ -98,14 +104,14 @@ def test_teacher_checkpoint_of_another_width(tmp_path):
     assert "different architecture" in line
 
 
-def test_resume_folder_without_config(tmp_path):
+def test_resume_folder_without_config(tmp_path, run_script):
     (tmp_path / "not_a_run").mkdir()
     (tmp_path / "not_a_run" / "notes.txt").write_text("hello")
     result = run_script("--resume", str(tmp_path / "not_a_run"))
     assert_user_error(result, "config.json", str(tmp_path / "not_a_run"))
 
 
-def test_out_folder_that_already_holds_files(tmp_path):
+def test_out_folder_that_already_holds_files(tmp_path, run_script):
     out = tmp_path / "used"
     out.mkdir()
     (out / "metrics.jsonl").write_text("{}\n")
@@ -145,7 +151,7 @@ def test_paper_preset_carries_the_sources_averaging_and_flags_override_presets()
     assert (default.k, default.teacher, default.teacher_bn, default.experiment) == (2, 64, True, "headline")
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
+def test_resume_with_other_settings_is_refused(tmp_path, run_script):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -153,7 +159,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert "saved config" in line
 
 
-def test_resume_of_a_config_from_another_version_is_a_clear_error(tmp_path):
+def test_resume_of_a_config_from_another_version_is_a_clear_error(tmp_path, run_script):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "config.json").write_text('{"k": 2, "warp_factor": 9}')

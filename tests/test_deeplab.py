@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from common.deeplab import (ASPP_KINDS, BACKBONES, OUTPUT_STRIDES, Bottleneck, SeparableConv, StandardConv,
+from common.deeplab import (ASPP_KINDS, BACKBONES, Bottleneck, OUTPUT_STRIDES, SeparableConv, StandardConv,
                             build_deeplabv3plus, load_backbone_weights)
 from common.errors import UserError
 from common.profiler import count_macs, count_parameters
@@ -19,8 +19,27 @@ INPUT = (1, 3, 256, 256)  # the thesis's training crop, on which its MAdds are c
 
 
 @functools.lru_cache(maxsize=None)
-def cost(backbone: str, output_stride: int, aspp: str, ksac: bool, device: str = "cpu") -> tuple[int, int]:
-    """(parameters, MAdds at 256x256): each configuration is built once, however many table rows print it."""
+def shapes_only(backbone: str, output_stride: int, aspp: str, ksac: bool) -> torch.nn.Module:
+    """The configuration built on the meta device (shapes only, no initialisation: fast), once however many table
+    rows print it; the CPU counts the same (test_meta_device_counts_what_the_cpu_counts)."""
+    with torch.device("meta"):
+        return build_deeplabv3plus(backbone, output_stride=output_stride, aspp=aspp, ksac=ksac)
+
+
+def params(backbone: str, output_stride: int, aspp: str, ksac: bool) -> int:
+    return count_parameters(shapes_only(backbone, output_stride, aspp, ksac))
+
+
+@functools.lru_cache(maxsize=None)
+def madds(backbone: str, output_stride: int, aspp: str, ksac: bool) -> int:
+    """MAdds at 256x256 (ptflops's hooks: the costly count, a fraction of a second each)."""
+    return count_macs(shapes_only(backbone, output_stride, aspp, ksac), INPUT)
+
+
+def cost(backbone: str, output_stride: int, aspp: str, ksac: bool, device: str = "meta") -> tuple[int, int]:
+    """(parameters, MAdds at 256x256), on the meta device unless told otherwise."""
+    if device == "meta":
+        return params(backbone, output_stride, aspp, ksac), madds(backbone, output_stride, aspp, ksac)
     with torch.device(device):
         model = build_deeplabv3plus(backbone, output_stride=output_stride, aspp=aspp, ksac=ksac)
     return count_parameters(model), count_macs(model, INPUT)
@@ -98,20 +117,21 @@ def _rows(kind: str) -> list:
             if key in misprints:
                 expected, _why = misprints[key]
                 row_id += f"-misprint{printed}-checks{expected}"
-            rows.append(pytest.param(backbone, output_stride, aspp, ksac, expected, id=row_id))
+            # KSAC shares weights, not computation: its MAdds are its twin's without KSAC (the same printed value),
+            # so the smoke tier counts the twin and the slow tier these rows too
+            marks = [pytest.mark.slow] if kind == "madds" and ksac else []
+            rows.append(pytest.param(backbone, output_stride, aspp, ksac, expected, id=row_id, marks=marks))
     return rows
 
 
 @pytest.mark.parametrize("backbone, output_stride, aspp, ksac, printed", _rows("params"))
 def test_parameters_match_the_thesis_table(backbone, output_stride, aspp, ksac, printed):
-    params, _ = cost(backbone, output_stride, aspp, ksac)
-    assert round(params / 1e6, 2) == printed
+    assert round(params(backbone, output_stride, aspp, ksac) / 1e6, 2) == printed
 
 
 @pytest.mark.parametrize("backbone, output_stride, aspp, ksac, printed", _rows("madds"))
 def test_madds_match_the_thesis_table(backbone, output_stride, aspp, ksac, printed):
-    _, macs = cost(backbone, output_stride, aspp, ksac)
-    assert round(macs / 1e9, 2) == printed
+    assert round(madds(backbone, output_stride, aspp, ksac) / 1e9, 2) == printed
 
 
 # ------------------------------------------------------------------------------------------ exact figures
@@ -122,27 +142,26 @@ def test_madds_match_the_thesis_table(backbone, output_stride, aspp, ksac, print
     ("mobilenet_v2", "ST", False, 5_225_717), ("mobilenet_v2", "ST", True, 3_751_157),
 ])
 def test_exact_parameter_counts_at_output_stride_16(backbone, aspp, ksac, expected):
-    assert cost(backbone, 16, aspp, ksac)[0] == expected
+    assert params(backbone, 16, aspp, ksac) == expected
 
 
 def test_figure_4_3_mobilenet_caspp_4_without_ksac():
     # Figure 4.3 (ptflops output): DeepLabHeadV3Plus 2.437 M = 57.358% of the parameters -> 4.2488 M in all
-    params, macs = cost("mobilenet_v2", 16, "CASPP-4", False)
-    assert params == 4_248_629
+    count, macs = cost("mobilenet_v2", 16, "CASPP-4", False)
+    assert count == 4_248_629
     assert round(macs / 1e9, 4) == 1.4879
 
 
 @pytest.mark.parametrize("output_stride, printed", [(8, 43.33), (4, 160.94)])
 def test_section_5_1_2_madds_at_smaller_output_strides(output_stride, printed):
-    # "OS=8 using 2.9x (43.33G) while OS=4 using absurd 10.7x (160.94G)"; counted on the meta device (shapes only)
-    # to keep the test fast; test_meta_device_counts_what_the_cpu_counts shows the two agree.
-    assert round(cost("resnet50", output_stride, "ST", False, device="meta")[1] / 1e9, 2) == printed
+    # "OS=8 using 2.9x (43.33G) while OS=4 using absurd 10.7x (160.94G)"
+    assert round(cost("resnet50", output_stride, "ST", False)[1] / 1e9, 2) == printed
 
 
-@pytest.mark.parametrize("backbone, output_stride, aspp, ksac", [("resnet50", 8, "ST", False),
-                                                                 ("mobilenet_v2", 4, "CASPP-3", True)])
+@pytest.mark.parametrize("backbone, output_stride, aspp, ksac", [
+    pytest.param("resnet50", 8, "ST", False, marks=pytest.mark.slow), ("mobilenet_v2", 4, "CASPP-3", True)])
 def test_meta_device_counts_what_the_cpu_counts(backbone, output_stride, aspp, ksac):
-    assert cost(backbone, output_stride, aspp, ksac, device="meta") == cost(backbone, output_stride, aspp, ksac)
+    assert cost(backbone, output_stride, aspp, ksac) == cost(backbone, output_stride, aspp, ksac, device="cpu")
 
 
 @pytest.mark.parametrize("backbone, expected", [("resnet50", 23_508_032), ("mobilenet_v2", 1_811_712)])
@@ -179,7 +198,8 @@ def _ceil_div(size: int, times: int, by: int = 2) -> int:
 
 
 @pytest.mark.parametrize("output_stride", OUTPUT_STRIDES)
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", [b if b == "mobilenet_v2" else pytest.param(b, marks=pytest.mark.slow)
+                                      for b in BACKBONES])   # the ResNets: seconds each on a CPU
 def test_forward_shapes_and_features_from_the_same_pass(backbone, output_stride):
     model = eval_model(backbone, output_stride)
     for height, width in ((64, 64), (65, 77)):  # 65x77: the decoder must upsample to an odd low-level size
@@ -307,6 +327,7 @@ def mobilenet_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_resnet50_imagenet_file_loads_into_the_backbone(resnet50_file):
     model = build_deeplabv3plus("resnet50", backbone_weights=resnet50_file)
     saved = torch.load(resnet50_file, weights_only=True)
@@ -322,7 +343,8 @@ def test_mobilenet_file_drops_the_classifier_and_last_conv(mobilenet_file):
 
 
 def test_a_file_of_another_backbone_is_a_user_error(mobilenet_file):
-    model = eval_model("resnet50", 16)
+    with torch.device("meta"):
+        model = build_deeplabv3plus("resnet50")
     with pytest.raises(UserError, match="does not hold resnet50 weights .*looks like mobilenet_v2"):
         load_backbone_weights(model, mobilenet_file)
 
@@ -382,7 +404,6 @@ def test_ksac_saves_two_copies_of_the_first_caspp_block_on_mobilenet():
     2 x 346,368 in both; the thesis prints that saving for CASPP-3 (4.15M -> 3.45M)."""
     first_block = 320 * 256 + 256 * 9 + 256 * 1024
     for aspp in ("CASPP-3", "CASPP-4"):
-        unshared, _ = cost("mobilenet_v2", 16, aspp, False)
-        shared, _ = cost("mobilenet_v2", 16, aspp, True)
+        unshared, shared = params("mobilenet_v2", 16, aspp, False), params("mobilenet_v2", 16, aspp, True)
         assert unshared - shared == 2 * first_block
-    assert cost("mobilenet_v2", 16, "CASPP-4", True)[0] == 3_555_893
+    assert params("mobilenet_v2", 16, "CASPP-4", True) == 3_555_893

@@ -2,7 +2,6 @@
 (gloo, two CPU processes) ends with exactly the weights of one process training on the whole batches."""
 from __future__ import annotations
 
-import functools
 import os
 import socket
 
@@ -12,8 +11,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from common.errors import UserError
-from common.training import (BatchStream, Distributed, RunDir, StepBatches, fit, init_distributed,
-                             shutdown_distributed)
+from common.devices import Distributed, init_distributed, shutdown_distributed
+from common.runs import RunDir
+from common.training import BatchStream, StepBatches, fit
 
 ITEMS = torch.randn(24, 3, generator=torch.Generator().manual_seed(0))  # the same in spawned processes
 TARGETS = ITEMS @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
@@ -95,6 +95,7 @@ def ddp_worker(rank: int, port: int, folder: str, out: str) -> None:
         shutdown_distributed()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_end_with_the_weights_of_one(tmp_path):
     single = train(str(tmp_path / "single"), Distributed())
     mp.spawn(ddp_worker, args=(free_port(), str(tmp_path / "ddp"), str(tmp_path / "result")), nprocs=2)

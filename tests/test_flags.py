@@ -3,7 +3,8 @@
   * a value out of range is one line that names exactly the flag at fault (and not the flags checked beside it);
   * a flag the chosen mode ignores is an error that says so, never a silent no-op;
   * --preset paper on the built-in synthetic data prints one note saying so;
-  * --help shows every option's default, and the numbers it shows are Config's and PRESETS["paper"]'s;
+  * --help shows every option's default (appended by common.runs.help_formatter), and the numbers it shows are
+    Config's and PRESETS["paper"]'s;
   * every flag (and choice) an error message suggests exists in that script's parser.
 """
 from __future__ import annotations
@@ -283,6 +284,7 @@ def test_help_shows_every_default_as_config_and_the_paper_preset_set_it(name, mo
     assert done.value.code == 0
     text = capsys.readouterr().out
     parser = parser_of(script, monkeypatch)
+    formatter = parser._get_formatter()     # the script's formatter (common.runs.help_formatter) appends defaults
     config, paper = script.Config(), script.PRESETS["paper"]
     fields = {f.name for f in dataclasses.fields(script.Config)}
     for action in parser._actions:
@@ -290,22 +292,23 @@ def test_help_shows_every_default_as_config_and_the_paper_preset_set_it(name, mo
         assert flag in text
         if flag in ("--help", "--resume", "--out") or action.nargs == 0:   # switches are off by default
             continue
-        assert "default" in action.help, flag
+        shown = formatter._get_help_string(action)    # the text --help prints for this flag
+        assert "default" in shown and "default default" not in shown, (flag, shown)
         if action.dest not in fields:
             continue
         ours = getattr(config, action.dest)
         if action.type in (int, float):
-            assert shown_number("default", action.help) == pytest.approx(ours, rel=1e-5), (flag, action.help)
+            assert shown_number("default", shown) == pytest.approx(ours, rel=1e-5), (flag, shown)
         elif isinstance(ours, str) and action.choices:
-            assert any(f"{a}{ours}{b}" in action.help for a, b in (("default ", ""), ("", " (default)"),
-                                                                     ("", " (the default)"))), (flag, action.help)
+            assert any(f"{a}{ours}{b}" in shown for a, b in (("default ", ""), ("", " (default)"),
+                                                              ("", " (the default)"))), (flag, shown)
         theirs = paper.get(action.dest, ours)
         if theirs == ours:
-            assert "paper preset" not in action.help, (flag, action.help)
+            assert "paper preset" not in shown, (flag, shown)
         elif isinstance(theirs, (int, float)):
-            assert shown_number("paper preset", action.help) == pytest.approx(theirs, rel=1e-5), (flag, action.help)
+            assert shown_number("paper preset", shown) == pytest.approx(theirs, rel=1e-5), (flag, shown)
         else:
-            assert f"paper preset {theirs}" in action.help, (flag, action.help)
+            assert f"paper preset {theirs}" in shown, (flag, shown)
 
 
 # ----------------------------------------------------------------------------------------------- suggested flags

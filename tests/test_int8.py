@@ -58,6 +58,7 @@ def pipeline() -> SimpleNamespace:
                            converted_larger=converted_larger)
 
 
+@pytest.mark.slow
 def test_one_conversion_lowers_for_several_input_shapes(pipeline):
     # trained on 32x32 crops, evaluated on 48x64 images: the same int8 network, lowered for each shape
     assert count_int8_convolutions(pipeline.converted_larger) == count_int8_convolutions(pipeline.converted) == 19
@@ -68,6 +69,7 @@ def test_one_conversion_lowers_for_several_input_shapes(pipeline):
         assert torch.equal(pipeline.converted(pipeline.example), pipeline.int8_out)
 
 
+@pytest.mark.slow
 def test_prepare_leaves_the_model_alone(pipeline):
     assert pipeline.trained_in_train_mode
     assert not pipeline.model.training  # the train-mode export used a copy
@@ -75,6 +77,7 @@ def test_prepare_leaves_the_model_alone(pipeline):
     assert all(torch.equal(v, state[k]) for k, v in pipeline.before.items())
 
 
+@pytest.mark.slow
 def test_every_conv2d_runs_in_int8(pipeline):
     n_conv2d = sum(isinstance(m, nn.Conv2d) for m in pipeline.model.modules())
     assert n_conv2d == 19
@@ -84,6 +87,7 @@ def test_every_conv2d_runs_in_int8(pipeline):
     assert not any(t.startswith(("aten.conv2d", "aten.convolution")) for t in targets)  # no float conv left
 
 
+@pytest.mark.slow
 def test_int8_output_matches_fake_quant_model(pipeline):
     ref, out = pipeline.fake_quant_out, pipeline.int8_out
     assert out.shape == ref.shape == (1, 5, 32, 32)
@@ -96,6 +100,7 @@ def test_int8_output_matches_fake_quant_model(pipeline):
         pipeline.converted(torch.randn(2, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_convert_leaves_prepared_model_usable(pipeline):
     prepared = pipeline.prepared
     with torch.no_grad():
@@ -105,6 +110,7 @@ def test_convert_leaves_prepared_model_usable(pipeline):
         assert torch.equal(prepared(pipeline.example), pipeline.fake_quant_out)
 
 
+@pytest.mark.slow
 def test_train_eval_switching_and_deepcopy(pipeline):
     copied = copy.deepcopy(pipeline.prepared)
     assert not copied.training
@@ -117,6 +123,7 @@ def test_train_eval_switching_and_deepcopy(pipeline):
         assert copied(torch.randn(2, 3, 32, 32)).shape == (2, 5, 32, 32)
 
 
+@pytest.mark.slow
 def test_int8_weight_bytes(pipeline):
     model, converted = pipeline.model, pipeline.converted
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -146,6 +153,7 @@ class TwoHeads(nn.Module):
         return {"logits": self.head(features), "features": features}
 
 
+@pytest.mark.slow
 @needs_torchao
 def test_dict_output_model_without_batchnorm():
     torch.manual_seed(0)

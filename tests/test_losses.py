@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import (attention_map, attention_transfer_loss, class_prior_loss, intra_affinity_loss,
-                           kd_kl_div, pairwise_similarity_loss, sad_attention, self_attention_distillation_loss,
+from common.losses import (attention_map, attention_transfer_loss, class_prior_loss, intra_affinity_loss, kd_kl_div,
+                           pairwise_similarity_loss, sad_attention, self_attention_distillation_loss,
                            soft_cross_entropy, weighted_cross_entropy)
 
 LN3 = math.log(3.0)

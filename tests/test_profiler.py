@@ -86,3 +86,32 @@ def test_unet_macs_grow_with_width():
     small = count_macs(unet.UNet(k=2), (1, 1, 64, 64))
     assert isinstance(small, int) and small > 0
     assert count_macs(unet.UNet(k=4), (1, 1, 64, 64)) > small
+
+
+class CountsCalls(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.conv(x)
+
+
+def test_measure_latency_runs_warmup_then_repeats():
+    model = CountsCalls()
+    measure_latency(model, (1, 1, 4, 4), "cpu", warmup=2, repeats=5)
+    assert model.calls == 2 + 5
+    with pytest.raises(ValueError, match="repeats"):
+        measure_latency(model, (1, 1, 4, 4), "cpu", repeats=0)
+
+
+def test_profile_passes_warmup_and_repeats_and_skips_latency_if_asked(monkeypatch):
+    model, timed = CountsCalls(), []
+    monkeypatch.setattr("common.profiler.measure_latency",
+                        lambda m, shape, device, warmup, repeats: timed.append((shape, device, warmup, repeats)) or 0.5)
+    result = profile(model, (1, 1, 4, 4), "cpu", warmup=1, repeats=4)
+    assert timed == [((1, 1, 4, 4), "cpu", 1, 4)] and result["latency_s"] == 0.5
+    assert result["params"] == 18 and result["macs"] == 288 and result["size_bytes"] == weights_size_bytes(model)
+    assert profile(model, (1, 1, 4, 4), latency=False)["latency_s"] is None and len(timed) == 1

@@ -1,5 +1,7 @@
 """reproduce_deeplab_caspp.py end to end at toy scale: the profile-only table, one trained model with its files,
-a distillation table, --resume of a finished run, two processes under torchrun, and its user errors."""
+a distillation table, --resume of a finished run, two processes under torchrun, and its user errors.
+
+Smoke tier: one tiny in-process run and the user errors; the rest is marked slow."""
 from __future__ import annotations
 
 import os
@@ -13,7 +15,7 @@ import torch
 import reproduce_deeplab_caspp as script
 from common.deeplab import build_deeplabv3plus
 from common.errors import UserError
-from common.training import save_weights
+from common.runs import run_main, save_weights
 from script_runs import read_results, without
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +33,44 @@ def run_script(*args: str, timeout: float = 300, launcher: list[str] | None = No
 
 def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
+    assert_one_error_line(result.stderr, *needles)
+
+
+def assert_one_error_line(stderr: str, *needles: str) -> None:
+    assert "Traceback" not in stderr, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr[-2000:]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
 
 
+def run_in_process(argv: list[str], capsys) -> str:
+    """``main(argv)`` as the command line runs it (``run_main``), for a user error: exit status 2; its stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        run_main(lambda: script.main(argv))
+    assert stopped.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_one_model_trains_and_writes_its_run_folder(tmp_path):
+    """The smoke tier's one end-to-end run, at the smallest sizes the flags allow: MobileNetV2 from scratch, one
+    iteration on two 32-pixel scenes."""
+    out = tmp_path / "run"
+    script.main(["--backbone", "mobilenet_v2", "--aspp", "DS", "--ksac", "--output-stride", "32",
+                 "--backbone-init", "scratch", "--iterations", "1", "--batch-size", "2", "--crop", "32",
+                 "--train-images", "2", "--val-images", "1", "--image-size", "32", "--device", "cpu", "--no-progress",
+                 "--out", str(out)])
+    rows = read_results(out)
+    assert [r["model"] for r in rows] == ["MNv2 OS32 KSAC DS None"]
+    assert 0 <= float(rows[0]["iou"]) <= 1
+    assert round(int(rows[0]["params"]) / 1e6, 2) == 2.48   # Table A.1, OS32 KSAC DS
+    for name in ("config.json", "metrics.jsonl", "one_model.md", "one_model.csv", "figures/predictions.png",
+                 "figures/training_loss.png", "checkpoints/mnv2_os32_ksac_ds_none.pt"):
+        assert (out / name).exists(), name
+
+
+@pytest.mark.slow
 def test_profile_only_prints_the_thesis_columns_beside_ours(tmp_path):
     result = run_script("--profile-only", "--table", "A.2", "--rows", "1,6", "--out", str(tmp_path / "run"),
                         "--device", "cpu", "--no-progress")
@@ -50,23 +83,21 @@ def test_profile_only_prints_the_thesis_columns_beside_ours(tmp_path):
     assert not (tmp_path / "run" / "results.csv").exists()  # nothing was trained
 
 
-def test_one_model_trains_and_writes_its_run_folder_and_resumes(tmp_path):
+@pytest.mark.slow
+def test_one_model_on_the_command_line_resumes_without_retraining(tmp_path):
     out = tmp_path / "run"
     result = run_script("--backbone", "mobilenet_v2", "--aspp", "DS", "--ksac", "--output-stride", "32",
                         "--backbone-init", "scratch", "--out", str(out), *TOY_NO_STAND_IN)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_results(out)
     assert [r["model"] for r in rows] == ["MNv2 OS32 KSAC DS None"]
-    assert 0 <= float(rows[0]["iou"]) <= 1
-    assert round(int(rows[0]["params"]) / 1e6, 2) == 2.48   # Table A.1, OS32 KSAC DS
-    for name in ("config.json", "metrics.jsonl", "one_model.md", "one_model.csv", "figures/predictions.png",
-                 "figures/training_loss.png", "checkpoints/mnv2_os32_ksac_ds_none.pt"):
-        assert (out / name).exists(), name
+    assert (out / "checkpoints" / "mnv2_os32_ksac_ds_none.pt").exists()
     again = run_script("--resume", str(out), "--no-progress")
     assert again.returncode == 0, again.stderr[-3000:]
     assert read_results(out) == rows   # the finished job is loaded, not retrained
 
 
+@pytest.mark.slow
 def test_distillation_table_trains_teacher_and_every_method(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
     result = run_script("--table", "5.3", "--rows", "5", "--cache-dir", str(cache), "--out", str(out), *TOY)
@@ -86,6 +117,7 @@ def test_distillation_table_trains_teacher_and_every_method(tmp_path):
     assert "teacher_" not in (tmp_path / "r2" / "metrics.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     out = tmp_path / "run"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -120,53 +152,30 @@ def test_bad_flags_are_user_errors_before_any_work(args, needles, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_user_error_is_one_line_on_the_command_line(tmp_path):
     assert_user_error(run_script("--alpha", "2", "--out", str(tmp_path / "run"), "--no-progress"), "--alpha")
 
 
-def test_an_empty_data_root_names_the_missing_layout(tmp_path):
+def test_an_empty_data_root_names_the_missing_layout(tmp_path, capsys):
     (tmp_path / "voc").mkdir()
-    result = run_script("--data-root", str(tmp_path / "voc"), "--backbone-init", "scratch",
-                        "--out", str(tmp_path / "run"), "--no-progress")
-    assert_user_error(result, "VOC")
+    stderr = run_in_process(["--data-root", str(tmp_path / "voc"), "--backbone-init", "scratch",
+                             "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert_one_error_line(stderr, "VOC")
     assert not (tmp_path / "run").exists()  # no run folder for a run that cannot start
 
 
-def test_a_teacher_checkpoint_of_another_architecture_is_refused(tmp_path):
+def test_a_teacher_checkpoint_of_another_architecture_is_refused(tmp_path, capsys):
     other = build_deeplabv3plus("mobilenet_v2", 21, 16, "ST", ksac=True)
     save_weights(tmp_path / "mnv2.pt", other)
-    result = run_script("--table", "5.3", "--rows", "1", "--teacher-checkpoint", str(tmp_path / "mnv2.pt"),
-                        "--out", str(tmp_path / "run"), *TOY)
-    assert_user_error(result, "--teacher-checkpoint", "backbone")
+    stderr = run_in_process(["--table", "5.3", "--rows", "1", "--teacher-checkpoint", str(tmp_path / "mnv2.pt"),
+                             "--out", str(tmp_path / "run"), *TOY], capsys)
+    assert_one_error_line(stderr, "--teacher-checkpoint", "backbone")
 
 
 # ------------------------------------------------------------------------------------------ real data layout
-def write_tiny_voc(root: Path, bad_label: int | None = None) -> None:
-    """VOCdevkit/VOC2012 with 4 train (also the trainaug list, PNG form) and 2 val images of 72x96."""
-    import numpy as np
-    from PIL import Image
-    from test_voc import write_palette_png
-
-    rng = np.random.default_rng(0)
-    voc = root / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
-        (voc / sub).mkdir(parents=True, exist_ok=True)
-    names = {"train": [f"2007_00000{i}" for i in range(4)], "val": ["2008_000001", "2008_000002"]}
-    for split, split_names in names.items():
-        for name in split_names:
-            Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{name}.jpg")
-            mask = np.zeros((72, 96), np.uint8)
-            mask[20:50, 30:70] = rng.integers(1, 21)
-            mask[19, 30:70] = 255
-            if bad_label is not None and split == "val":
-                mask[0, 0] = bad_label
-            write_palette_png(voc / "SegmentationClass" / f"{name}.png", mask)
-            Image.fromarray(mask).save(voc / "SegmentationClassAug" / f"{name}.png")
-        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(split_names) + "\n")
-    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(names["train"]) + "\n")
-
-
-def test_trains_on_the_voc_layout(tmp_path):
+@pytest.mark.slow
+def test_trains_on_the_voc_layout(tmp_path, write_tiny_voc):
     write_tiny_voc(tmp_path / "voc")
     out = tmp_path / "run"
     script.main(["--data-root", str(tmp_path / "voc"), "--backbone", "mobilenet_v2", "--aspp", "DS",
@@ -176,7 +185,7 @@ def test_trains_on_the_voc_layout(tmp_path):
     assert read_results(out)[0]["model"] == "MNv2 OS16 DS None"
 
 
-def test_a_wrong_label_value_in_voc_names_the_file(tmp_path):
+def test_a_wrong_label_value_in_voc_names_the_file(tmp_path, write_tiny_voc):
     write_tiny_voc(tmp_path / "voc", bad_label=30)
     with pytest.raises(UserError, match="2008_000001"):
         script.main(["--data-root", str(tmp_path / "voc"), "--backbone", "mobilenet_v2", "--aspp", "DS",
@@ -184,12 +193,13 @@ def test_a_wrong_label_value_in_voc_names_the_file(tmp_path):
                      "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run")])
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
     """Stop a run mid-training after its checkpoint at step 2, --resume it, and compare with an uninterrupted run."""
     args = ["--backbone", "mobilenet_v2", "--aspp", "BTN", "--backbone-init", "scratch", "--checkpoint-every", "2",
             *TOY_NO_STAND_IN]
     script.main([*args, "--out", str(tmp_path / "whole")])
-    real, calls = script.augmented_sample, {"n": 0}
+    real, calls = script.augmented_item, {"n": 0}
 
     def interrupted_in_step_3(*a, **k):
         calls["n"] += 1
@@ -197,15 +207,16 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(script, "augmented_sample", interrupted_in_step_3)
+    monkeypatch.setattr(script, "augmented_item", interrupted_in_step_3)
     with pytest.raises(KeyboardInterrupt):
         script.main([*args, "--out", str(tmp_path / "cut")])
     assert not (tmp_path / "cut" / "results.csv").exists()
-    monkeypatch.setattr(script, "augmented_sample", real)
+    monkeypatch.setattr(script, "augmented_item", real)
     script.main(["--resume", str(tmp_path / "cut"), "--no-progress"])
     assert read_results(tmp_path / "cut") == read_results(tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_a_row_trains_the_same_alone_as_in_its_table(tmp_path):
     """Rows are independent runs (one Slurm job per row gives the table): row 2 alone = row 2 after row 1."""
     common = ["--table", "A.1", "--cache-dir", str(tmp_path / "cache"), *TOY]
@@ -231,9 +242,16 @@ def test_imagenet_weights_that_cannot_be_fetched_stop_before_the_run_folder(tmp_
     assert not (tmp_path / "run").exists()
 
 
-def test_help_names_the_tables_and_flags():
-    result = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+def test_help_names_the_tables_and_flags_with_their_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")   # each flag's help on one line, whatever the terminal
+    with pytest.raises(SystemExit) as stopped:
+        script.parse_args(["--help"])
+    assert stopped.value.code == 0
+    text = capsys.readouterr().out
     for flag in ("--table", "--rows", "--profile-only", "--backbone", "--method", "--repeats", "--data-root",
                  "--resume", "--sync-bn"):
-        assert flag in result.stdout, flag
+        assert flag in text, flag
+    # the defaults are read from Config and PRESETS, not typed into the help
+    assert "training iterations of each model (default 250; paper preset 30,000)" in text
+    assert "iterations between checkpoints (default 200; paper preset 1,000)" in text
+    assert "KD weight alpha of Eq. 4.6, in [0, 1] (default 0.9)" in text

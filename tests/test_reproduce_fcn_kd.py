@@ -1,5 +1,7 @@
 """reproduce_fcn_kd.py (source 001): the loss of Section II against hand computations and the general form, the
-two classification models against their published sizes, tiny end-to-end runs, and bad input."""
+two classification models against their published sizes, the jobs' objective and optimizer, --help, tiny
+end-to-end runs, and bad input. Tier: the default run is fast (one tiny experiment-A run in process); -m slow adds
+the runs that write full-size FCN checkpoints, the cache and --resume checks."""
 from __future__ import annotations
 
 import json
@@ -14,7 +16,7 @@ import reproduce_fcn_kd as script
 from common.errors import UserError
 from common.losses import soft_cross_entropy
 from common.segmentation_models import build_segmenter
-from common.training import save_weights
+from common.runs import save_weights
 from script_runs import read_results, tiny, without
 
 
@@ -82,6 +84,51 @@ def test_alpha_one_is_pure_distillation_and_zero_pure_cross_entropy() -> None:
     assert soft.item() == pytest.approx(0.0, abs=1e-6)   # a student equal to its teacher has nothing to learn
 
 
+def test_a_jobs_objective_is_section_ii_with_a_teacher_and_the_cross_entropy_without() -> None:
+    """``job_loss`` (every training job's loss_fn): the student's logits on batch ``step`` against the teacher's, or,
+    without a teacher (the teachers, the pre-training, the 'alone' students), the hard cross-entropy only."""
+    torch.manual_seed(3)
+    student, teacher = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.tensor([0, 2, 255, 1, 1])
+    seen = []
+    batches = lambda step: (seen.append(step), (x, y))[1]  # noqa: E731
+    cfg = script.Config(T=4.0, alpha=0.7)
+    loss, logs = script.job_loss(student, teacher, batches, cfg)(7)
+    expected, parts = script.distillation_loss(student(x), teacher(x), y, 4.0, 0.7)
+    assert seen == [7] and torch.equal(loss, expected) and set(logs) == set(parts) == {"train_kl", "train_ce"}
+    loss.backward()
+    assert teacher.weight.grad is None   # the teacher runs without gradients
+    alone, logs = script.job_loss(student, None, batches, cfg)(0)
+    assert logs == {} and alone.item() == pytest.approx(F.cross_entropy(student(x), y, ignore_index=255).item())
+
+
+class TwoPartNet(torch.nn.Module):
+    """The two parameter groups of a TorchvisionSegmenter, in miniature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+    def head_parameters(self):
+        return self.head.parameters()
+
+
+def test_student_optimizer_is_section_iii_b_sgd_and_its_variants() -> None:
+    paper = script.Config(**script.PRESETS["paper"])
+    optimizer = script.student_optimizer(TwoPartNet(), paper)
+    assert [g["lr"] for g in optimizer.param_groups] == [2e-3, 2e-4]   # head, backbone: the report's rates
+    assert all(g["momentum"] == 0.9 and g["weight_decay"] == 5e-4 for g in optimizer.param_groups)
+    assert all(g["weight_decay"] == 0 and g["momentum"] == 0.9
+               for g in script.student_optimizer(TwoPartNet(), paper, "no-weight-decay").param_groups)
+    assert all(g["momentum"] == 0 and g["weight_decay"] == 5e-4
+               for g in script.student_optimizer(TwoPartNet(), paper, "no-momentum").param_groups)
+    net = TwoPartNet()   # the default preset: backbone rate 0, a fixed backbone (no backward pass through it)
+    optimizer = script.student_optimizer(net, script.Config())
+    assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["lr"] == script.Config.head_lr
+    assert not any(p.requires_grad for p in net.backbone.parameters())
+    assert all(p.requires_grad for p in net.head.parameters())
+
+
 # ----------------------------------------------------------------------------------------------- Section III.A models
 def test_cifar_resnet18_has_the_cifar_variants_size() -> None:
     """torchvision's ResNet-18 (11,181,642 with 10 classes) with a 3x3 stem instead of 7x7: 9,408 - 1,728 fewer."""
@@ -111,24 +158,48 @@ TINY_B = ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-im
 GIVEN_TEACHER_B = without(TINY_B, "--teacher-iterations")   # a given teacher is not trained: no settings for that
 
 
+SMOKE_A = ["--experiment", "A", "--a-train-images", "4", "--a-test-images", "2", "--a-batch-size", "2",
+           "--a-teacher-batch-size", "2", "--a-epochs", "1", "--a-teacher-epochs", "1"]
+
+
 def test_experiment_a_end_to_end(tmp_path, capsys) -> None:
-    script.main(tiny(tmp_path, *TINY_A))
+    """The fast tier's one run of the whole script (experiment A at its smallest): rows, table, figures, config."""
+    script.main(tiny(tmp_path, *SMOKE_A))
     run = tmp_path / "run"
     rows = read_results(run)
     assert [r["experiment"] for r in rows] == ["A", "A", "A"]
     assert rows[0]["params"] == "11173962" and rows[1]["params"] == "357514"
+    assert [r["iterations"] for r in rows] == ["2", "2", "2"]   # 4 images in batches of 2, one epoch each
     table = (run / "table_A.md").read_text()
-    assert "95%" in table and "80%" in table and "(paper" in table
+    assert "95%" in table and "80%" in table and "(paper" in table and "teacher: trained by this run" in table
     for name in ("A_training_loss.png", "A_test_accuracy.png"):
         assert (run / "figures" / name).stat().st_size > 0
     config = json.loads((run / "config.json").read_text())
     assert config["T"] == 20.0 and config["alpha"] == 0.9 and config["a_lr"] == 1e-3
-    assert "ResNet-18 teacher" in capsys.readouterr().out
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("train_kl" in r for r in logged if r.get("job") == "student_kd")
+    assert not any("train_kl" in r for r in logged if r.get("job") == "student_alone")
+    out = capsys.readouterr().out
+    assert "ResNet-18 teacher" in out and f"run folder: {run}" in out and "done in" in out
+
+
+@pytest.mark.slow
+def test_experiment_a_reuses_its_cached_teacher_and_resumes(tmp_path, capsys) -> None:
+    script.main(tiny(tmp_path, *TINY_A))
+    first = read_results(tmp_path / "run")
     # the teacher is cached: a second run loads it instead of training it
     script.main(tiny(tmp_path, *TINY_A, out="run2"))
     assert "cached in" in (tmp_path / "run2" / "table_A.md").read_text()
+    assert "training the ResNet-18 teacher" not in capsys.readouterr().out.split("run folder:")[-1]
+    # --resume of a finished run, in the same folder: the students reload from their checkpoints, the same rows; the
+    # teacher now comes from the cache, the same weights (its row no longer counts the iterations it trained)
+    script.main(["--resume", str(tmp_path / "run"), "--no-progress"])
+    resumed = read_results(tmp_path / "run")
+    assert resumed[1:] == first[1:] and resumed[0]["loss"] == first[0]["loss"]
+    assert f"run folder: {tmp_path / 'run'}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_experiment_b_end_to_end(tmp_path) -> None:
     script.main(tiny(tmp_path, *TINY_B, "--variants", "alone,no-weight-decay,40-epochs"))
     run = tmp_path / "run"
@@ -201,6 +272,7 @@ def test_missing_data_in_data_root(tmp_path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
     path = tmp_path / "fcn_resnet50.pt"
     save_weights(path, build_segmenter("fcn_resnet50", 21))
@@ -210,6 +282,7 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_teacher_checkpoint_of_another_class_count(tmp_path) -> None:
     path = tmp_path / "fcn_resnet101_10_classes.pt"
     torch.save(build_segmenter("fcn_resnet101", 10).net.state_dict(), path)   # a raw torchvision state dict
@@ -237,3 +310,17 @@ def test_no_momentum_variant_is_named_and_parsed() -> None:
     assert cfg.variants == ("no-momentum", "40-epochs")
     assert "w/o momentum" in script.student_label("no-momentum", cfg)
     assert script.parse_args(["--variants", "none"])[0].variants == ()
+
+
+def test_help_shows_config_defaults_and_the_paper_preset(capsys) -> None:
+    """--help appends every setting's default (and the paper preset's value) from Config and PRESETS."""
+    with pytest.raises(SystemExit) as done:
+        script.parse_args(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")   # argparse wraps lines, also at hyphens
+    for shown in ("temperature (default 20)", "student epochs; the paper preset's are the report's (default 8; "
+                  "paper preset 30)", "FCN head learning rate; the paper preset's is the report's (default 0.02; "
+                  "paper preset 0.002)", "or 'none' (default alone,no-weight-decay,40-epochs)",
+                  "iterations between checkpoints (default 100; paper preset 500)", "(default B)"):
+        assert shown in text, shown
+    assert "default default" not in text and "auto (default): synthetic" in text

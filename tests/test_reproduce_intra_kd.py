@@ -1,5 +1,6 @@
-"""reproduce_intra_kd.py (source 003): the student's loss assembled from its terms, the recipe, a tiny end-to-end
-run with every row (synthetic, and on ApolloScape files in the published layout) and its resume, and bad input."""
+"""reproduce_intra_kd.py (source 003): the student's loss assembled from its terms, the teacher's memoised outputs,
+the recipe and its --help, a tiny end-to-end run with every row (synthetic; slow tier: on ApolloScape files in the
+published layout, and its resume), and bad input."""
 from __future__ import annotations
 
 import json
@@ -11,10 +12,10 @@ import reproduce_intra_kd as script
 from common.errors import UserError
 from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_div, self_attention_distillation_loss,
                            weighted_cross_entropy)
+from common.runs import save_weights
 from common.segmentation_models import build_segmenter
-from common.training import save_weights
+from common.teachers import OutputMemo, freeze
 from script_runs import read_results, tiny, without
-from test_roads import apollo_ids, write_apollo
 
 WEIGHTS = {"kd": 0.5, "T": 2.0, "at": 3.0, "sad": 0.1, "intra": (1.0, 0.5, 0.25)}
 
@@ -63,7 +64,26 @@ def test_the_figures_affinity_graphs_are_the_ones_the_loss_compares() -> None:
     assert intra_affinity_loss(student, teacher, labels, 4).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_the_presets() -> None:
+def test_the_teachers_logits_are_recomputed_from_its_memoised_head_features() -> None:
+    torch.manual_seed(0)
+    teacher = freeze(build_segmenter(script.TEACHER_ARCH, 4))
+    x = torch.randn(1, 3, 16, 24)
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    memo = OutputMemo()
+    logits, feat = script.teacher_outputs(teacher, x, memo, 7, amp=False)
+    with torch.no_grad():
+        own_logits, own_feats = teacher(x, return_features=True)
+    assert len(calls) == 2
+    assert torch.allclose(logits, own_logits, atol=1e-5) and torch.equal(feat, own_feats["head"])
+    again, feat_again = script.teacher_outputs(teacher, x, memo, 7, amp=False)     # a later student, same step
+    assert len(calls) == 2 and torch.equal(again, logits) and torch.equal(feat_again, feat)
+    kept = memo.bytes
+    script.teacher_outputs(teacher, x, memo, None, amp=False)                       # step None: never kept
+    assert len(calls) == 3 and memo.bytes == kept == 4 * feat.numel()
+
+
+def test_the_presets_and_their_help(capsys) -> None:
     cfg, _ = script.parse_args([])
     assert cfg.methods == ("alone", "kd", "at", "sad", "intra", "intra_kd")
     assert (cfg.sad_weight, cfg.sad_start, cfg.intra_weights) == (0.1, 2 / 3, (1.0, 1.0, 1.0))
@@ -72,10 +92,16 @@ def test_the_presets() -> None:
     assert round(paper.sad_start * paper.iterations) == 40_000            # the SAD paper's 40k of 60k
     assert (paper.background_weight, paper.crop_height, paper.crop_width) == (0.05, 496, 1488)   # IntRA-KD's code
     assert script.parse_methods("intra, alone") == ("intra", "alone")
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default 240; paper preset 60,000)", "(default 1,1,1)", "(default 0.05)",
+                  "(default runs/teacher_cache)", "(default all)", "(default 100; paper preset 2,000)"):
+        assert shown in text, shown
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-SMALL = ["--height", "32", "--width", "64", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
+SMALL = ["--height", "16", "--width", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
          "--iterations", "2", "--eval-every", "1", "--teacher-iterations", "1"]
 REAL_DATA = without(SMALL, "--train-images", "--val-images")   # the synthetic data's sizes
 
@@ -102,6 +128,7 @@ def test_end_to_end_every_row(tmp_path) -> None:
     assert list((tmp_path / "cache").glob("intra_kd_teacher_*.pt"))            # trained once, cached
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_in_a_student_resumes_to_the_same_numbers(tmp_path, monkeypatch) -> None:
     flags = [*SMALL, "--methods", "alone,intra_kd"]
     script.main(tiny(tmp_path, *flags, out="whole"))
@@ -122,17 +149,18 @@ def test_a_run_interrupted_in_a_student_resumes_to_the_same_numbers(tmp_path, mo
     assert [(r["model"], r["iou"], r["loss"]) for r in cut] == [(r["model"], r["iou"], r["loss"]) for r in whole]
 
 
-def write_apollo_records(root, bad_id: int | None = None) -> None:
+def write_apollo_records(apollo_writer, root, bad_id: int | None = None) -> None:
     """Ten frames of 8x12 pixels in ApolloScape's published layout, one record (so every 10th pair is val)."""
     for k in range(10):
-        ids = apollo_ids(k)
+        ids = apollo_writer.ids(k)
         if bad_id is not None and k == 0:
             ids[1, 1] = bad_id
-        write_apollo(root, "road02", "Record001", 5, f"170927_0638{k:05d}", ids)
+        apollo_writer.write(root, "road02", "Record001", 5, f"170927_0638{k:05d}", ids)
 
 
-def test_apollo_scape_files_in_the_published_layout(tmp_path) -> None:
-    write_apollo_records(tmp_path / "apollo")
+@pytest.mark.slow
+def test_apollo_scape_files_in_the_published_layout(tmp_path, apollo_writer) -> None:
+    write_apollo_records(apollo_writer, tmp_path / "apollo")
     script.main(tiny(tmp_path, *REAL_DATA, "--data-root", str(tmp_path / "apollo"), "--height", "16", "--width", "24",
                      "--methods", "alone,intra"))
     rows = read_results(tmp_path / "run")
@@ -149,6 +177,7 @@ def test_apollo_scape_files_in_the_published_layout(tmp_path) -> None:
     (["--methods", "alone,fitnet"], "choose from"),
     (["--intra-weights", "1,1"], "three"),
     (["--batch-size", "1"], "BatchNorm"),
+    (["--checkpoint-every", "0"], "--checkpoint-every 0: must be >= 1"),
     (["--teacher-checkpoint", "x.pt", "--teacher-backbone", "imagenet"], "give one"),
 ])
 def test_bad_flags_are_one_clear_line(tmp_path, flags, words) -> None:
@@ -158,8 +187,8 @@ def test_bad_flags_are_one_clear_line(tmp_path, flags, words) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_label_ids_outside_the_data_sets_range(tmp_path) -> None:
-    write_apollo_records(tmp_path / "apollo", bad_id=7)
+def test_label_ids_outside_the_data_sets_range(tmp_path, apollo_writer) -> None:
+    write_apollo_records(apollo_writer, tmp_path / "apollo", bad_id=7)
     with pytest.raises(UserError) as error:
         script.main(tiny(tmp_path, *REAL_DATA, "--data-root", str(tmp_path / "apollo"), "--height", "16",
                          "--width", "24"))

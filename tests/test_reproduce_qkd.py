@@ -1,5 +1,6 @@
 """reproduce_qkd.py (source 000): Section 3.1's loss against hand computations, the student against Buda et al.'s
-published size, a tiny end-to-end run (every row, the int8 one included) and its resume, and bad input."""
+published size, --help, a tiny end-to-end run without int8 (the fast tier), one with every row (the int8 one
+included) and a resume (slow), and bad input."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 import reproduce_qkd as script
 from common.errors import UserError
 from common.segmentation_models import build_segmenter
-from common.training import save_weights
+from common.runs import save_weights
 from script_runs import read_results, tiny, without
 
 
@@ -79,11 +80,23 @@ def test_the_student_is_buda_et_als_unet_with_21_classes() -> None:
 def test_the_recipe_is_the_reports() -> None:
     cfg, _ = script.parse_args([])
     assert (cfg.lr, cfg.beta1) == (1e-4, 0.8)
+    optimizer, scheduler = script.adam([torch.nn.Parameter(torch.zeros(1))], cfg)
+    assert optimizer.defaults["betas"] == (0.8, 0.999) and scheduler.mode == "min"   # "a momentum of 0.8", "min mode"
     paper, _ = script.parse_args(["--preset", "paper"])
     epoch = 1464 // paper.batch_size                     # VOC 2012 train, the last incomplete batch dropped
     assert (paper.pretrain_iterations, paper.iterations) == (1000 * epoch, 20 * epoch)   # Section 4's epochs
     assert paper.co_study_teacher == "all"
     assert script.parse_bits("8,4,2") == (8, 4, 2)
+
+
+def test_help_shows_each_default_once(capsys) -> None:
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())          # argparse wraps lines
+    assert "Adam learning rate, the report's (default 0.0001)" in text
+    assert "(default 150; paper preset 91,000)" in text       # --pretrain-iterations
+    assert "(default 8,4)" in text and "(default 512)" in text and "(default 100; paper preset 910)" in text
+    assert "default default" not in text and "(default None" not in text and "h('" not in text
 
 
 # ----------------------------------------------------------------------------------------------- end to end
@@ -92,8 +105,31 @@ SMALL = ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-ima
          "--co-study", "1", "--tutor", "1", "--int8-iterations", "1", "--teacher-iterations", "1",
          "--profile-size", "32", "--no-compile"]
 TINY = [*SMALL, "--bits", "8,4"]
+NO_INT8 = [*without(SMALL, "--int8-iterations"), "--bits", "4", "--no-int8"]   # one bit width, no int8 row
+SMOKE = [*without(NO_INT8, "--train-images", "--val-images", "--pretrain-iterations", "--iterations"),
+         "--train-images", "2", "--val-images", "1", "--pretrain-iterations", "1", "--iterations", "1"]
 
 
+def test_a_tiny_run_without_int8(tmp_path, capsys) -> None:
+    """The fast tier's one end-to-end run (one iteration a job): teacher, pre-training, the fp32 rows, QAT and QKD
+    at 4 bits."""
+    script.main(tiny(tmp_path, *SMOKE))
+    run = tmp_path / "run"
+    names = [r["model"] for r in read_results(run)]
+    assert names[0].startswith("DeepLabV3-ResNet101") and len(names) == 2 + 4 + 1 + 1
+    assert names[-2:] == ["U-Net QAT W4A4, no teacher", "U-Net QKD W4A4"]
+    assert "int8: skipped" in (run / "table_qkd.md").read_text()
+    assert (run / "figures" / "predictions.png").stat().st_size > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["bits"] == [4] and config["int8"] is False and config["checkpoint_every"] == 100
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"teacher", "student_pretrain", "student_both", "qat4", "qkd4_1_self", "qkd4_2_co",
+            "qkd4_3_tutor"} <= {r.get("job") for r in logged}
+    out = capsys.readouterr().out
+    assert f"run folder: {run}" in out and "done in" in out
+
+
+@pytest.mark.slow
 def test_end_to_end_every_row(tmp_path) -> None:
     script.main(tiny(tmp_path, *TINY))
     run = tmp_path / "run"
@@ -122,8 +158,9 @@ def test_end_to_end_every_row(tmp_path) -> None:
     assert any("teacher_kl" in r for r in logged if r.get("job") == "qkd8_2_co")
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_in_co_studying_resumes_to_the_same_numbers(tmp_path, monkeypatch) -> None:
-    flags = [*without(SMALL, "--int8-iterations"), "--bits", "4", "--no-int8"]
+    flags = NO_INT8
     script.main(tiny(tmp_path, *flags, out="whole"))
     calls = {"n": 0}
     real = script.Experiment.co_study

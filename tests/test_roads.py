@@ -13,12 +13,13 @@ from PIL import Image
 import common.roads as roads
 from common.errors import UserError
 from common.filecheck import PARALLEL_FROM
-from common.roads import (APOLLO_CLASSES, APOLLO_LABELS, CULANE_CLASSES, IGNORE_INDEX, ROAD_CLASSES,
-                          ApolloScapeLanes, CULaneLanes, SyntheticRoads, colorize_roads, road_dataset,
-                          road_palette)
+from common.images import IGNORE_INDEX
+from common.roads import (APOLLO_CLASSES, APOLLO_LABELS, ApolloScapeLanes, CULANE_CLASSES, CULaneLanes, ROAD_CLASSES,
+                          colorize_roads, road_dataset, road_palette)
+from common.synthetic_roads import SyntheticRoads
 
 SOLID, DASHED, DOUBLE_YELLOW, STOP, ZEBRA, STRAIGHT, TURN = range(1, 8)
-H, W = 8, 12   # the tiny real-format frames
+H, W = 8, 12   # the tiny real-format frames (conftest.py's apollo_writer writes ApolloScape's at this size)
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
@@ -64,6 +65,7 @@ def test_synthetic_shapes_types_and_attributes():
         data[3]
 
 
+@pytest.mark.slow
 def test_synthetic_classes_all_appear_are_sparse_and_rare_ones_are_rarer(train_scenes):
     masks = np.stack([mask for _, mask in train_scenes])
     counts = np.bincount(masks.ravel(), minlength=256)
@@ -77,17 +79,19 @@ def test_synthetic_classes_all_appear_are_sparse_and_rare_ones_are_rarer(train_s
     assert (masks == SOLID).any(axis=(1, 2)).mean() > 0.6
 
 
+@pytest.mark.slow
 def test_synthetic_vehicles_occlude_markings():
     data = SyntheticRoads("train", 64, (64, 128))
     occluded = 0
     for i in range(0, 64, 2):
-        (image, mask), (clear_image, clear_mask) = data.make_scene(i), data.make_scene(i, vehicles=False)
+        (_, mask), (_, clear_mask) = data.make_scene(i), data.make_scene(i, vehicles=False)
         marked = mask > 0
         assert np.array_equal(mask[marked], clear_mask[marked])  # vehicles only ever remove marking pixels
         occluded += int(((clear_mask > 0) & ~marked).sum())
     assert occluded > 20
 
 
+@pytest.mark.slow
 def test_synthetic_images_vary_in_lighting(train_scenes):
     brightness = np.array([image.mean() for image, _ in train_scenes])
     assert brightness.min() < 60 and brightness.max() > 110    # night-ish and bright days
@@ -105,52 +109,27 @@ def test_colorize_roads_gives_distinct_colours_and_white_ignore():
 
 
 # ---- ApolloScape, in the published layout ---------------------------------------------------------------------
-APOLLO_IDS = np.array([0, 200, 204, 214, 249, 255, 250, 233], np.uint8)
-
-
-def apollo_ids(seed: int) -> np.ndarray:
-    ids = np.random.default_rng(seed).choice(APOLLO_IDS, (H, W)).astype(np.uint8)
-    ids.ravel()[:len(APOLLO_IDS)] = APOLLO_IDS
-    return ids
-
-
-def write_apollo(root: Path, road: str, record: str, camera: int, stamp: str, ids: np.ndarray | None,
-                 image: bool = True, space: str = " ") -> tuple[Path, Path]:
-    """One frame: ColorImage_roadXX/ColorImage/RecordNNN/Camera N/<stamp>_Camera_N.jpg and its _bin.png (the
-    camera folder 'Camera_N' with ``space="_"``, as on the IntRA-KD authors' disk)."""
-    cam = f"Camera{space}{camera}"
-    image_path = root / f"ColorImage_{road}" / "ColorImage" / record / cam / f"{stamp}_Camera_{camera}.jpg"
-    label_path = root / f"Labels_{road}" / "Label" / record / cam / f"{stamp}_Camera_{camera}_bin.png"
-    if image:
-        image_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((H, W, 3), 90, np.uint8)).save(image_path, quality=95)
-    if ids is not None:
-        label_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(ids, mode="L").save(label_path)
-    return image_path, label_path
-
-
 def expected_train_ids(ids: np.ndarray) -> np.ndarray:
     table = {label_id: train_id for _, label_id, train_id in APOLLO_LABELS}
     return np.vectorize(table.get)(ids)
 
 
 @pytest.fixture
-def apollo_records(tmp_path: Path) -> Path:
+def apollo_records(tmp_path: Path, apollo_writer) -> Path:
     """10 records on two roads, one frame each from Camera 5, and a Camera 6 frame in the last record."""
     for k in range(10):
         road = "road02" if k < 6 else "road03"
-        write_apollo(tmp_path, road, f"Record{k + 1:03d}", 5, f"170927_0638{k:05d}", apollo_ids(k))
-    write_apollo(tmp_path, "road03", "Record010", 6, "170927_0638xxxxx", apollo_ids(99))
+        apollo_writer.write(tmp_path, road, f"Record{k + 1:03d}", 5, f"170927_0638{k:05d}", apollo_writer.ids(k))
+    apollo_writer.write(tmp_path, "road03", "Record010", 6, "170927_0638xxxxx", apollo_writer.ids(99))
     return tmp_path
 
 
-def test_apollo_maps_label_ids_to_train_ids(apollo_records):
+def test_apollo_maps_label_ids_to_train_ids(apollo_records, apollo_writer):
     data = ApolloScapeLanes(apollo_records, "train")
     assert data.num_classes == 36 == len(APOLLO_CLASSES) and data.class_names[18] == "c_wy_z"
     image, mask = data[0]
     assert image.dtype == torch.uint8 and image.shape == (3, H, W) and mask.dtype == torch.int64
-    assert np.array_equal(mask.numpy(), expected_train_ids(apollo_ids(0)))
+    assert np.array_equal(mask.numpy(), expected_train_ids(apollo_writer.ids(0)))
     assert mask[0, 1] == 1 and mask[0, 3] == 18 and mask[0, 4] == IGNORE_INDEX and mask[0, 6] == 35
 
 
@@ -164,11 +143,11 @@ def test_apollo_splits_by_record_with_both_cameras(apollo_records):
     assert "train (9 images" in train.name
 
 
-def test_apollo_falls_back_to_every_tenth_pair_and_skips_incomplete_pairs(tmp_path):
+def test_apollo_falls_back_to_every_tenth_pair_and_skips_incomplete_pairs(tmp_path, apollo_writer):
     for k in range(12):
-        write_apollo(tmp_path, "road04", "Record001", 5, f"1712_{k:02d}", apollo_ids(k))
-    write_apollo(tmp_path, "road04", "Record001", 5, "1712_nolabel", None)
-    write_apollo(tmp_path, "road04", "Record001", 6, "1712_noimage", apollo_ids(0), image=False)
+        apollo_writer.write(tmp_path, "road04", "Record001", 5, f"1712_{k:02d}", apollo_writer.ids(k))
+    apollo_writer.write(tmp_path, "road04", "Record001", 5, "1712_nolabel", None)
+    apollo_writer.write(tmp_path, "road04", "Record001", 6, "1712_noimage", apollo_writer.ids(0), image=False)
     train, val = ApolloScapeLanes(tmp_path, "train"), ApolloScapeLanes(tmp_path, "val")
     assert len(train) == 11 and [p.name for p in val.images] == ["1712_09_Camera_5.jpg"]
     assert train.frames_without_label == 1 and train.labels_without_frame == 1
@@ -176,15 +155,15 @@ def test_apollo_falls_back_to_every_tenth_pair_and_skips_incomplete_pairs(tmp_pa
     assert f"train (11 images; {left_out}; split by record)" in train.name and left_out in repr(val)
 
 
-def test_apollo_counts_every_frame_left_out_and_says_nothing_when_none_are(apollo_records):
+def test_apollo_counts_every_frame_left_out_and_says_nothing_when_none_are(apollo_records, apollo_writer):
     assert "left out" not in ApolloScapeLanes(apollo_records, "train").name
     for k in range(3):
-        write_apollo(apollo_records, "road02", "Record001", 5, f"nolabel{k}", None)
+        apollo_writer.write(apollo_records, "road02", "Record001", 5, f"nolabel{k}", None)
     data = ApolloScapeLanes(apollo_records, "train")
     assert "(9 images; 3 frames without a label file left out; split by record)" in data.name
 
 
-def test_apollo_uses_a_list_file(apollo_records):
+def test_apollo_uses_a_list_file(apollo_records, apollo_writer):
     frames = sorted(apollo_records.glob("ColorImage_road*/ColorImage/*/*/*.jpg"))
     labels = [str(p).replace("ColorImage_", "Labels_").replace("/ColorImage/", "/Label/")[:-4] + "_bin.png"
               for p in frames]
@@ -197,7 +176,7 @@ def test_apollo_uses_a_list_file(apollo_records):
         f"/home/someone/ApolloScapes/{rel[7][0]} /home/someone/ApolloScapes/{rel[7][1]}\n")  # IntRA-KD's
     data = ApolloScapeLanes(apollo_records, "train")
     assert data.images == [frames[3], frames[0], frames[7]] and len(data) == 3
-    assert np.array_equal(data[1][1].numpy(), expected_train_ids(apollo_ids(0)))
+    assert np.array_equal(data[1][1].numpy(), expected_train_ids(apollo_writer.ids(0)))
     assert len(ApolloScapeLanes(apollo_records, "val")) == 2           # no val.txt: split by record
     (apollo_records / "list" / "train.txt").write_text(f"{rel[3][0]} {rel[3][1][:-8]}_missing.png\n")
     with pytest.raises(UserError, match="_missing.png") as e:
@@ -216,10 +195,10 @@ def intra_kd_line(frame: Path) -> str:
 
 
 @pytest.mark.parametrize("space", [" ", "_"])
-def test_apollo_reads_intra_kds_list_files(tmp_path, space):
+def test_apollo_reads_intra_kds_list_files(tmp_path, space, apollo_writer):
     for k in range(4):
-        write_apollo(tmp_path, f"road0{2 + k // 2}", f"Record00{k}", 5 + k % 2, f"171206_06112{k}", apollo_ids(k),
-                     space=space)
+        apollo_writer.write(tmp_path, f"road0{2 + k // 2}", f"Record00{k}", 5 + k % 2, f"171206_06112{k}",
+                            apollo_writer.ids(k), space=space)
     frames = sorted(tmp_path.glob("ColorImage_road*/ColorImage/*/*/*.jpg"))
     assert len(frames) == 4 and len(ApolloScapeLanes(tmp_path, "train")) == 4    # either folder spelling
     (tmp_path / "list").mkdir()
@@ -227,7 +206,7 @@ def test_apollo_reads_intra_kds_list_files(tmp_path, space):
     val = ApolloScapeLanes(tmp_path, "val")
     assert val.images == frames[::-1] and str(tmp_path / "list" / "val.txt") in val.name
     assert val.labels[0].parent.name == f"Camera{space}6" and val.labels[0].is_file()
-    assert np.array_equal(val[3][1].numpy(), expected_train_ids(apollo_ids(0)))
+    assert np.array_equal(val[3][1].numpy(), expected_train_ids(apollo_writer.ids(0)))
     assert ApolloScapeLanes(tmp_path, "test").images == val.images           # test reads val.txt
 
 
@@ -264,13 +243,13 @@ def test_a_folder_of_neither_gets_no_hint(tmp_path):
         assert "looks like" not in one_line(e) and "--data-root" in str(e.value)
 
 
-def test_apollo_crop_top_and_size(apollo_records):
+def test_apollo_crop_top_and_size(apollo_records, apollo_writer):
     cropped = ApolloScapeLanes(apollo_records, "train", crop_top=0.25)
     image, mask = cropped[0]
-    assert image.shape == (3, 6, W) and np.array_equal(mask.numpy(), expected_train_ids(apollo_ids(0))[2:])
+    assert image.shape == (3, 6, W) and np.array_equal(mask.numpy(), expected_train_ids(apollo_writer.ids(0))[2:])
     image, mask = ApolloScapeLanes(apollo_records, "train", size=(3, 6), crop_top=0.25)[0]
     assert image.shape == (3, 3, 6) and mask.shape == (3, 6) and mask.dtype == torch.int64
-    assert set(mask.unique().tolist()) <= set(expected_train_ids(apollo_ids(0)).ravel().tolist())
+    assert set(mask.unique().tolist()) <= set(expected_train_ids(apollo_writer.ids(0)).ravel().tolist())
     with pytest.raises(UserError, match="crop_top") as e:
         ApolloScapeLanes(apollo_records, "train", crop_top=1.5)
     one_line(e)
@@ -285,11 +264,11 @@ def no_frame_decoding(monkeypatch):
     monkeypatch.setattr(roads.RoadFiles, "__getitem__", refuse)
 
 
-def test_apollo_unknown_label_id_is_caught_when_built(tmp_path, no_frame_decoding):
-    ids = apollo_ids(1)
+def test_apollo_unknown_label_id_is_caught_when_built(tmp_path, no_frame_decoding, apollo_writer):
+    ids = apollo_writer.ids(1)
     ids[2, 2], ids[3, 3] = 7, 100
     for k in range(10):
-        write_apollo(tmp_path, "road02", "Record001", 5, f"s{k}", ids if k == 0 else apollo_ids(k))
+        apollo_writer.write(tmp_path, "road02", "Record001", 5, f"s{k}", ids if k == 0 else apollo_writer.ids(k))
     with pytest.raises(UserError, match=r"1 of 9 ApolloScape train .*s0_Camera_5_bin\.png.*\[7, 100\].*200-233") as e:
         ApolloScapeLanes(tmp_path, "train")
     one_line(e)
@@ -300,7 +279,7 @@ def break_label_as_rgb(label: Path) -> None:
 
 
 def break_label_size(label: Path) -> None:
-    Image.fromarray(apollo_ids(0)[:, :-2], mode="L").save(label)
+    Image.fromarray(np.zeros((H, W - 2), np.uint8), mode="L").save(label)   # valid ids, 2 columns short
 
 
 def break_label_truncated(label: Path) -> None:
@@ -318,27 +297,28 @@ def break_image(image: Path) -> None:
     (break_label_truncated, 1, r"not a readable PNG"),
     (break_image, 0, r"not a readable image"),
 ])
-def test_apollo_bad_files_are_caught_when_built(tmp_path, no_frame_decoding, breaks, which, words):
-    bad = [write_apollo(tmp_path, "road02", "Record001", 5, f"s{k}", apollo_ids(k))[which] for k in range(10)][4]
+def test_apollo_bad_files_are_caught_when_built(tmp_path, no_frame_decoding, breaks, which, words, apollo_writer):
+    frames = [apollo_writer.write(tmp_path, "road02", "Record001", 5, f"s{k}", apollo_writer.ids(k)) for k in range(10)]
+    bad = frames[4][which]
     breaks(bad)
     with pytest.raises(UserError, match=f"{bad.name.replace('.', '[.]')}.*{words}") as e:
         ApolloScapeLanes(tmp_path, "train")
     assert str(bad) in one_line(e) and "re-extract" in str(e.value)
 
 
-def test_two_bad_files_are_named_in_one_message(tmp_path, no_frame_decoding):
-    bad_ids = apollo_ids(3)
+def test_two_bad_files_are_named_in_one_message(tmp_path, no_frame_decoding, apollo_writer):
+    bad_ids = apollo_writer.ids(3)
     bad_ids[0, 0] = 7
     for k in range(10):
-        write_apollo(tmp_path, "road02", "Record001", 5, f"s{k}", bad_ids if k == 2 else apollo_ids(k))
-    break_label_as_rgb(write_apollo(tmp_path, "road02", "Record001", 5, "s5", apollo_ids(5))[1])
+        apollo_writer.write(tmp_path, "road02", "Record001", 5, f"s{k}", bad_ids if k == 2 else apollo_writer.ids(k))
+    break_label_as_rgb(apollo_writer.write(tmp_path, "road02", "Record001", 5, "s5", apollo_writer.ids(5))[1])
     with pytest.raises(UserError, match=r"^2 of 9 ApolloScape train image/label pairs failed") as e:
         ApolloScapeLanes(tmp_path, "train")
     assert "s2_Camera_5_bin.png holds label values [7]" in one_line(e)
     assert "s5_Camera_5_bin.png is a mode-RGB image" in str(e.value)
 
 
-def test_a_second_build_with_the_same_verdicts_checks_nothing(apollo_records, tmp_path, monkeypatch):
+def test_a_second_build_with_the_same_verdicts_checks_nothing(apollo_records, tmp_path, monkeypatch, apollo_writer):
     checked = []
     read_id_png = roads._read_id_png
     monkeypatch.setattr(roads, "_read_id_png", lambda path, fix: checked.append(path) or read_id_png(path, fix))
@@ -349,7 +329,7 @@ def test_a_second_build_with_the_same_verdicts_checks_nothing(apollo_records, tm
     assert len(road_dataset("apolloscape", apollo_records, "train", verdicts=verdicts, progress=False)) == 9
     assert checked == []
     label = train.labels[4]
-    bad = apollo_ids(4)
+    bad = apollo_writer.ids(4)
     bad[5, 5] = 100
     Image.fromarray(bad, mode="L").save(label)
     stat = label.stat()
@@ -360,27 +340,27 @@ def test_a_second_build_with_the_same_verdicts_checks_nothing(apollo_records, tm
     assert checked == [label]                                                    # only the changed file
 
 
-def test_apollo_unreadable_files_are_user_errors(tmp_path):
-    image, label = write_apollo(tmp_path, "road02", "Record001", 5, "a", apollo_ids(0))
+def test_apollo_unreadable_files_are_user_errors(tmp_path, apollo_writer):
+    image, label = apollo_writer.write(tmp_path, "road02", "Record001", 5, "a", apollo_writer.ids(0))
     for k in range(10):
-        write_apollo(tmp_path, "road02", "Record001", 5, f"b{k}", apollo_ids(k))
+        apollo_writer.write(tmp_path, "road02", "Record001", 5, f"b{k}", apollo_writer.ids(k))
     data = ApolloScapeLanes(tmp_path, "train")
     image.write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match=r"a_Camera_5\.jpg") as e:
         data[0]
     one_line(e)
-    write_apollo(tmp_path, "road02", "Record001", 5, "a", None)
+    apollo_writer.write(tmp_path, "road02", "Record001", 5, "a", None)
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(label)         # a colour rendering, not ids
     with pytest.raises(UserError, match=r"a_Camera_5_bin\.png.*single-channel") as e:
         data[0]
     one_line(e)
 
 
-def test_apollo_missing_root_or_pairs(tmp_path):
+def test_apollo_missing_root_or_pairs(tmp_path, apollo_writer):
     with pytest.raises(UserError, match="no_such_root") as e:
         ApolloScapeLanes(tmp_path / "no_such_root", "train")
     one_line(e)
-    write_apollo(tmp_path, "road02", "Record001", 5, "lonely", None)
+    apollo_writer.write(tmp_path, "road02", "Record001", 5, "lonely", None)
     with pytest.raises(UserError, match=r"found 1 images and 0 label.*ColorImage_road0X/ColorImage/Record0NN") as e:
         ApolloScapeLanes(tmp_path, "train")
     one_line(e)

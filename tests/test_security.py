@@ -20,7 +20,7 @@ import reproduce_qkd
 import reproduce_unet_kd
 from common.errors import UserError
 from common.segmentation_models import build_segmenter
-from common.training import load_checkpoint, load_weights, run_main
+from common.runs import load_checkpoint, load_weights, run_main
 from common.unet import UNet
 from common.weight_files import fetch_torchvision_weights, published_file_name, sha256_of
 from script_runs import tiny

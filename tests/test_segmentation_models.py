@@ -12,7 +12,7 @@ from torchvision.models import segmentation
 from common.errors import UserError
 from common.profiler import count_macs, count_parameters
 from common.segmentation_models import ARCHITECTURES, PUBLISHED, TorchvisionSegmenter, WeightFlags, build_segmenter
-from common.training import save_weights
+from common.runs import save_checkpoint, save_weights
 from common.weight_files import sha256_of
 
 TORCHVISION_BUILDERS = {arch: getattr(segmentation, arch) for arch in ARCHITECTURES}
@@ -65,6 +65,7 @@ def test_madds_at_520_are_torchvision_published_ops(arch):
     assert PUBLISHED[arch]["gmacs"] <= macs / 1e9 <= PUBLISHED[arch]["gmacs"] * 1.005
 
 
+@pytest.mark.slow
 def test_meta_device_counts_what_the_cpu_counts(fcn50):
     shape = (1, 3, 64, 64)
     assert count_macs(on_meta(TorchvisionSegmenter, "fcn_resnet50"), shape) == count_macs(fcn50, shape)
@@ -93,6 +94,7 @@ def _ceil_div(size: int, by: int) -> int:
     return -(-size // by)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(64, 64), (65, 77)])
 @pytest.mark.parametrize("which, classes, head_channels", [("fcn50", 21, 512), ("deeplab50", 5, 256)])
 def test_forward_is_torchvision_out_and_features_come_from_the_same_pass(request, which, classes, head_channels,
@@ -109,7 +111,8 @@ def test_forward_is_torchvision_out_and_features_come_from_the_same_pass(request
     assert features["head"].shape == (2, head_channels, *stride_8)
 
 
-def test_config_backbone_and_head_parameters(deeplab50):
+def test_config_backbone_and_head_parameters():
+    deeplab50 = on_meta(TorchvisionSegmenter, "deeplabv3_resnet50", num_classes=5)
     assert deeplab50.config() == {"arch": "deeplabv3_resnet50", "num_classes": 5}
     resnet_keys = {k for k in on_meta(torchvision.models.resnet50).state_dict() if not k.startswith("fc.")}
     assert set(deeplab50.backbone.state_dict()) == resnet_keys
@@ -144,25 +147,38 @@ def shapes_only(model: torch.nn.Module) -> dict:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, fcn50):
-    """Weights files in the layouts the scripts meet. The fcn_resnet50 one mimics torchvision's COCO file (with
-    aux_classifier.*) and the resnet50 one its ImageNet file (with fc.*), both built by torchvision itself."""
+def files(tmp_path_factory):
+    """Weights files in the layouts the scripts meet, shapes only (the files that must be refused are refused on
+    their layout). The fcn_resnet50 one mimics torchvision's COCO file (with aux_classifier.*); checkpoint.pt is
+    what ``save_weights`` writes for an fcn_resnet50."""
     folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(1)
-    coco_like = torchvision_with_aux("fcn_resnet50").state_dict()
-    contents = {"fcn_resnet50_coco-1167a1af.pth": coco_like,
+    contents = {"fcn_resnet50_coco-1167a1af.pth": shapes_only(on_meta(torchvision_with_aux, "fcn_resnet50")),
                 "fcn_resnet50_10_classes.pth": shapes_only(on_meta(torchvision_with_aux, "fcn_resnet50", 10)),
                 "deeplabv3_resnet50.pth": shapes_only(on_meta(torchvision_with_aux, "deeplabv3_resnet50", 5)),
-                "resnet50-0676ba61.pth": torchvision.models.resnet50().state_dict(),
                 "resnet50_shapes.pth": shapes_only(on_meta(torchvision.models.resnet50)), "list.pth": [1, 2]}
     paths = {}
     for name, content in contents.items():
         torch.save(content, folder / name)
         paths[name] = folder / name
+    fcn50_shapes = on_meta(TorchvisionSegmenter, "fcn_resnet50")
     paths["checkpoint.pt"] = folder / "checkpoint.pt"
-    save_weights(paths["checkpoint.pt"], fcn50)
+    save_checkpoint(paths["checkpoint.pt"], {"arch": fcn50_shapes.config(), "model": shapes_only(fcn50_shapes)})
     paths["garbage.pth"] = folder / "garbage.pth"
     paths["garbage.pth"].write_bytes(b"not a checkpoint")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def real_files(tmp_path_factory, fcn50):
+    """Files with real weights, for the tests that load them: torchvision's COCO layout of fcn_resnet50 and its
+    ImageNet ResNet-50 (both built by torchvision itself), and a checkpoint of ``fcn50``."""
+    folder = tmp_path_factory.mktemp("real_weights")
+    torch.manual_seed(1)
+    paths = {"fcn_resnet50_coco-1167a1af.pth": folder / "fcn_resnet50_coco-1167a1af.pth",
+             "resnet50-0676ba61.pth": folder / "resnet50-0676ba61.pth", "checkpoint.pt": folder / "checkpoint.pt"}
+    torch.save(torchvision_with_aux("fcn_resnet50").state_dict(), paths["fcn_resnet50_coco-1167a1af.pth"])
+    torch.save(torchvision.models.resnet50().state_dict(), paths["resnet50-0676ba61.pth"])
+    save_weights(paths["checkpoint.pt"], fcn50)
     return paths
 
 
@@ -171,14 +187,16 @@ def assert_holds(model: TorchvisionSegmenter, state_dict: dict) -> None:
         assert torch.equal(value, state_dict[key]), key
 
 
-def test_a_torchvision_file_loads_without_its_aux_head(files):
-    model = build_segmenter("fcn_resnet50", weights=files["fcn_resnet50_coco-1167a1af.pth"])
+@pytest.mark.slow
+def test_a_torchvision_file_loads_without_its_aux_head(real_files):
+    model = build_segmenter("fcn_resnet50", weights=real_files["fcn_resnet50_coco-1167a1af.pth"])
     assert model.net.aux_classifier is None
-    assert_holds(model, torch.load(files["fcn_resnet50_coco-1167a1af.pth"], weights_only=True))
+    assert_holds(model, torch.load(real_files["fcn_resnet50_coco-1167a1af.pth"], weights_only=True))
 
 
-def test_a_checkpoint_of_this_repository_loads(files, fcn50):
-    model = build_segmenter("fcn_resnet50", weights=files["checkpoint.pt"])
+@pytest.mark.slow
+def test_a_checkpoint_of_this_repository_loads(real_files, fcn50):
+    model = build_segmenter("fcn_resnet50", weights=real_files["checkpoint.pt"])
     assert_holds(model, fcn50.net.state_dict())
 
 
@@ -199,7 +217,7 @@ def test_a_file_of_another_network_is_a_user_error_saying_what_it_looks_like(fil
 
 def test_a_checkpoint_of_another_architecture_is_a_user_error(files):
     with pytest.raises(UserError, match="different architecture: arch='fcn_resnet50' \\(need 'deeplabv3_resnet50'"):
-        build_segmenter("deeplabv3_resnet50", weights=files["checkpoint.pt"])
+        on_meta(build_segmenter, "deeplabv3_resnet50", weights=files["checkpoint.pt"])
 
 
 @pytest.mark.parametrize("file, match", [("missing.pth", "does not exist"), ("garbage.pth", "cannot read"),
@@ -212,9 +230,10 @@ def test_missing_or_unreadable_files_are_user_errors(files, tmp_path, file, matc
         user_error(excinfo)
 
 
-def test_a_resnet_file_loads_into_the_backbone(files):
-    model = build_segmenter("fcn_resnet50", backbone_weights=files["resnet50-0676ba61.pth"])
-    saved = torch.load(files["resnet50-0676ba61.pth"], weights_only=True)
+@pytest.mark.slow
+def test_a_resnet_file_loads_into_the_backbone(real_files):
+    model = build_segmenter("fcn_resnet50", backbone_weights=real_files["resnet50-0676ba61.pth"])
+    saved = torch.load(real_files["resnet50-0676ba61.pth"], weights_only=True)
     for key, value in model.backbone.state_dict().items():
         assert torch.equal(value, saved[key]), key
 
@@ -269,11 +288,12 @@ def test_a_corrupt_cached_file_is_a_user_error(offline_hub):
     assert str(offline_hub / "deeplabv3_resnet101_coco-586e9e4e.pth") in user_error(excinfo)
 
 
-def test_coco_weights_already_in_the_hub_folder_load(offline_hub, files, monkeypatch):
+@pytest.mark.slow
+def test_coco_weights_already_in_the_hub_folder_load(offline_hub, real_files, monkeypatch):
     offline_hub.mkdir()
-    (offline_hub / "fcn_resnet50_coco-1167a1af.pth").symlink_to(files["fcn_resnet50_coco-1167a1af.pth"])
+    (offline_hub / "fcn_resnet50_coco-1167a1af.pth").symlink_to(real_files["fcn_resnet50_coco-1167a1af.pth"])
     # our stand-in is not torchvision's file: let the published hash be the stand-in's, so the hash check passes
-    digest = sha256_of(files["fcn_resnet50_coco-1167a1af.pth"])
+    digest = sha256_of(real_files["fcn_resnet50_coco-1167a1af.pth"])
     monkeypatch.setattr("common.weight_files.published_hash_prefix", lambda name: digest[:8])
     model = build_segmenter("fcn_resnet50", weights="coco")
-    assert_holds(model, torch.load(files["fcn_resnet50_coco-1167a1af.pth"], weights_only=True))
+    assert_holds(model, torch.load(real_files["fcn_resnet50_coco-1167a1af.pth"], weights_only=True))

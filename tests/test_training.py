@@ -1,4 +1,5 @@
-"""Tests for common/training.py: atomic checkpoints, weight files, the averaged loss, and a resumable ``fit``."""
+"""Tests for common/training.py (and the checkpoints of common/runs.py): atomic checkpoints, weight files, the averaged
+loss, a resumable ``fit``, the entry point ``train`` with its ``Session``, and the batches of a job."""
 from __future__ import annotations
 
 import json
@@ -9,11 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import common.training as training
-from common.datasets import SyntheticEM, fixed_crops, random_crops
+import common.runs as runs
+from common.em_data import fixed_crops, random_crops
+from common.synthetic_em import SyntheticEM
 from common.errors import UserError
-from common.training import (RunDir, fit, load_checkpoint, load_weights, make_scheduler, moving_average_min,
-                             pick_device, save_checkpoint, save_weights, seed_everything)
+from common.devices import Distributed, pick_device
+from common.runs import RunDir, RunOptions, load_checkpoint, load_weights, save_checkpoint, save_weights
+from common.training import (BatchStream, History, Session, StepBatches, Trained, fit, make_scheduler,
+                             seed_everything, train, training_batches)
 from common.unet import UNet
 
 
@@ -48,7 +52,7 @@ def test_save_checkpoint_killed_mid_write_keeps_the_old_file(tmp_path, monkeypat
         f.write(b"PK\x03\x04 half a checkpoint")
         raise Killed()
 
-    monkeypatch.setattr(training.torch, "save", dying_save)
+    monkeypatch.setattr(runs.torch, "save", dying_save)
     with pytest.raises(Killed):
         save_checkpoint(path, {"w": torch.tensor([3.0, 4.0]), "step": 20})
     monkeypatch.undo()
@@ -67,7 +71,7 @@ def test_save_checkpoint_killed_on_first_write_leaves_no_file(tmp_path, monkeypa
         f.write(b"garbage")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.torch, "save", dying_save)
+    monkeypatch.setattr(runs.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"step": 1})
     assert not path.exists()
@@ -138,35 +142,6 @@ def test_load_weights_matching_model(tmp_path):
     assert state["arch"]["k"] == 2 and json.loads(state["summary"]) == {"loss": 0.5}
     with torch.no_grad():
         assert torch.equal(source(x), target(x))
-
-
-# ---- moving_average_min ---------------------------------------------------------------------------------------
-
-def test_moving_average_min_window_2():
-    # windows of 2: [2, 1.5, 3.5, 2.5, 0] -> 0.0, window ending at index 5
-    value, index = moving_average_min([3, 1, 2, 5, 0, 0], 2)
-    assert value == 0.0 and index == 5
-
-
-def test_moving_average_min_window_3():
-    # windows of 3: [2, 8/3, 7/3, 5/3] -> 5/3, window ending at index 5
-    value, index = moving_average_min([3, 1, 2, 5, 0, 0], 3)
-    assert value == pytest.approx(5 / 3) and index == 5
-
-
-def test_moving_average_min_interior_minimum():
-    # windows of 2: [4, 3, 1.5, 3] -> 1.5, window [2, 1] ending at index 3
-    value, index = moving_average_min([4, 4, 2, 1, 5], 2)
-    assert value == pytest.approx(1.5) and index == 3
-
-
-def test_moving_average_min_short_and_empty():
-    value, index = moving_average_min([1.0, 2.0, 6.0], 5)
-    assert value == pytest.approx(3.0) and index == 2
-    value, index = moving_average_min([1.0, 2.0, 6.0], 3)  # exactly one window
-    assert value == pytest.approx(3.0) and index == 2
-    value, index = moving_average_min([], 3)
-    assert math.isnan(value) and index == -1
 
 
 # ---- schedules and devices -------------------------------------------------------------------------------------
@@ -265,7 +240,7 @@ def make_job(data, crash_at: int | None = None):
     return model, optimizer, scheduler, loss_fn, evaluate
 
 
-def train(data, run: RunDir, crash_at: int | None = None):
+def run_job(data, run: RunDir, crash_at: int | None = None):
     model, optimizer, scheduler, loss_fn, evaluate = make_job(data, crash_at)
     history = fit(model, optimizer, loss_fn, ITERATIONS, name="job", run=run, device=torch.device("cpu"),
                   scheduler=scheduler, evaluate=evaluate, eval_every=EVAL_EVERY,
@@ -277,15 +252,16 @@ def records(run: RunDir) -> list[dict]:
     return [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_fit_resume_equals_uninterrupted_run(data, tmp_path):
     run_a = RunDir(tmp_path / "a")
-    model_a, hist_a = train(data, run_a)
+    model_a, hist_a = run_job(data, run_a)
     assert len(hist_a.train_loss) == ITERATIONS and not hist_a.diverged
     assert [e["iteration"] for e in hist_a.evals] == [5, 10, 15, 20, 25, 30]
 
     run_b = RunDir(tmp_path / "b")
     with pytest.raises(Crash):
-        train(data, run_b, crash_at=17)  # killed after the checkpoint at step 10
+        run_job(data, run_b, crash_at=17)  # killed after the checkpoint at step 10
     ckpt = load_checkpoint(run_b.checkpoints / "job.pt")
     assert ckpt["step"] == 10 and not ckpt["done"]
     logged = [(r["iteration"]) for r in records(run_b) if "test_loss" in r]
@@ -397,12 +373,175 @@ def test_fit_steps_a_plateau_scheduler_on_each_evaluation(tmp_path):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)     # evaluations at 2, 4, 6: halved at 4 and 6
 
 
-def test_train_job_logs_its_final_line_once_across_a_resume(data, tmp_path):
-    """A resumed run reloads a finished job from its checkpoint: its "final" line is not written again."""
-    run = RunDir(tmp_path / "run")
-    for _ in range(2):   # the second call is what --resume does for a job that had finished
-        model, optimizer, scheduler, loss_fn, evaluate = make_job(data)
-        training.train_job(model, optimizer, loss_fn, 4, name="job", label="job", run=run, device=torch.device("cpu"),
-                           evaluate=evaluate, eval_every=2, checkpoint_every=2, amp=False, progress=False, seed=SEED,
-                           scheduler=scheduler)
-    assert [r.get("event") for r in records(run)].count("final") == 1
+# ---- train: the one entry point --------------------------------------------------------------------------------
+def session(tmp_path: Path, ddp: Distributed = Distributed(), **options) -> Session:
+    """A run on the CPU in ``tmp_path/run``; ``options``: RunOptions fields (no progress bars, no amp)."""
+    return Session(RunDir(tmp_path / "run"), torch.device("cpu"), RunOptions(**{"progress": False, "amp": False,
+                                                                                 **options}), ddp)
+
+
+X = torch.randn(16, 3, generator=torch.Generator().manual_seed(1))
+Y = X @ torch.tensor([[1.0], [-2.0], [0.5]])
+
+
+def linear_job(init_seed: int = 0, crash_at: int | None = None, scores: list[float] | None = None):
+    """A Linear(3, 1) regression rebuilt as a restarted script would: batches of 4 rows a pure function of the step;
+    ``evaluate`` gives the mean squared error on all 16 rows, or the next of ``scores``."""
+    torch.manual_seed(init_seed)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scores = iter(scores) if scores is not None else None
+
+    def loss_fn(step: int):
+        if step == crash_at:
+            raise Crash(step)
+        rows = torch.randperm(16, generator=torch.Generator().manual_seed(step))[:4]
+        loss = F.mse_loss(model(X[rows]), Y[rows])
+        return loss, {"mse": loss.detach()}
+
+    def evaluate():
+        if scores is not None:
+            return {"val_loss": next(scores)}
+        with torch.no_grad():
+            return {"val_loss": F.mse_loss(model(X), Y).item()}
+
+    return model, optimizer, loss_fn, evaluate
+
+
+def finals(run: RunDir) -> list[dict]:
+    return [r for r in records(run) if r.get("event") == "final"]
+
+
+def test_train_returns_the_row_and_logs_its_final_line_once(tmp_path):
+    job = session(tmp_path, checkpoint_every=2)
+    model, optimizer, loss_fn, evaluate = linear_job()
+    trained = train(model, optimizer, loss_fn, 6, session=job, name="job", label="Job", evaluate=evaluate,
+                    eval_every=3)
+    assert isinstance(trained, Trained) and (trained.name, trained.label) == ("job", "Job") and trained.model is model
+    assert len(trained.train_loss) == 6 and [e["iteration"] for e in trained.evals] == [3, 6]
+    assert trained.metrics == {"val_loss": trained.evals[-1]["val_loss"]}    # the final evaluation, less "iteration"
+    assert not trained.diverged and trained.start_step == 0 and trained.info == {}
+    assert finals(job.run) == [{"job": "job", "event": "final", "val_loss": trained.metrics["val_loss"]}]
+
+    # what --resume does with a finished job: its checkpoint is loaded, nothing trains, no second "final" line
+    other, optimizer, _, evaluate = linear_job(init_seed=5, crash_at=0)
+    again = train(other, optimizer, lambda step: pytest.fail("a finished job trained again"), 6, session=job,
+                  name="job", label="Job", evaluate=evaluate, eval_every=3)
+    assert (again.train_loss, again.evals, again.metrics) == (trained.train_loss, trained.evals, trained.metrics)
+    assert torch.equal(other.weight, model.weight) and len(finals(job.run)) == 1
+
+
+def test_train_reports_what_report_returns_and_logs_what_fits_a_json_line(tmp_path):
+    job = session(tmp_path)
+    model, optimizer, loss_fn, evaluate = linear_job()
+
+    def report(history: History) -> dict:
+        return {"mean_train_loss": sum(history.train_loss) / len(history.train_loss),
+                "evaluations": len(history.evals), "prediction": torch.zeros(2)}
+
+    trained = train(model, optimizer, loss_fn, 4, session=job, name="job", evaluate=evaluate, report=report)
+    assert trained.metrics["mean_train_loss"] == pytest.approx(sum(trained.train_loss) / 4)
+    assert trained.metrics["evaluations"] == 1 and torch.equal(trained.metrics["prediction"], torch.zeros(2))
+    assert finals(job.run) == [{"job": "job", "event": "final", "mean_train_loss": trained.metrics["mean_train_loss"],
+                                "evaluations": 1}]    # the tensor stays out of metrics.jsonl
+
+
+def test_train_without_evaluation_reports_nothing(tmp_path):
+    model, optimizer, loss_fn, _ = linear_job()
+    trained = train(model, optimizer, loss_fn, 2, session=session(tmp_path), name="job")
+    assert trained.metrics == {} and trained.evals == [] and len(trained.train_loss) == 2
+
+
+@pytest.mark.parametrize("best_key", ["val_loss", None])
+def test_train_keeps_the_best_evaluation_only_with_best_key(tmp_path, best_key):
+    # evaluations score 3, 1, 2 after steps 1, 2, 3: with best_key the model ends with its weights after step 2
+    model, optimizer, loss_fn, evaluate = linear_job(scores=[3.0, 1.0, 2.0])
+    weights = []
+    trained = train(model, optimizer, loss_fn, 3, session=session(tmp_path), name="job", eval_every=1,
+                    evaluate=lambda: (weights.append(model.weight.detach().clone()), evaluate())[1],
+                    best_key=best_key)
+    assert not torch.equal(weights[1], weights[2])
+    assert torch.equal(model.weight.detach(), weights[1] if best_key else weights[2])
+    assert trained.metrics == {"val_loss": 2.0}      # the row still reports the final evaluation
+
+
+def test_train_seeds_with_the_runs_seed_unless_given_one(tmp_path):
+    draws = []
+    model, optimizer, loss_fn, _ = linear_job()
+
+    def drawing_loss(step):
+        draws.append(torch.rand(1))
+        return loss_fn(step)
+
+    train(model, optimizer, drawing_loss, 1, session=session(tmp_path / "a", seed=3), name="job")
+    train(model, optimizer, drawing_loss, 1, session=session(tmp_path / "b", seed=3), name="job", seed=7)
+    torch.manual_seed(3)
+    assert torch.equal(draws[0], torch.rand(1))
+    torch.manual_seed(7)
+    assert torch.equal(draws[1], torch.rand(1))
+
+
+def test_train_resumed_after_a_kill_ends_as_an_uninterrupted_job(tmp_path):
+    whole = session(tmp_path / "whole", checkpoint_every=3)
+    model_a, optimizer, loss_fn, evaluate = linear_job()
+    a = train(model_a, optimizer, loss_fn, 8, session=whole, name="job", evaluate=evaluate, eval_every=2)
+
+    cut = session(tmp_path / "cut", checkpoint_every=3)
+    model, optimizer, loss_fn, evaluate = linear_job(crash_at=5)    # killed in step 5, after the checkpoint at 3
+    with pytest.raises(Crash):
+        train(model, optimizer, loss_fn, 8, session=cut, name="job", evaluate=evaluate, eval_every=2)
+    steps = []
+    model_b, optimizer, loss_fn, evaluate = linear_job()
+    b = train(model_b, optimizer, lambda step: (steps.append(step), loss_fn(step))[1], 8, session=cut, name="job",
+              evaluate=evaluate, eval_every=2)
+    assert steps == list(range(3, 8))
+    assert (b.train_loss, b.evals, b.metrics) == (a.train_loss, a.evals, a.metrics)
+    assert torch.equal(model_b.weight, model_a.weight) and torch.equal(model_b.bias, model_a.bias)
+    assert records(cut.run) == records(whole.run)
+
+
+def test_train_marks_a_diverged_job_and_says_so(tmp_path, capsys):
+    model, optimizer, loss_fn, _ = linear_job()
+    trained = train(model, optimizer, lambda step: (loss_fn(step)[0] * (math.nan if step == 2 else 1.0), {}), 5,
+                    session=session(tmp_path), name="job")
+    assert trained.diverged and len(trained.train_loss) == 2
+    assert "job: the loss became non-finite at iteration 3" in capsys.readouterr().out
+
+
+def test_session_says_on_rank_0_only(tmp_path, capsys):
+    session(tmp_path).say("hello")
+    session(tmp_path, ddp=Distributed(rank=1, world_size=2)).say("from rank 1")
+    assert capsys.readouterr().out == "hello\n"
+
+
+# ---- the batches of a job ----------------------------------------------------------------------------------------
+ROWS = torch.arange(24.0).reshape(12, 2)
+
+
+def noisy_row(index: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ``index`` plus noise from the step's generator (augmentation's stand-in), and the index."""
+    return ROWS[index] + torch.rand(2, generator=generator), torch.tensor(index)
+
+
+def same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_training_batches_stream_the_step_batches_from_first_step(tmp_path):
+    job = session(tmp_path, seed=4)
+    stream = training_batches(noisy_row, 12, 5, batch_size=3, session=job, first_step=7)
+    assert isinstance(stream, BatchStream)
+    batches = StepBatches(12, 3, 4, noisy_row)      # the run's seed by default
+    for step in range(5):
+        assert same(stream(step), batches[7 + step])
+        assert all(t.device == job.device for t in stream(step))
+    assert same(training_batches(noisy_row, 12, 5, batch_size=3, session=job)(2), batches[2])
+    assert same(training_batches(noisy_row, 12, 5, batch_size=3, session=job, seed=9)(2),
+                StepBatches(12, 3, 9, noisy_row)[2])
+
+
+def test_batch_stream_moves_its_batches_to_its_device():
+    batches = StepBatches(12, 3, 0, noisy_row)
+    assert same(BatchStream(batches, 4, first_step=2)(1), batches[3])       # device None: as the batches come
+    on_meta = BatchStream(batches, 4, device=torch.device("meta"), first_step=2)(1)
+    assert [t.device.type for t in on_meta] == ["meta", "meta"] and [t.shape for t in on_meta] == [(3, 2), (3,)]

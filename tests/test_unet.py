@@ -8,8 +8,15 @@ from common.profiler import count_parameters
 from common.unet import UNet
 
 
+def on_meta(**kwargs) -> UNet:
+    """A UNet of shapes only: counts without the time a 31M-parameter initialisation takes (the CPU counts the same:
+    test_every_width_matches_the_hand_count builds small ones there)."""
+    with torch.device("meta"):
+        return UNet(**kwargs)
+
+
 def test_64_unet_with_batch_norm_has_the_sources_31_042_434_parameters():
-    assert count_parameters(UNet(k=64, in_channels=1, num_classes=2, batch_norm=True)) == 31_042_434
+    assert count_parameters(on_meta(k=64, in_channels=1, num_classes=2, batch_norm=True)) == 31_042_434
 
 
 def test_2_unet_with_batch_norm_has_the_sources_30_902_parameters():
@@ -18,7 +25,7 @@ def test_2_unet_with_batch_norm_has_the_sources_30_902_parameters():
 
 def test_64_unet_without_batch_norm_has_31_030_658_parameters():
     # the source labels its teacher "without BN", but prints the with-BN count above
-    assert count_parameters(UNet(k=64, batch_norm=False)) == 31_030_658
+    assert count_parameters(on_meta(k=64, batch_norm=False)) == 31_030_658
 
 
 def hand_count(k: int, cin: int = 1, classes: int = 2, bn: bool = True) -> int:
@@ -59,12 +66,12 @@ def test_config_identifies_the_architecture():
 
 def test_buda_unet_has_the_published_7_763_041_parameters():
     # brain-segmentation-pytorch's UNet(in_channels=3, out_channels=1, init_features=32): 7,763,041 parameters
-    assert count_parameters(UNet(k=32, in_channels=3, num_classes=1, conv_bias=False)) == 7_763_041
+    assert count_parameters(on_meta(k=32, in_channels=3, num_classes=1, conv_bias=False)) == 7_763_041
 
 
 def test_buda_unet_with_21_classes_adds_20_head_filters():
     # the 1x1 head gains 20 x (32 weights + 1 bias) = 660 parameters for VOC's 21 classes
-    assert count_parameters(UNet(k=32, in_channels=3, num_classes=21, conv_bias=False)) == 7_763_041 + 660
+    assert count_parameters(on_meta(k=32, in_channels=3, num_classes=21, conv_bias=False)) == 7_763_041 + 660
 
 
 def test_bias_free_convolutions_drop_one_parameter_per_3x3_filter():

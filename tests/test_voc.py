@@ -2,7 +2,9 @@
 their check of every file before training, synthetic scenes, the augmentation, and the figure helpers."""
 from __future__ import annotations
 
+import functools
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -18,8 +20,11 @@ from scipy import ndimage
 import common.filecheck as filecheck
 import common.voc as voc_module
 from common.errors import UserError
-from common.voc import (IGNORE_INDEX, MEAN, NUM_CLASSES, STD, VOC_CLASSES, VOC_PALETTE, SyntheticScenes, augment,
-                        check_labels, colorize, denormalize, normalize, voc_dataset)
+from common.images import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
+from common.synthetic_scenes import SyntheticScenes
+from common.voc import (NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, augment, augmented_item, check_labels, colorize,
+                        voc_dataset)
+from conftest import write_palette_png
 
 LABELS = np.array(list(range(NUM_CLASSES)) + [IGNORE_INDEX], dtype=np.uint8)
 
@@ -43,13 +48,6 @@ def smooth_image(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     base = rng.uniform(40, 200, 3)
     return np.clip(base + 2.0 * yy[..., None] - 1.5 * xx[..., None], 0, 255).astype(np.uint8)
-
-
-def write_palette_png(path: Path, mask: np.ndarray) -> None:
-    """A VOC-style mask: mode "P", pixel values = class ids, the VOC colour map as palette."""
-    img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask, np.uint8).tobytes())
-    img.putpalette(VOC_PALETTE.ravel().tolist())
-    img.save(path)
 
 
 def write_sbd_mat(path: Path, seg: np.ndarray) -> None:
@@ -512,6 +510,7 @@ def test_verdicts_recheck_a_changed_file(tmp_path, counted_checks):
         voc_dataset(tmp_path / "data", "train", verdicts=verdicts, progress=False)
 
 
+@pytest.mark.slow
 def test_check_in_worker_processes(tmp_path, monkeypatch):
     # the real data sets are checked in a process pool: check_item must travel there and its errors come back
     monkeypatch.setattr(filecheck, "PARALLEL_FROM", 2)
@@ -533,6 +532,7 @@ def scenes() -> tuple[np.ndarray, np.ndarray]:
     return torch.stack([x for x, _ in items]).numpy(), torch.stack([y for _, y in items]).numpy()
 
 
+@pytest.mark.slow
 def test_synthetic_types_and_values(scenes):
     images, masks = scenes
     assert images.shape == (64, 3, 128, 128) and images.dtype == np.uint8
@@ -541,11 +541,13 @@ def test_synthetic_types_and_values(scenes):
     assert images.std() > 20
 
 
+@pytest.mark.slow
 def test_synthetic_all_classes_appear(scenes):
     _, masks = scenes
     assert set(np.unique(masks).tolist()) == set(LABELS.tolist())
 
 
+@pytest.mark.slow
 def test_synthetic_background_fraction_like_voc(scenes):
     _, masks = scenes
     freq = np.bincount(masks.ravel(), minlength=256) / masks.size
@@ -554,6 +556,7 @@ def test_synthetic_background_fraction_like_voc(scenes):
     assert freq[15] == freq[1:21].max() or freq[15] > 0.02  # person among the most frequent, as in VOC
 
 
+@pytest.mark.slow
 def test_synthetic_ignore_band_separates_objects(scenes):
     _, masks = scenes
     band = masks == IGNORE_INDEX
@@ -566,6 +569,7 @@ def test_synthetic_ignore_band_separates_objects(scenes):
         assert not ((a != b) & (a != IGNORE_INDEX) & (b != IGNORE_INDEX)).any()
 
 
+@pytest.mark.slow
 def test_synthetic_small_and_large_objects(scenes):
     _, masks = scenes
     areas = []
@@ -636,6 +640,16 @@ def test_augment_is_a_function_of_the_generator():
     assert not torch.equal(augment(image, mask, g, crop=48)[0], augment(image, mask, g, crop=48)[0])
 
 
+def test_augmented_item_is_augment_of_the_item_and_travels_to_worker_processes():
+    dataset = SyntheticScenes("train", 3, 48)
+    load = functools.partial(augmented_item, dataset, 32, (0.5, 2.0))     # what a script hands to StepBatches
+    for index, seed in ((0, 0), (2, 5)):
+        image, mask = dataset[index]
+        expected = augment(image, mask, gen(seed), crop=32, scale=(0.5, 2.0))
+        assert all(torch.equal(a, b) for a, b in zip(load(index, gen(seed)), expected))
+    assert all(torch.equal(a, b) for a, b in zip(pickle.loads(pickle.dumps(load))(1, gen(3)), load(1, gen(3))))
+
+
 def test_augment_pads_labels_with_ignore():
     image = torch.full((3, 10, 12), 200, dtype=torch.uint8)
     mask = torch.full((10, 12), 3, dtype=torch.long)
@@ -689,7 +703,7 @@ def test_normalize_round_trip_and_values():
     assert torch.allclose(denormalize(x) * 255, image.float(), atol=1e-3)
     assert torch.allclose(denormalize(normalize(image[0])) * 255, image[0].float(), atol=1e-3)
     white = normalize(torch.full((3, 1, 1), 255, dtype=torch.uint8))[:, 0, 0]
-    assert torch.allclose(white, (1 - torch.tensor(MEAN)) / torch.tensor(STD))
+    assert torch.allclose(white, (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD))
 
 
 def test_colorize_and_palette():

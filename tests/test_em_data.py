@@ -1,4 +1,5 @@
-"""Tests for common/datasets.py: synthetic EM slices, the EPFL TIFF loader (on tiny stacks written here), crops."""
+"""Tests for common/synthetic_em.py (synthetic EM slices) and common/em_data.py (the EPFL TIFF loader, on tiny stacks
+written here; normalisation; crops)."""
 from __future__ import annotations
 
 import warnings
@@ -9,8 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from common.datasets import EPFLMitochondria, SyntheticEM, Volume, fixed_crops, normalize, random_crops
+from common.em_data import EPFLMitochondria, Volume, fixed_crops, normalize, random_crops
+from common.synthetic_em import SyntheticEM
 from common.errors import UserError
+from conftest import write_stack
 
 
 # ---- SyntheticEM ----------------------------------------------------------------------------------------------
@@ -67,11 +70,6 @@ def test_normalize_hand_values():
 
 
 # ---- EPFLMitochondria -----------------------------------------------------------------------------------------
-
-def write_stack(path: Path, pages: list[np.ndarray]) -> None:
-    first, *rest = [Image.fromarray(p) for p in pages]
-    first.save(path, save_all=True, append_images=rest)
-
 
 def make_epfl(root: Path, n: int = 3, h: int = 32, w: int = 48, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
