@@ -27,10 +27,19 @@ Readings of the thesis we had to choose (the notes under each table repeat the o
     the reference code, Fang 2019, that the thesis built on).
   * Which model the table reports (last epoch or best validation epoch) is not said; we report the final model,
     since picking the best epoch on the validation set would overstate the validation IoU.
-  * KD: L_S and L_T are averaged over the labelled pixels (255 excluded in both); the thesis adopts Moonshine's
-    code, whose KL reduction divides by batch x classes instead, a 21x smaller effective weight.
-  * AT: Eq. 4.8 as printed (the L2 norm of the difference, not Moonshine's mean of squares), beta = 1000;
-    attention of "Atrous" pairs each of the student's three branches with the teacher's branch of the same rate.
+  * Loss scale (--loss-scale). The thesis prints Eq. 4.6 and 4.8, but says its distillation code "has been
+    adopted from" Crowley et al. 2019 (pytorch-moonshine) and takes beta = 1000 "based on the choice by" that
+    work. The two differ in their reductions, not their terms:
+      printed (default): KD's L_S and L_T averaged over the labelled pixels (255 excluded in both); L_A the sum
+        over layers of the L2 norm (Eq. 4.8) per image, averaged over the batch;
+      moonshine: the code's reductions exactly (``moonshine_kd_loss``, ``moonshine_at_loss``): F.kl_div's old
+        default mean over N x C x H x W (21x smaller than per pixel), and per layer the mean over N x H x W of
+        the squared difference, beta scaled by 3 / N_L. At beta = 1000 the printed beta * L_A was 11-41x the
+        moonshine one in our 64-px runs (more at 256-px crops: the mean of squares divides by the positions),
+        so a beta chosen for one is not the other's; README gives Table 5.2's rows 3-4 both ways.
+  * AT: attention of "Atrous" pairs each of the student's three branches with the teacher's branch of the same
+    rate. The teacher's layers (activations) are resized bilinearly to the student's before the attention map
+    (Section 4.2.2), which matters only for students at output stride 32.
   * ImageNet weights cannot be downloaded on the machines this default runs on. The default preset therefore
     starts every row from one backbone trained once on the synthetic training scenes (cached), a stand-in for the
     shared ImageNet backbone: as in the thesis, every row shares the same starting backbone and trains it at the
@@ -55,6 +64,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from common.deeplab import (ASPP_KINDS, BACKBONES, DeepLabV3Plus, OUTPUT_STRIDES, build_deeplabv3plus,
                             load_backbone_weights)
@@ -64,7 +74,7 @@ from common.filecheck import VERDICTS_FILE
 from common.images import IGNORE_INDEX, normalize
 from common.losses import attention_map, attention_transfer_loss, soft_cross_entropy, weighted_cross_entropy
 from common.metrics import evaluate_segmentation, predict_segmentation
-from common.profiler import profile
+from common.profiler import count_macs, count_parameters, profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, plot_scatter
 from common.runs import (RunOptions, add_run_arguments, check_run_options, config_from_args, help_formatter,
                          load_weights, resume_or_check, run_folder, run_main)
@@ -80,30 +90,103 @@ METHOD_COLUMNS = {"none": "None", "at-output": "AT Output", "at-atrous": "AT Atr
 
 
 # =============================================================================================== the objective
+LOSS_SCALES = ("printed", "moonshine")
+
+
 def caspp_objective(method: str, logits: torch.Tensor, feats: dict | None, teacher_logits: torch.Tensor | None,
                     teacher_feats: dict | None, target: torch.Tensor, alpha: float, beta: float,
-                    T: float) -> tuple[torch.Tensor, dict]:
+                    T: float, loss_scale: str = "printed") -> tuple[torch.Tensor, dict]:
     """The training loss of a student of Section 4.2.2 (objective ``method``, one of METHODS) and its logged parts.
 
+    loss_scale "printed" (the default) follows the thesis's equations:
         none:  L_S = CE(y, s)                                                     (Eq. 4.4)
         kd:    L_KD = (1 - alpha) L_S + 2 alpha T^2 L_T,  L_T = CE(t/T, s/T)       (Eq. 4.6, Eq. 4.5)
         at-*:  L_AT = L_S + beta L_A,  L_A = sum_i || f(A_i^t)/||f(A_i^t)|| - f(A_i^s)/||f(A_i^s)|| ||_2
                                                                                   (Eq. 4.9, Eq. 4.8; f: Eq. 4.7)
+    with L_S and L_T means over the labelled pixels. loss_scale "moonshine" keeps the same terms but the reductions
+    of the code the thesis says it adopted (``moonshine_kd_loss``, ``moonshine_at_loss``).
 
     ``logits`` / ``teacher_logits``: (N, 21, H, W) of student s and teacher t; ``feats`` / ``teacher_feats``: their
     ``return_features`` dicts (attention transfer only: ``features_for`` picks the layers); ``target`` (N, H, W)
-    with 255 = unlabelled. L_S and L_T are means over the labelled pixels (see the module docstring).
+    with 255 = unlabelled. In both readings the teacher's layers are resized to the student's before f
+    (Section 4.2.2; inside ``attention_transfer_loss`` and ``moonshine_at_loss``).
     """
+    if loss_scale not in LOSS_SCALES:
+        raise ValueError(f"loss_scale must be one of {LOSS_SCALES}, got {loss_scale!r}")
     hard = weighted_cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)                     # Eq. 4.4
     if method == "none":
         return hard, {}
     if method == "kd":
+        if loss_scale == "moonshine":
+            loss, soft = moonshine_kd_loss(logits.float(), teacher_logits.float(), target, alpha, T)
+            return loss, {"train_hard": hard.detach(), "train_soft": soft.detach()}
         soft = soft_cross_entropy(logits.float(), teacher_logits.float(), T, valid_mask=target != IGNORE_INDEX)
         loss = (1 - alpha) * hard + 2 * alpha * T ** 2 * soft                                          # Eq. 4.6
         return loss, {"train_hard": hard.detach(), "train_soft": soft.detach()}
-    at = attention_transfer_loss([f.float() for f in features_for(method, feats)],                      # Eq. 4.8
-                                 [f.float() for f in features_for(method, teacher_feats)])
+    student = [f.float() for f in features_for(method, feats)]
+    teacher = [f.float() for f in features_for(method, teacher_feats)]
+    if loss_scale == "moonshine":
+        at = moonshine_at_loss(student, teacher)
+    else:
+        at = attention_transfer_loss(student, teacher)                                                   # Eq. 4.8
     return hard + beta * at, {"train_hard": hard.detach(), "train_at": at.detach()}                      # Eq. 4.9
+
+
+def moonshine_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, alpha: float,
+                      T: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """KD with the reductions of the code the thesis adopted (Section 4.2.2: "The code for distillation has been
+    adopted from" [Crowley et al., 2019a]: Crowley, Gray & Storkey, "Moonshine: Distilling with Cheap
+    Convolutions", NeurIPS 2018; its repository BayesWatch/pytorch-moonshine, funcs.py, ``distillation``):
+
+        F.kl_div(F.log_softmax(y/T, dim=1), F.softmax(teacher_scores/T, dim=1)) * (T*T * 2. * alpha)
+            + F.cross_entropy(y, labels) * (1. - alpha)
+
+    F.kl_div's default reduction in the PyTorch of that code ('elementwise_mean' / size_average=True) divides the
+    summed KL by the number of *elements*, here N x C x H x W, so exactly:
+
+        L = 2 alpha T^2 * (1 / (N C H W)) sum_{n,c,h,w} p_t log(p_t / q_s)  +  (1 - alpha) L_S,
+        p_t = softmax(t / T), q_s = softmax(s / T) over the C classes (dim 1),
+
+    L_S the cross-entropy averaged over the labelled pixels (the segmentation code must pass ignore_index=255; a
+    255 label would crash F.cross_entropy otherwise). The KL term has no mask: F.kl_div sees every pixel,
+    unlabelled ones included. Compared with Eq. 4.6 read per labelled pixel, the soft term is C = 21 times smaller
+    (and it is a KL, which differs from Eq. 4.5's cross-entropy by the teacher's entropy: same gradient).
+    Returns (L, the KL term before its weight 2 alpha T^2).
+    """
+    log_q = F.log_softmax(logits / T, dim=1)
+    log_p = F.log_softmax(teacher_logits / T, dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum() / logits.numel()          # sum over all elements / N C H W
+    hard = weighted_cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    return 2 * alpha * T ** 2 * kl + (1 - alpha) * hard, kl
+
+
+def moonshine_at_loss(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
+    """L_A with the reductions of the code the thesis adopted for attention transfer and for its beta = 1000
+    (Crowley et al. 2019, BayesWatch/pytorch-moonshine: funcs.py ``at`` and ``at_loss``, main.py
+    ``adjusted_beta = (args.beta*3)/len(ints_student)``):
+
+        at(x)        = F.normalize(x.pow(2).mean(1).view(x.size(0), -1))    # Eq. 4.7, L2-normalised per image
+        at_loss(x, y) = (at(x) - at(y)).pow(2).mean()                       # mean over N x H*W of the squares
+
+    so that beta * this function is main.py's AT term, exactly:
+
+        L_A = (3 / N_L) sum_{i=1}^{N_L} (1 / (N H_i W_i)) sum_{n,p} (a^s_{i,n,p} - a^t_{i,n,p})^2,
+        a_{i,n} = f(A_{i,n}) / ||f(A_{i,n})||_2,
+
+    against Eq. 4.8's sum_i of the per-image L2 norm (not squared, not divided by the positions) averaged over the
+    batch. A teacher layer of another size is first resized bilinearly to its student's, as in
+    ``attention_transfer_loss`` (Section 4.2.2; moonshine's own pairs share their sizes). F.normalize's eps
+    (1e-12) as in the original; the teacher side is detached (moonshine's teacher is not trained either).
+    """
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError(f"need the same, non-zero number of student and teacher layers, "
+                         f"got {len(student_feats)} and {len(teacher_feats)}")
+    at = lambda x: F.normalize(x.pow(2).mean(1).flatten(1))  # noqa: E731  (moonshine's ``at``)
+    teacher_feats = [t.detach() if t.shape[-2:] == s.shape[-2:] else
+                     F.interpolate(t.detach(), size=s.shape[-2:], mode="bilinear", align_corners=False)
+                     for s, t in zip(student_feats, teacher_feats)]
+    total = sum((at(s) - at(t)).pow(2).mean() for s, t in zip(student_feats, teacher_feats))
+    return 3 / len(student_feats) * total
 
 
 def features_for(method: str, features: dict) -> list[torch.Tensor]:
@@ -231,6 +314,7 @@ class Config(RunOptions):
     alpha: float = 0.9
     T: float = 4.0
     beta: float = 1000.0
+    loss_scale: str = "printed"       # printed: Eq. 4.6, 4.8 as printed; moonshine: the adopted code's reductions
     # data
     data_root: str | None = None
     train_images: int = 384           # synthetic scenes (VOC: 10,582 trainaug)
@@ -345,7 +429,8 @@ class Lab:
             if teacher is not None:
                 with torch.no_grad():
                     t_logits, t_feats = teacher(x, return_features=True)
-            return caspp_objective(method, logits, feats, t_logits, t_feats, y, cfg.alpha, cfg.beta, cfg.T)
+            return caspp_objective(method, logits, feats, t_logits, t_feats, y, cfg.alpha, cfg.beta, cfg.T,
+                                   cfg.loss_scale)
 
         head_lr, backbone_lr = cfg.lr, (cfg.backbone_lr if pretrained else cfg.lr)
         groups = [{"params": model.head_parameters(), "lr": head_lr}]
@@ -512,8 +597,10 @@ def protocol_notes(lab: Lab, trained: bool = True, paper: bool = True) -> list[s
 def run_architecture_table(lab: Lab, spec: TableSpec) -> None:
     """Tables 5.1, A.1, 5.4, A.2: train each architecture; IoU, Params, MAdds beside the thesis's."""
     cfg = lab.cfg
+    share_cols = ["ASPP % of Params (ours)", "ASPP % of MAdds (ours)"] if cfg.profile_only else []
     table = Table(spec.title, arch_header(spec) + ["IoU (paper)", "IoU (ours)", "Params (paper)", "Params (ours)",
-                                                   "MAdds (paper)", "MAdds (ours)", "latency ms (ours)"])
+                                                   "MAdds (paper)", "MAdds (ours)", "latency ms (ours)"]
+                  + share_cols)
     points = []
     for number, (os_, ksac, block, iou, params, madds) in selected(spec, cfg):
         row = Row(spec.backbone, os_, block, bool(ksac))
@@ -525,13 +612,35 @@ def run_architecture_table(lab: Lab, spec: TableSpec) -> None:
             points.append((row, trained.metrics["miou"], cost["macs"]))
         table.add(*cell_cols(spec, row), f"{iou:.2f}", iou_cell(trained) if trained else "-",
                   f"{params:.2f}M", fmt_m(cost["params"]), f"{madds:.2f}G", fmt_g(cost["macs"]),
-                  f"{1000 * cost['latency_s']:.1f}")
+                  f"{1000 * cost['latency_s']:.1f}",
+                  *([f"{100 * f:.1f}%" for f in aspp_share(build(row), cost)] if cfg.profile_only else []))
         lab.say(f"row {number} {row.label}: Params {fmt_m(cost['params'])} (paper {params:.2f}M), MAdds "
                 f"{fmt_g(cost['macs'])} (paper {madds:.2f}G)")
     table.notes = protocol_notes(lab, trained=not cfg.profile_only) + misprint_notes(spec)
+    if cfg.profile_only:
+        table.notes.append(ASPP_SHARE_NOTE)
     finish_table(lab, table, f"table{spec.name.replace('.', '_')}")
     if points:
         plot_iou_vs_madds(lab, spec, points)
+
+
+ASPP_SHARE_NOTE = ("ASPP %: the ASPP module's share of the whole model's Params and MAdds (1x3x256x256, ptflops). "
+                   "Section 4.2.3 says the ASPP \"can be responsible for up to 50% of the total parameters and "
+                   "about 25% of the MAdds in a standard DeepLabV3+ model\" (read: the row OS16, ST, no KSAC); "
+                   "its Figure 4.3 (MobileNetV2, CASPP-4, unshared) prints 56.326% and 39.789%, which this count "
+                   "gives for that model.")
+
+
+def aspp_share(model: DeepLabV3Plus, cost: dict) -> tuple[float, float]:
+    """(Params, MAdds) of the ASPP module as fractions of ``cost`` (the whole model's, from ``profile`` on
+    MACS_INPUT): Section 4.2.3's "up to 50% of the total parameters and about 25% of the MAdds". The ASPP's MAdds
+    are counted the same way (ptflops hooks) on the backbone's high-level output for MACS_INPUT."""
+    device, was_training = next(model.parameters()).device, model.training
+    with torch.no_grad():
+        _, high = model.eval().backbone(torch.zeros(MACS_INPUT, device=device))
+    model.train(was_training)
+    return (count_parameters(model.aspp) / cost["params"],
+            count_macs(model.aspp, (1, *high.shape[1:])) / cost["macs"])
 
 
 def iou_cell(trained: Trained) -> str:
@@ -564,13 +673,25 @@ def run_distillation_table(lab: Lab, spec: TableSpec) -> None:
         table.add(*cells)
     table.notes = protocol_notes(lab) + [
         f"teacher {TEACHER.label}: IoU (ours) {100 * teacher.metrics['miou']:.2f}, thesis {PAPER_TEACHER_IOU}.",
-        f"KD: Eq. 4.6, alpha {cfg.alpha}, T {cfg.T}, both terms averaged over labelled pixels; AT: Eq. 4.8-4.9, "
-        f"beta {cfg.beta}, L2 norm of the difference of L2-normalised attention maps, teacher maps resized "
-        "bilinearly to the student's."]
+        *distillation_notes(cfg)]
     if spec.name == "5.2":
         table.notes.append("the thesis's KD columns are identical for its OS16 and OS32 rows; printed as given.")
     finish_table(lab, table, f"table{spec.name.replace('.', '_')}")
     plot_attention(lab, teacher)
+
+
+def distillation_notes(cfg: Config) -> list[str]:
+    """What the KD and AT columns optimised, in the reading --loss-scale chose."""
+    if cfg.loss_scale == "moonshine":
+        return [f"--loss-scale moonshine (the reductions of the code the thesis adopted, Crowley et al. 2019, "
+                f"pytorch-moonshine funcs.py): KD = 2 alpha T^2 KL summed / (N x C x H x W), every pixel, + "
+                f"(1 - alpha) CE over labelled pixels, alpha {cfg.alpha}, T {cfg.T}; AT: L_S + beta (3 / N_L) "
+                f"sum_i mean over N x H x W of the squared difference of L2-normalised attention maps, beta "
+                f"{cfg.beta}; teacher layers resized bilinearly to the student's before the attention map."]
+    return [f"KD: Eq. 4.6 as printed, alpha {cfg.alpha}, T {cfg.T}, both terms averaged over labelled pixels; AT: "
+            f"Eq. 4.8-4.9 as printed, beta {cfg.beta}, L2 norm of the difference of L2-normalised attention maps "
+            f"(--loss-scale printed); teacher layers resized bilinearly to the student's before the attention map "
+            f"(Section 4.2.2)."]
 
 
 def run_one_model(lab: Lab) -> None:
@@ -586,6 +707,8 @@ def run_one_model(lab: Lab) -> None:
               fmt_m(cost["params"]), fmt_g(cost["macs"]), f"{1000 * cost['latency_s']:.1f}",
               f"{cost['size_bytes'] / 1e6:.1f}")
     table.notes = protocol_notes(lab, trained=trained is not None, paper=False)
+    if trained and cfg.method != "none":
+        table.notes += distillation_notes(cfg)
     if trained:
         lab.record("one_model", trained, cost)
     finish_table(lab, table, "one_model")
@@ -683,6 +806,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     d.add_argument("--alpha", type=float, help="KD weight alpha of Eq. 4.6, in [0, 1]")
     d.add_argument("--T", type=float, help="KD temperature of Eq. 4.5")
     d.add_argument("--beta", type=float, help="attention-transfer weight beta of Eq. 4.9")
+    d.add_argument("--loss-scale", choices=LOSS_SCALES,
+                   help="printed: KD and AT as Eq. 4.6 and 4.8 print them (KD per labelled pixel, L_A a norm); "
+                        "moonshine: the reductions of the code the thesis adopted (Crowley et al. 2019, "
+                        "pytorch-moonshine: KL over N x C x H x W, L_A the mean of squares, beta x 3 / N_L)")
     d.add_argument("--teacher-checkpoint", metavar="FILE",
                    help="teacher weights (ResNet-50, OS16, KSAC, ST; a file this script cached) instead of training "
                         "(default: train one, or reuse the cached one)")
@@ -772,7 +899,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     if cfg.profile_only:
         training = ["iterations", "batch_size", "crop", "lr", "backbone_lr", "weight_decay", "backbone_init",
                     "backbone_weights", "pretrain_iterations", "repeats", "eval_every", "checkpoint_every", "workers",
-                    "method", "alpha", "T", "beta", "teacher_checkpoint"]
+                    "method", "alpha", "T", "beta", "loss_scale", "teacher_checkpoint"]
         given = [name for name in training if getattr(args, name) is not None]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} is ignored by --profile-only, which trains nothing: "
@@ -784,6 +911,10 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
             raise UserError(f"{flag} sets the {loss} loss, and this run trains no {loss} student: drop it, or use "
                             f"--table 5.2 or 5.3, or --method {'kd' if prefix == 'kd' else 'at-all'} (with "
                             f"--backbone).")
+    if args.loss_scale is not None and methods <= {"none"}:
+        raise UserError("--loss-scale sets the reductions of the KD and attention-transfer losses, and this run "
+                        "trains no distilled student: drop it, or use --table 5.2 or 5.3, or --method (with "
+                        "--backbone).")
     if cfg.backbone_init == "synthetic" and cfg.data_root:
         raise UserError("--backbone-init synthetic pre-trains on the synthetic scenes, which --data-root replaces; "
                         "use --backbone-init imagenet (or scratch) with real data.")

@@ -14,20 +14,32 @@ Source: ../shared/seeds/003_eeafccd6d19bb3db.txt ("the talk"). What it says, and
   'Method'  "Knowledge on scene structure is represented as inter-region affinity graphs. Through graph matching, a
         distillation loss on graph consistency is generated to update the student network": per class region of
         the labels, the mean, variance and skewness of the features; one cosine affinity graph per moment over the
-        regions; the student matches the teacher's graphs (common.losses.intra_affinity_loss).
+        regions; the student matches the teacher's graphs (common.losses.intra_affinity_loss, whose graphs
+        common.losses.intra_affinity_graphs computes: Hou et al. 2020, CVPR, Sec. 3).
   'Self Attention Distillation'  "attention maps derived from different layers of a well-trained network capture
         diverse and rich contextual information": each encoder block's attention map mimics the next deeper one's,
         switched on late in training (common.losses.self_attention_distillation_loss).
   'Qualitative Results' / 'Visualization of the Affinity Graph'  predictions of ERFNet and ERFNet-IntRA-KD, and
         the affinity graphs of teacher and students ("a closer feature structure between the student model and the
         ResNet-101 teacher"): figures/predictions.png, figures/affinity_graphs.png, figures/sad_attention.png.
-  Models  the student ERFNet [Romera et al. 2017] (common/erfnet.py, 2.06 M parameters); the teacher ResNet-101:
-        torchvision's DeepLabV3-ResNet101 with the task's classes, trained here first and cached, or
-        --teacher-checkpoint FILE.
+  Models  the student ERFNet [Romera et al. 2017] (common/erfnet.py, 2.06 M parameters), from random weights or
+        --student-checkpoint FILE; the teacher ResNet-101: torchvision's DeepLabV3-ResNet101 with the task's
+        classes, trained here first and cached, or --teacher-checkpoint FILE.
+
+Out of scope: the talk's other parts -- heterogeneous auxiliary-network feature mimicking for steering (AAAI 2019),
+PEEL pruning by resource reallocation (the ICCV 2021 submission, its FLOPs-accuracy spectra and channel-variance
+plots), the t-SNE embeddings of 'Visualization of deep feature embeddings' (the IntRA-KD repository points to a
+separate t-SNE script), and the ERFNet / ERFNet-BiFPN slide scored by F1 -- are not reproduced here.
 
 The table (table_intra_kd.md/.csv): ERFNet alone, + KD, + AT, + SAD, + IntRA-KD, + IntRA-KD + KD, and the teacher;
-mIoU and per-class IoU, parameters, multiply-adds and latency; beside ours the published ApolloScape test mIoU of
-the IntRA-KD repository (ResNet-101 46.63, ERFNet 43.48). The talk itself shows no numbers.
+mIoU and per-class IoU, parameters, multiply-adds and latency. The talk itself shows no numbers. Beside ours, in a
+column labelled as theirs, the ApolloScape test mIoU that the IntRA-KD repository's README gives for its trained
+models (ResNet-101 46.63, ERFNet 43.48): a PSPNet-ResNet-101 teacher (test_pspnet_multi_scale.sh), 37 classes,
+scored by ApolloScape's server on predictions of a multi-scale test; ours are a DeepLabV3-ResNet101
+teacher and students scored on our validation split at a single scale, one pass over whole images, over the classes
+present. They are not comparable numbers; the column says what the paper's setting reaches. CULane, like the
+literature, would be scored by its F1 lane metric (lanes as 30-pixel-wide curves matched at IoU 0.5), not by the
+mIoU this script prints; with --dataset culane the table says so.
 
 Readings we had to choose (repeated under the table; the talk shows figures only):
   * Every student is trained from the same initial weights on the same batches; each distillation term is added
@@ -36,25 +48,39 @@ Readings we had to choose (repeated under the table; the talk shows figures only
   * Features: the student's encoder output (ERFNet block 4: 128 channels, stride 8) against the teacher's DeepLab
     head after ASPP and its 3x3 conv (256 channels, stride 8) -- the same pair for AT and IntRA-KD, so that those
     rows differ by the loss only.
-  * IntRA-KD: moment weights (1, 1, 1); masks nearest-resized to the feature size; a class absent from an image is
+  * IntRA-KD: moment weights (1, 1, 1); central moments computed two-pass (a one-pixel or constant region has
+    variance and skewness exactly 0; the one-pass raw moments used before turned rounding noise into unit skewness
+    vectors of random direction: on a default batch at initialisation the skewness term's gradient norm was 15,315,
+    two-pass 20.2, the mean term's 3.6; benchmarks/intra_kd_throughput.py --moments). Areas of interest
+    (--intra-masks): "area" (default), the one-hot labels average-pooled to the feature size and used as weights
+    in the moments -- the paper smooths the label map with an average kernel -- or "nearest", hard masks of the
+    nearest-resized labels. Measured on the
+    default data (512 scenes, stride 8): nearest keeps 620 of the 1,371 marking regions (45%), 61% of those of one
+    cell (no variance, no skewness); area keeps all, median 7 cells with weight. A class absent from an image is
     dropped from its graph; ignore pixels belong to no region (common.losses). "+ IntRA-KD + KD": both terms, the
     paper's best setting.
   * KD: T^2 KL(p_T || p_S) at T = 1 and weight 1 (Hinton et al.; our choice of weight). AT: source 004's form of
     Zagoruyko & Komodakis (common.losses.attention_transfer_loss), weight 1 (our choice).
   * SAD: blocks 2 -> 3 -> 4 of the encoder (strides 4, 8, 8), weight 0.1, from 2/3 of training on (the SAD paper's
-    40k of 60k iterations); the deeper map is the target and is detached.
+    40k of 60k iterations); the deeper map is the target and is detached. Both maps are bilinearly resized to the
+    input size before the spatial softmax (--sad-size input, the default: our reading of the paper's AT-GEN, B then
+    Phi), or to the shallower block's size (--sad-size block, as a public PyTorch port, InhwanBae/ENet-SAD_Pytorch,
+    does).
   * Recipe (not in the talk; --preset paper): the IntRA-KD repository's ERFNet training on ApolloScape
     (train_erfnet_vanilla.py/.sh): SGD 0.01, momentum 0.9, weight decay 1e-4, poly schedule, frames at half scale,
     random 496x1488 crops (its random rotation of +-10 degrees is left out). The default preset trains with Adam
-    (lr 2e-3) instead, which gets further in the few hundred iterations a CPU allows.
+    (lr 2e-3) instead, which gets further in the few hundred iterations a CPU allows. That script also starts
+    ERFNet from pretrained weights (--resume path/to/pretrained_model in train_erfnet_vanilla.sh); no such file
+    ships with either preset, so both start from random weights unless --student-checkpoint FILE is given.
   * mIoU is the mean over the classes present in the validation labels or predictions; the IntRA-KD repository
     averages over all 37 (absent ones count 0), which only matters on subsets where classes are missing.
 
 What the default preset can and cannot show (README, Results): in 14 CPU minutes nothing learns the thin, rare
 markings well; the ResNet-101 teacher, trained from scratch for 200 iterations and predicting at stride 8 (at 64x128
-it cannot draw a 2-pixel line), ends below its student, so the distillation rows measure a weak teacher. With all
-three moments IntRA-KD drove the student to predict background everywhere in our runs (mean and variance alone did
-not); the table reports what this run measures.
+it cannot draw a 2-pixel line), ends below its student, so the distillation rows measure a weak teacher. In our
+runs (README, 2026-12-04, seeds 0 and 1) IntRA-KD with area weights still cost the student most of its marking IoU,
+through the skewness graph (mean and variance alone did not); nearest masks cost less. The table reports what this
+run measures.
 
 Run: python reproduce_intra_kd.py [--preset paper] [--data-root DIR --dataset apolloscape|culane]  (see --help)
 """
@@ -77,14 +103,14 @@ from common.erfnet import ERFNet
 from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
 from common.images import IGNORE_INDEX, normalize
-from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_div, self_attention_distillation_loss,
-                           weighted_cross_entropy)
+from common.losses import (attention_transfer_loss, intra_affinity_graphs, intra_affinity_loss, kd_kl_div,
+                           self_attention_distillation_loss, weighted_cross_entropy)
 from common.metrics import evaluate_segmentation, predict_segmentation
 from common.profiler import profile
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
 from common.roads import colorize_roads, road_dataset
 from common.runs import (RunDir, RunOptions, add_run_arguments, check_run_options, config_from_args, help_formatter,
-                         resume_or_check, run_folder, run_main)
+                         load_checkpoint, resume_or_check, run_folder, run_main)
 from common.segmentation_models import WeightFlags, build_segmenter
 from common.synthetic_roads import SyntheticRoads
 from common.teachers import OutputMemo, cache_path, freeze, load_or_train
@@ -95,8 +121,10 @@ TEACHER_ARCH = "deeplabv3_resnet101"
 # the road classes, so this script offers no download of them
 FLAGS = WeightFlags(network_file="--teacher-checkpoint", backbone_file="--teacher-backbone",
                     backbone_download="--teacher-backbone imagenet")
-# The published ApolloScape test mIoU of the IntRA-KD repository's README (project notes); the talk has no table.
+# The ApolloScape test mIoU the IntRA-KD repository's README gives for its trained PSPNet-ResNet-101 and ERFNet
+# (multi-scale test, 37 classes, ApolloScape's server; project notes); the talk has no table.
 PUBLISHED = {"teacher": 46.63, "alone": 43.48}
+PUBLISHED_COLUMN = "mIoU % (IntRA-KD repo: PSPNet-R101 / ERFNet, ApolloScape test, multi-scale)"
 METHODS = {   # row -> (label, distillation terms)
     "alone": ("ERFNet", ()),
     "kd": ("ERFNet + KD", ("kd",)),
@@ -117,8 +145,10 @@ def student_loss(terms: tuple, logits: torch.Tensor, feats: dict, target: torch.
 
         kd:    weights["kd"] T^2 KL(p_T || p_S)                 (Hinton et al.; pixels labelled 255 left out)
         at:    weights["at"] L_A(student block 4, teacher head)  (common.losses.attention_transfer_loss)
-        sad:   weights["sad"] sum_m MSE(Psi(A_m), Psi(A_m+1))    (blocks 2 -> 3 -> 4; only once ``sad_on``)
-        intra: sum_m alpha_m L_m(student block 4, teacher head)  (the talk's 'Method'; common.losses)
+        sad:   weights["sad"] sum_m MSE(Psi(A_m), Psi(A_m+1))    (blocks 2 -> 3 -> 4; only once ``sad_on``;
+               maps at the input size, or each pair's shallower block's with weights["sad_size"] "block")
+        intra: sum_m alpha_m L_m(student block 4, teacher head)  (the talk's 'Method'; common.losses; areas of
+               interest weights["intra_masks"]: "area" or "nearest")
 
     L_seg is the class-weighted cross-entropy. The teacher's tensors are not differentiated. Returns the loss and
     its terms for the log.
@@ -134,12 +164,13 @@ def student_loss(terms: tuple, logits: torch.Tensor, feats: dict, target: torch.
         loss = loss + weights["at"] * at
         logs["train_at"] = at.detach()
     if "sad" in terms and sad_on:
-        sad = self_attention_distillation_loss([feats[name] for name in SAD_BLOCKS])
+        size = tuple(logits.shape[-2:]) if weights.get("sad_size", "input") == "input" else None
+        sad = self_attention_distillation_loss([feats[name] for name in SAD_BLOCKS], size)
         loss = loss + weights["sad"] * sad
         logs["train_sad"] = sad.detach()
     if "intra" in terms:
         intra = intra_affinity_loss(feats["block4"], teacher_feat, target, num_classes, IGNORE_INDEX,
-                                    weights["intra"])
+                                    weights["intra"], masks=weights.get("intra_masks", "area"))
         loss = loss + intra
         logs["train_intra"] = intra.detach()
     return loss, logs
@@ -163,8 +194,8 @@ def teacher_outputs(teacher: nn.Module, x: torch.Tensor, memo: OutputMemo, step:
 
 def distillation_weights(cfg: Config) -> dict:
     """``student_loss``'s ``weights`` from the run's settings."""
-    return {"kd": cfg.kd_weight, "T": cfg.T, "at": cfg.at_weight, "sad": cfg.sad_weight,
-            "intra": tuple(cfg.intra_weights)}
+    return {"kd": cfg.kd_weight, "T": cfg.T, "at": cfg.at_weight, "sad": cfg.sad_weight, "sad_size": cfg.sad_size,
+            "intra": tuple(cfg.intra_weights), "intra_masks": cfg.intra_masks}
 
 
 def class_weights_for(num_classes: int, background_weight: float) -> torch.Tensor:
@@ -191,8 +222,11 @@ class Config(RunOptions):
     at_weight: float = 1.0
     sad_weight: float = 0.1
     sad_start: float = 2 / 3             # fraction of training after which SAD is on
+    sad_size: str = "input"              # input | block: where SAD compares the maps
     intra_weights: tuple = (1.0, 1.0, 1.0)   # mean, variance, skewness
+    intra_masks: str = "area"            # area | nearest: IntRA-KD's areas of interest at the feature size
     methods: tuple = tuple(METHODS)
+    student_checkpoint: str | None = None    # ERFNet weights every student starts from (default: random)
     # ----- the teacher
     teacher_checkpoint: str | None = None
     teacher_backbone: str | None = None  # "imagenet" or a ResNet-101 file, for a teacher trained here
@@ -241,10 +275,38 @@ def road_sample(dataset, crop: tuple[int, int] | None, index: int,
 
 
 def new_student(cfg: Config, num_classes: int) -> ERFNet:
-    """ERFNet with the task's classes; its initial weights depend on the seed only, so every row starts alike."""
+    """ERFNet with the task's classes; its initial weights depend on the seed only, or come from
+    --student-checkpoint, so every row starts alike."""
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        return ERFNet(num_classes)
+        student = ERFNet(num_classes)
+    if cfg.student_checkpoint:
+        load_student_weights(student, cfg.student_checkpoint)
+    return student
+
+
+def load_student_weights(student: ERFNet, path: str) -> list[str]:
+    """Start ``student`` from the ERFNet weights in ``path`` (the IntRA-KD repository starts from pretrained
+    weights: ``--resume`` in train_erfnet_vanilla.sh): a file this repository wrote (``{"model": ...}``) or a plain
+    state dict with common/erfnet.py's parameter names (a "module." prefix of DataParallel is dropped). Every tensor
+    must fit except the output layer's (``classifier``), which keeps its random weights where the file has another
+    class count, as when fine-tuning from Cityscapes. Returns the names left random."""
+    flag = "--student-checkpoint"
+    state = load_checkpoint(path, flag, "pass ERFNet weights with common/erfnet.py's parameter names")
+    if isinstance(state, dict):
+        state = state.get("model", state.get("state_dict", state))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{flag} {path} holds no state dict of tensors: pass ERFNet weights.")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = student.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in fitting]
+    if any(not k.startswith("classifier.") for k in missing):
+        raise UserError(f"{flag} {path} does not fit common/erfnet.py's ERFNet: {len(missing)} of {len(own)} tensors "
+                        f"missing or of another shape (first: {missing[0]}); pass weights with its parameter names.")
+    own.update(fitting)
+    student.load_state_dict(own)
+    return missing
 
 
 def optimizer_for(cfg: Config, params, lr: float, iterations: int):
@@ -295,6 +357,9 @@ class Experiment:
         self.session = Session(run, self.device, cfg)
         self.session.say(f"data: {self.data_name}; {self.num_classes} classes; device {self.device}; student "
                          f"ERFNet, teacher {TEACHER_ARCH}")
+        if cfg.data_root and cfg.dataset == "culane":
+            self.session.say("note: the mIoU printed below is pixel mIoU; the literature scores CULane by its F1 "
+                             "lane metric, so these numbers are not comparable to published CULane results")
         teacher = self.teacher()
         rows = {name: self.train_student(name, teacher.model) for name in cfg.methods}
         shape = (1, 3, cfg.height, cfg.width)
@@ -415,7 +480,7 @@ def write_tables(exp: Experiment, teacher: Trained, rows: dict, costs: dict) -> 
     """``costs``: common.profiler.profile of the student and of the teacher."""
     cfg = exp.cfg
     table = Table("IntRA-KD and baselines: ERFNet student, ResNet-101 teacher (ApolloScape in the paper)",
-                  ["Model", "mIoU % (ours)", "mIoU % (paper, ApolloScape test)", "pixel acc. % (ours)", "params",
+                  ["Model", "mIoU % (ours)", PUBLISHED_COLUMN, "pixel acc. % (ours)", "params",
                    "MAdds", f"latency ms (ours, {exp.device.type})"])
 
     def add(key: str, trained: Trained, who: str) -> None:
@@ -434,25 +499,37 @@ def write_tables(exp: Experiment, teacher: Trained, rows: dict, costs: dict) -> 
     weights = ", ".join(f"{w:g}" for w in cfg.intra_weights)
     recipe = (f"Adam, lr {cfg.lr}" if cfg.optimizer == "adam" else
               f"SGD, lr {cfg.lr}, momentum 0.9, weight decay 1e-4")
-    table.notes = findings(teacher, rows) + [
-        f"the paper's column: the IntRA-KD repository's ApolloScape test mIoU (ResNet-101 teacher, ERFNet alone); the "
-        f"talk (source 003) shows figures only; ours: {exp.data_name}, measured by this run, single scale, final "
-        f"model, one seed.",
+    culane = cfg.data_root and cfg.dataset == "culane"
+    table.notes = findings(teacher, rows) + (
+        ["CULane: the literature (SCNN, SAD, IntRA-KD) scores CULane by its F1 lane metric (lanes drawn 30 px wide, "
+         "matched at IoU 0.5), not by the pixel mIoU shown here; these numbers are not comparable to published CULane "
+         "results."] if culane else []) + [
+        f"the IntRA-KD repository's column: the ApolloScape test mIoU its README gives for its trained "
+        f"PSPNet-ResNet-101 teacher and ERFNet (37 classes, multi-scale test, ApolloScape's server); the talk "
+        f"(source 003) shows figures only. Ours: {exp.data_name}, a DeepLabV3-ResNet101 teacher, measured by this "
+        f"run on our validation split, single scale, whole images, final model, one seed, mIoU over the classes "
+        f"present: not comparable.",
         f"teacher: {teacher.metrics['source']}.",
-        f"students: ERFNet (Romera et al. 2017), {recipe}, poly schedule, batch {cfg.batch_size}, {cfg.iterations} "
+        f"students: ERFNet (Romera et al. 2017) from "
+        f"{cfg.student_checkpoint or 'random weights (the IntRA-KD repository starts from pretrained ones)'}, "
+        f"{recipe}, poly schedule, batch {cfg.batch_size}, {cfg.iterations} "
         f"iterations, the same initial weights and batches for every row; L_seg = cross-entropy with the "
         f"background weighted {cfg.background_weight:g} and every marking 1 (the IntRA-KD repository: 0.05).",
         f"KD: {cfg.kd_weight:g} T^2 KL(p_T || p_S), T = {cfg.T:g}. AT: {cfg.at_weight:g} x source 004's Eq. 4.8 "
         f"between student block 4 and the teacher's head. SAD: {cfg.sad_weight:g} x sum of MSEs of spatial-softmax "
-        f"attention maps, blocks 2 -> 3 -> 4, on from iteration {round(cfg.sad_start * cfg.iterations)}. IntRA-KD: "
+        f"attention maps at the {'input' if cfg.sad_size == 'input' else 'shallower block'}'s size, blocks 2 -> 3 -> "
+        f"4, on from iteration {round(cfg.sad_start * cfg.iterations)}. IntRA-KD: "
         f"moment weights ({weights}) between student block 4 (128 channels, stride 8) and the teacher's head (256 "
-        f"channels, stride 8); masks nearest-resized, absent classes dropped (our readings).",
+        f"channels, stride 8); two-pass central moments; areas of interest "
+        f"{'average-pooled one-hot labels as weights' if cfg.intra_masks == 'area' else 'nearest-resized hard masks'}"
+        f" (--intra-masks {cfg.intra_masks}), absent classes dropped (our readings).",
         f"cost columns: parameters; MAdds (ptflops, module hooks) and latency (median of {cfg.latency_repeats}, "
         f"batch 1, {torch.get_num_threads()} threads) at {cfg.height}x{cfg.width}."]
     table.write(exp.run.path, "table_intra_kd")
     print("\n" + table.markdown(), flush=True)
 
-    per_class = Table("Per-class IoU % (ours; '-' = class absent from the validation labels and predictions)",
+    per_class = Table("Per-class IoU % (ours; '-' = class absent from the validation labels and predictions)"
+                      + ("; pixel IoU, not CULane's F1 lane metric" if culane else ""),
                       ["Model", *exp.class_names])
     for trained in (teacher, *rows.values()):
         per_class.add(trained.label, *iou_cells(trained))
@@ -461,24 +538,14 @@ def write_tables(exp: Experiment, teacher: Trained, rows: dict, costs: dict) -> 
 
 
 # =============================================================================================== figures
-def affinity_graphs(feat: torch.Tensor, mask: torch.Tensor, num_classes: int) -> tuple[list[int], list[np.ndarray]]:
-    """The regions present in ``mask`` and the three moment graphs (mean, variance, skewness) of one image's
-    features -- what intra_affinity_loss compares -- for the figure."""
-    small = F.interpolate(mask[None, None].float(), size=feat.shape[-2:], mode="nearest")[0, 0].long()
-    classes = [c for c in range(num_classes) if (small == c).any()]
-    flat = feat[0].double().flatten(1)                                      # (C, h*w)
-    moments = []
-    for c in classes:
-        region = flat[:, (small == c).flatten()]
-        mean = region.mean(1)
-        var = region.var(1, unbiased=False)
-        skew = ((region - mean[:, None]) / (var[:, None] + 1e-6).sqrt()).pow(3).mean(1)
-        moments.append((mean, var, skew))
-    graphs = []
-    for m in range(3):
-        unit = F.normalize(torch.stack([moment[m] for moment in moments]), dim=1)
-        graphs.append((unit @ unit.T).numpy())
-    return classes, graphs
+def affinity_graphs(feat: torch.Tensor, mask: torch.Tensor, num_classes: int,
+                    masks: str = "area") -> tuple[list[int], list[np.ndarray]]:
+    """The regions present and the three moment graphs (mean, variance, skewness) of one image's features (1, C, h, w)
+    and labels (H, W) for the figure: common.losses.intra_affinity_graphs, exactly what intra_affinity_loss
+    compares, restricted to the classes present."""
+    present, graphs = intra_affinity_graphs(feat, mask[None], num_classes, IGNORE_INDEX, masks)
+    classes = present[0].nonzero().flatten().tolist()
+    return classes, [graph[0][classes][:, classes].numpy() for graph in graphs]
 
 
 @torch.no_grad()
@@ -501,7 +568,7 @@ def plot_affinity_figure(path: Path, exp: Experiment, models: list[tuple[str, nn
     fig, axes = plt.subplots(3, len(models), figsize=(3.2 * len(models), 9), squeeze=False)
     for col, (caption, model, key) in enumerate(models):
         feats = features_of(model, image)
-        classes, graphs = affinity_graphs(feats[key].float().cpu(), mask, exp.num_classes)
+        classes, graphs = affinity_graphs(feats[key].float().cpu(), mask, exp.num_classes, exp.cfg.intra_masks)
         names = [exp.class_names[c] for c in classes]
         for row, (moment, graph) in enumerate(zip(("mean", "variance", "skewness"), graphs)):
             ax = axes[row][col]
@@ -509,7 +576,8 @@ def plot_affinity_figure(path: Path, exp: Experiment, models: list[tuple[str, nn
             ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
             ax.set_yticks(range(len(names)), names, fontsize=6)
             ax.set_title(f"{caption}: {moment}", fontsize=8)
-    fig.suptitle("Inter-region affinity graphs (cosine similarity of region moments), one validation image")
+    fig.suptitle(f"Inter-region affinity graphs (cosine similarity of region moments; areas of interest: "
+                 f"{exp.cfg.intra_masks}), one validation image")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -571,6 +639,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     r.add_argument("--batch-size", type=int, metavar="N", help="images per batch")
     r.add_argument("--iterations", type=int, metavar="N", help="iterations per student")
     r.add_argument("--eval-every", type=int, metavar="N", help="iterations between validations")
+    r.add_argument("--student-checkpoint", metavar="FILE",
+                   help="ERFNet weights every student starts from, with common/erfnet.py's parameter names (the "
+                        "output layer may have another class count; it then starts random). The IntRA-KD "
+                        "repository starts from pretrained weights (default: none, random weights, in both presets)")
     r.add_argument("--background-weight", type=float, metavar="W",
                    help="cross-entropy weight of the background, every marking 1; the IntRA-KD repository's code "
                         "uses 0.05, SAD's CULane code 0.4")
@@ -582,8 +654,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     d.add_argument("--sad-start", type=float, metavar="F",
                    help="fraction of training after which SAD is on, in [0, 1]; the SAD paper's: 40k of 60k "
                         "iterations")
+    d.add_argument("--sad-size", choices=["input", "block"],
+                   help="where SAD compares two blocks' attention maps: resized to the input size (our reading of "
+                        "the SAD paper's AT-GEN) or to the shallower block's size")
     d.add_argument("--intra-weights", metavar="A,B,C",
                    help="IntRA-KD weights of the mean, variance and skewness graphs")
+    d.add_argument("--intra-masks", choices=["area", "nearest"],
+                   help="IntRA-KD's areas of interest at the feature size: area = the one-hot labels average-pooled, "
+                        "used as weights in the moments (the paper smooths the labels with an average kernel); "
+                        "nearest = hard masks of the nearest-resized labels (at stride 8 they lose about half of the "
+                        "synthetic scenes' marking regions)")
     t = p.add_argument_group("the teacher (DeepLabV3-ResNet101)")
     t.add_argument("--teacher-checkpoint", metavar="FILE",
                    help="deeplabv3_resnet101 weights with the task's classes: a file this script cached, or a "
@@ -670,7 +750,9 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     terms = {term for method in cfg.methods for term in METHODS[method][1]}
     for flag, value, term in (("--kd-weight", args.kd_weight, "kd"), ("--T", args.T, "kd"),
                               ("--at-weight", args.at_weight, "at"), ("--sad-weight", args.sad_weight, "sad"),
-                              ("--sad-start", args.sad_start, "sad"), ("--intra-weights", args.intra_weights, "intra")):
+                              ("--sad-start", args.sad_start, "sad"), ("--sad-size", args.sad_size, "sad"),
+                              ("--intra-weights", args.intra_weights, "intra"),
+                              ("--intra-masks", args.intra_masks, "intra")):
         if value is not None and term not in terms:
             rows = [method for method, (_, used) in METHODS.items() if term in used]
             raise UserError(f"{flag} sets the {METHODS[term][0].removeprefix('ERFNet + ')} term, and --methods "
@@ -685,7 +767,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     if cfg.teacher_checkpoint:   # a given teacher is not trained here
         refuse_ignored(args, {"--teacher-iterations": "teacher_iterations", "--teacher-lr": "teacher_lr"},
                        "sets how a teacher is trained here, and --teacher-checkpoint gives a trained one: drop it.")
-    for name in ("data_root", "teacher_checkpoint"):
+    for name in ("data_root", "teacher_checkpoint", "student_checkpoint"):
         value = getattr(cfg, name)
         if value and not Path(value).exists():
             raise UserError(f"--{name.replace('_', '-')} {value}: no such file or folder.")

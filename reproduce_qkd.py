@@ -3,7 +3,8 @@
 
 Source: ../shared/seeds/000_75d86e3d662be989.txt ("the report"). A U-Net student learns PASCAL VOC 2012 from a
 DeepLabV3-ResNet101 teacher, by structured knowledge distillation (Section 3.1, after Liu et al. 2019 [7]) and by
-quantization-aware knowledge distillation (Section 3.2, after QKD, Kim et al. 2019 [6]):
+quantization-aware knowledge distillation (Section 3.2; Section 1: "similar to the work done in [6]", QKD, Kim et al.
+2019), with the quantization functions of Polino et al. 2018 [9] (Section 2.3):
 
   Section 3    the student is Buda et al.'s U-Net [1] (32 features, BatchNorm, bias-free 3x3 convolutions; here 3
                input channels and VOC's 21 classes: 7,763,701 parameters, common/unet.py); the teacher is PyTorch's
@@ -15,10 +16,17 @@ quantization-aware knowledge distillation (Section 3.2, after QKD, Kim et al. 20
                local pixel areas (common.losses.pairwise_similarity_loss). "The main objective of the student
                network is to reduce the pixelwise and pairwise distillation loss along with the classification
                loss": L = CE + w_pi T^2 KL(p_T || p_S) + w_pa l_pa            (``distillation_loss`` below).
-  Section 3.2  a 'fake' quantization module present during distillation: "all the computations are still made
-               using higher precision" (common/quantization.py); QKD's three phases: self-studying (the quantized
-               student alone), co-studying (teacher and quantized student train together, so the teacher adapts to
-               the quantized student), tutoring (teacher frozen, student distilled).
+  Section 2.3  "The quantization functions used in our work is explained in detail here [9]": Polino et al.'s
+               uniform quantization with scaling -- per bucket of k consecutive weights, (w - min) / (max - min)
+               rounded to 2^b levels, scaled back; straight-through gradients (common/quantization.py,
+               ``polino_quantize``; --quantizer polino, the default).
+  Section 3.2  "We have a 'fake' quantization module that is present during knowledge distillation: all the
+               computations are still made using higher precision, but the grouping of weights is done during
+               training": the pretrained student fake-quantized and distilled from the frozen teacher with Section
+               3.1's loss (the "Section 3.2" rows). The report names no phases; QKD [6] (Kim et al. 2019), which
+               Section 1 calls similar, has three, run as the QKD rows: self-studying (the quantized student
+               alone), co-studying (teacher and quantized student train together, so the teacher adapts to the
+               quantized student), tutoring (teacher frozen, student distilled).
   Section 4    VOC 2012; Adam, lr 1e-4, "a momentum of 0.8", a learning-rate scheduler in min mode. The report's
                only results are statements: after 1000 epochs the training loss "saturates at 50" (Figure 1, with
                20 more epochs to show it), and "knowledge distillation is not working well" (Figure 2).
@@ -28,8 +36,9 @@ as Section 3 says):
   1. the teacher: torchvision's COCO weights, --teacher-checkpoint FILE, or one trained here and cached;
   2. the student pre-trained alone (Figure 1's "1000 epochs"), then continued alone (its "20 more epochs");
   3. from the pretrained student: + pixel-wise, + pair-wise, + both (Figure 2);
-  4. quantization-aware training at each of --bits without a teacher, and QKD at each of --bits (its three phases,
-     the same number of iterations in all);
+  4. at each of --bits, from the pretrained student fake-quantized: quantization-aware training without a teacher;
+     Section 3.2 as written (distilled from the frozen teacher); QKD [6] (its three phases; --self-study,
+     --co-study, --tutor, any of them 0 to skip it). All three train the same number of iterations;
   5. int8: the 8-bit QKD student (or, without 8 in --bits, the '+ both' student) converted to a real int8 model for
      x86 CPUs with torchao's PT2E path (common/int8.py) after a short tutoring under the backend's own quantizer,
      and evaluated as converted -- every 3x3 and 1x1 convolution runs as a oneDNN int8 kernel.
@@ -43,19 +52,32 @@ Readings of the report we had to choose (repeated under the table):
   * Pair-wise features (not given): the teacher's DeepLab head after ASPP and its 3x3 conv (256 channels, stride 8:
     Liu et al.'s "after the context module") and the student's decoder at the same stride (the first decoder stage,
     8 x 32 = 256 channels), 2x2 patches max-pooled into nodes (Liu et al.'s reading; common.losses).
-  * The quantizer (Section 3.2 points to Polino et al. [9] and QKD [6]): uniform, weights symmetric per output
-    channel, activations (every convolution's input) asymmetric per tensor, learned clipping ranges with a
-    straight-through estimator (QKD's; --ranges tracked uses moving min/max ranges instead); first and last layer at
-    8 bits (the usual practice in low-bit QAT); BatchNorm stays float.
+  * The quantizer: Section 2.3 names Polino et al. [9], so --quantizer polino is the default: weights only (their
+    code quantizes parameters, not activations), buckets of 256 consecutive weights (their experiments' bucket
+    size; --bucket-size), each scaled by its own min and max to s = 2^b levels, round to nearest (their training
+    loop's deterministic rounding), straight-through gradients. Section 3.2's "grouping of weights" is read as this:
+    the weights grouped into buckets and onto 2^b levels. --quantizer qkd is QKD's [6]: weights symmetric per
+    output channel on a narrow grid of 2^b - 1 levels (2 bits: 3 levels, ternary -- the table says so), activations
+    (every convolution's input) asymmetric per tensor with 2^b levels, learned clipping ranges (--ranges tracked:
+    moving min/max). Both: first and last layer at 8 bits (Polino et al.'s runs leave them in float, the usual
+    low-bit practice keeps 8), BatchNorm float.
+  * Figure 1's "20 more epochs" continue the pre-training: its Adam moments and plateau scheduler go on (saved in
+    checkpoints/student_pretrain_optimizer.pt); the fp32 distillation rows start from that state too, so that
+    Figure 2 compares like with like. The quantized rows start a fresh Adam (new parameters, a new phase).
   * QKD's co-studying in the default preset trains the teacher's head only (its backbone stays fixed, which spares a
     ResNet-101 backward pass on a CPU); --co-study-teacher all (the paper preset) trains the whole teacher.
   * "1000 epochs" and "20 more epochs" are iteration budgets here (--pretrain-iterations, --iterations): the default
     preset runs minutes on a CPU, so its students are far from converged; the paper preset runs the report's epochs.
-  * The report's loss of 50 cannot be a per-pixel cross-entropy with 21 classes (a uniform prediction scores
-    ln 21 = 3.04): its reduction is not given (perhaps a sum over an epoch's batches). We report per-pixel means.
+    The quantized rows train --self-study + --co-study + --tutor iterations, as many as the fp32 rows in both presets
+    (default 20 + 20 + 20 = 60; paper 455 + 455 + 910 = 1,820, 20 epochs); the table says when they differ.
+  * The report's loss of 50 is not a per-pixel mean cross-entropy with 21 classes (a uniform prediction scores
+    ln 21 = 3.04 per pixel), but its reduction is not given: a sum instead of a mean reaches 50 easily (16
+    near-uniform pixels already sum to 16 ln 21 = 48.7; a sum over a batch, an image or an epoch more). We report
+    per-pixel means and cannot compare the 50 with them.
   * No network here: without --data-root the default preset runs on synthetic VOC-like scenes (common/voc.py) and
-    trains its own teacher: three minutes of SGD from scratch, which leave a DeepLabV3-ResNet101 far below the U-Net
-    student (about 6 against 19 mIoU; Adam, higher rates or 200 iterations did no better). Distillation from it then
+    trains its own teacher: 150 SGD iterations from scratch (minutes on a CPU), which leave a DeepLabV3-ResNet101 far
+    below the U-Net student (3.5 against 16.0 mIoU in the README's 2026-12-04 run, 5.6 against 17.2 in the one
+    before; Adam, higher rates or 200 iterations did no better). Distillation from it then
     measures a weak teacher, not the report's; the table says so. Use --teacher-weights coco where you can.
 
 Run: python reproduce_qkd.py [--preset paper] [--data-root DIR] [--bits 8,4,2]   (see --help, README)
@@ -66,6 +88,7 @@ import argparse
 import copy
 import functools
 import importlib.util
+import itertools
 import math
 import os
 import platform
@@ -85,10 +108,10 @@ from common.int8 import convert_reference, count_int8_convolutions, int8_weight_
 from common.losses import kd_kl_div, pairwise_similarity_loss, weighted_cross_entropy
 from common.metrics import evaluate_segmentation, predict_segmentation
 from common.profiler import measure_latency, profile
-from common.quantization import fake_quantize_model, quantized_weight_bytes, strip_fake_quantization
+from common.quantization import fake_quantize_model, quantized_weight_bytes, strip_fake_quantization, weight_levels
 from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
 from common.runs import (RunDir, RunOptions, add_run_arguments, check_run_options, config_from_args, help_formatter,
-                         resume_or_check, run_folder, run_main)
+                         load_checkpoint, resume_or_check, run_folder, run_main, save_checkpoint)
 from common.segmentation_models import WeightFlags, build_segmenter
 from common.synthetic_scenes import SyntheticScenes
 from common.teachers import OutputMemo, cache_path, freeze, load_or_train
@@ -104,10 +127,28 @@ SOURCE_SAYS = {
     "alone": "training loss 'saturates at 50' after 1000 epochs, flat over 20 more (Section 4, Fig. 1); no mIoU",
     "kd": "'knowledge distillation is not working well' (Section 4, Fig. 2); no mIoU",
     "qat": "not reported",
-    "qkd": "described (Section 3.2); no result reported",
+    "report": "the report's procedure (Section 3.2); no result reported",
+    "qkd": "QKD [6], 'similar to' the report's (Section 1); no result reported",
     "int8": "not in the report",
 }
 KD_ROWS = {"pixel": (True, False), "pair": (False, True), "both": (True, True)}   # (pixel-wise, pair-wise)
+QUANT_ROWS = ("qat", "report", "qkd")   # no teacher; Section 3.2 as written (frozen teacher); QKD [6]
+
+
+def precision(cfg: Config, bits: int) -> str:
+    """A quantized row's precision, with the weight levels its quantizer really allows: the qkd quantizer's
+    symmetric grid has 2^b - 1 (2 bits: 3, ternary), Polino et al.'s 2^b per bucket; Polino's leaves activations
+    in float (A32)."""
+    levels = weight_levels(bits, cfg.quantizer)
+    act = 32 if cfg.quantizer == "polino" else bits
+    return f"W{bits}A{act} ({levels}-level weights)"
+
+
+def bits_cell(cfg: Config, bits: int) -> str:
+    """The table's W/A column of a quantized row."""
+    if cfg.quantizer == "polino":
+        return f"{bits}/32, {2 ** bits} levels per {cfg.bucket_size} weights"
+    return f"{bits}/{bits}, {weight_levels(bits, 'qkd')} weight levels"
 
 
 # ========================================================================== the objectives (Sections 3.1, 3.2, 4)
@@ -175,8 +216,11 @@ class Config(RunOptions):
     student_width: int = 32             # Buda et al.'s init_features
     # ----- Section 3.2 (QKD)
     bits: tuple = (8, 4)
-    ranges: str = "learned"             # learned | tracked
-    self_study: int = 20                # QKD phase lengths (iterations); QAT without a teacher trains their sum
+    quantizer: str = "polino"           # polino (Section 2.3's [9]) | qkd (QKD's [6] learned/tracked ranges)
+    bucket_size: int = 256              # Polino et al.'s bucket of consecutive weights sharing one min/max
+    ranges: str = "learned"             # learned | tracked (the qkd quantizer)
+    self_study: int = 20                # QKD phase lengths (iterations, 0 skips one); QAT without a teacher and the
+                                        # report's row (fake-quant + distillation) train their sum
     co_study: int = 20
     tutor: int = 20
     co_study_teacher: str = "head"      # head | all
@@ -206,9 +250,11 @@ PRESETS = {
     # A 2-core CPU: about 10 minutes on synthetic 64x64 scenes (README: 10.1 with an empty teacher cache). The
     # iteration budgets are tiny next to the report's 1000 epochs; the students learn the frequent classes only.
     "default": {},
-    # The report's settings (Section 4); batch, weights, phase lengths and patience are our choices (docstring).
+    # The report's settings (Section 4); batch, weights, phase lengths and patience are our choices (docstring). The
+    # QKD phases sum to the fp32 rows' 20 epochs (455 + 455 + 910 = 1,820 iterations), so every row after
+    # pre-training trains as long.
     "paper": dict(batch_size=16, plateau_patience=10, pretrain_iterations=91_000, iterations=1_820, eval_every=910,
-                  self_study=910, co_study=910, tutor=1_820, co_study_teacher="all", int8_iterations=910,
+                  self_study=455, co_study=455, tutor=910, co_study_teacher="all", int8_iterations=910,
                   teacher_iterations=9_100, crop=320, profile_size=512, latency_repeats=20, checkpoint_every=910,
                   workers=8),
 }
@@ -299,15 +345,21 @@ class Experiment:
         pretrained = self.train_fp32("student_pretrain", "U-Net, pre-trained alone", new_student(cfg), 0,
                                      cfg.pretrain_iterations, None, False, False)
         start = cfg.pretrain_iterations
+        # Figure 1's "20 more epochs" go on with the pre-training's Adam moments and plateau scheduler; the
+        # distillation rows start from the same state, so that Figure 2 compares like with like
+        handoff = self.pretraining_end(pretrained)
         rows = {"alone": self.train_fp32("student_alone", "U-Net fp32, alone (continued)",
-                                         copy.deepcopy(pretrained.model), start, cfg.iterations, None, False, False)}
+                                         copy.deepcopy(pretrained.model), start, cfg.iterations, None, False, False,
+                                         handoff)}
         for name, (pixel, pair) in KD_ROWS.items():
             label = {"pixel": "U-Net fp32 + pixel-wise", "pair": "U-Net fp32 + pair-wise",
                      "both": "U-Net fp32 + pixel-wise + pair-wise"}[name]
             rows[name] = self.train_fp32(f"student_{name}", label, copy.deepcopy(pretrained.model), start,
-                                         cfg.iterations, teacher.model, pixel, pair)
+                                         cfg.iterations, teacher.model, pixel, pair, handoff)
         for bits in cfg.bits:
             rows[f"qat{bits}"] = self.train_qat(bits, pretrained, start)
+        for bits in cfg.bits:
+            rows[f"report{bits}"] = self.train_report_procedure(bits, pretrained, teacher.model, start)
         tutors = {}
         for bits in cfg.bits:
             rows[f"qkd{bits}"], tutors[bits] = self.train_qkd(bits, pretrained, teacher.model, start)
@@ -366,13 +418,18 @@ class Experiment:
 
     # ------------------------------------------------------------------ the float students (Sections 3, 3.1)
     def train_fp32(self, name: str, label: str, student: UNet, start_step: int, iterations: int,
-                   teacher: nn.Module | None, pixel: bool, pair: bool) -> Trained:
+                   teacher: nn.Module | None, pixel: bool, pair: bool, handoff: dict | None = None) -> Trained:
         """A float student: alone (cross-entropy) or distilled with Section 3.1's terms, from ``start_step``: it sees
-        the batches the pre-training would have seen next, as every row that starts there. The frozen teacher's
-        outputs of a step are computed by the first row that needs them and reused by the others (self.memo)."""
+        the batches the pre-training would have seen next, as every row that starts there. ``handoff``: the
+        optimizer and scheduler states to go on from (``pretraining_end``); None: fresh ones. The frozen teacher's
+        outputs of a step are computed by the first row that needs them and reused by the others (self.memo). The
+        returned row holds its final optimizer and scheduler in ``info``."""
         cfg, session = self.cfg, self.session
         student = student.to(self.device)
         optimizer, scheduler = adam(student.parameters(), cfg)
+        if handoff is not None:   # copies: load_state_dict may keep the given tensors, and four rows start here
+            optimizer.load_state_dict(copy.deepcopy(handoff["optimizer"]))
+            scheduler.load_state_dict(copy.deepcopy(handoff["scheduler"]))
         stream = training_batches(self.load, len(self.train_set), iterations, batch_size=cfg.batch_size,
                                   session=session, first_step=start_step)
 
@@ -389,13 +446,34 @@ class Experiment:
         trained = train(student, optimizer, loss_fn, iterations, session=session, name=name, label=label,
                         evaluate=lambda: self.validate(student, device=self.device), eval_every=cfg.eval_every,
                         scheduler=scheduler, start_step=start_step)
+        trained.info.update(optimizer=optimizer, scheduler=scheduler)
         session.say(f"  {label}: mIoU {100 * trained.metrics['miou']:.1f}")
         return trained
 
+    def pretraining_end(self, pretrained: Trained) -> dict:
+        """The pre-training's final Adam and plateau-scheduler states, kept in checkpoints/ (a finished job's
+        checkpoint holds no optimizer), so that a resumed run continues from the same state as an uninterrupted
+        one. Written once, when the pre-training has just trained; read back by a resumed run."""
+        path = self.run.checkpoints / "student_pretrain_optimizer.pt"
+        if path.exists():
+            return load_checkpoint(path, fix="delete it and checkpoints/student_pretrain.pt; the pre-training "
+                                             "trains again")
+        optimizer = pretrained.info["optimizer"]
+        if not optimizer.state:   # Adam holds no state before its first step: the job was reloaded, not trained
+            raise UserError(f"{path} is missing: delete checkpoints/student_pretrain.pt in the run folder to train "
+                            f"the pre-training again.")
+        state = {"optimizer": optimizer.state_dict(),
+                 "scheduler": pretrained.info["scheduler"].state_dict()}
+        save_checkpoint(path, state)
+        return state
+
     # ------------------------------------------------------------------ Section 3.2: QAT and QKD
     def quantized_copy(self, pretrained: UNet, bits: int) -> nn.Module:
-        """The pretrained student with fake quantization at ``bits`` (common/quantization.py)."""
-        return fake_quantize_model(pretrained, bits, mode=self.cfg.ranges).to(self.device)
+        """The pretrained student with fake quantization at ``bits`` (common/quantization.py): --quantizer polino,
+        Polino et al.'s bucketed min-max weights (Section 2.3's [9]); qkd, QKD's learned (or tracked) ranges."""
+        cfg = self.cfg
+        return fake_quantize_model(pretrained, bits, mode=cfg.ranges, quantizer=cfg.quantizer,
+                                   bucket_size=cfg.bucket_size).to(self.device)
 
     def self_study(self, name: str, student: nn.Module, start_step: int, iterations: int) -> Trained:
         """The quantized student trained alone on the labels: QKD's self-studying phase, and QAT without a teacher."""
@@ -416,30 +494,48 @@ class Experiment:
         cfg = self.cfg
         total = cfg.self_study + cfg.co_study + cfg.tutor
         trained = self.self_study(f"qat{bits}", self.quantized_copy(pretrained.model, bits), start_step, total)
-        trained.label = f"U-Net QAT W{bits}A{bits}, no teacher"
+        trained.label = f"U-Net QAT {precision(cfg, bits)}, no teacher"
+        self.session.say(f"  {trained.label}: mIoU {100 * trained.metrics['miou']:.1f}")
+        return trained
+
+    def train_report_procedure(self, bits: int, pretrained: Trained, teacher: nn.Module, start_step: int) -> Trained:
+        """Section 3.2 as the report writes it: "a 'fake' quantization module that is present during knowledge
+        distillation" -- the pretrained student fake-quantized at ``bits`` and distilled with Section 3.1's loss
+        from the frozen teacher (no self-studying, no co-studying), as long as QAT and QKD train. The frozen
+        teacher's outputs are those the fp32 rows memoised."""
+        cfg = self.cfg
+        total = cfg.self_study + cfg.co_study + cfg.tutor
+        trained = self.tutoring(self.session, f"report{bits}", self.quantized_copy(pretrained.model, bits), teacher,
+                                start_step, total, memo=True)
+        trained.label = f"U-Net {precision(cfg, bits)} + pixel-wise + pair-wise, frozen teacher (Section 3.2)"
         self.session.say(f"  {trained.label}: mIoU {100 * trained.metrics['miou']:.1f}")
         return trained
 
     def train_qkd(self, bits: int, pretrained: Trained, teacher: nn.Module,
                   start_step: int) -> tuple[Trained, nn.Module]:
-        """QKD (Kim et al. 2019) at ``bits``: self-studying, co-studying, tutoring. Returns the student and the
-        co-studied teacher that tutored it."""
+        """QKD (Kim et al. 2019 [6], which Section 1 names: "similar to the work done in [6]"; the report's Section
+        3.2 has no phases) at ``bits``: self-studying, co-studying, tutoring; a phase of 0 iterations is skipped.
+        Returns the student and the (co-studied) teacher that tutored it."""
         cfg = self.cfg
         student = self.quantized_copy(pretrained.model, bits)
-        phases = [self.self_study(f"qkd{bits}_1_self", student, start_step, cfg.self_study)]
         tutor = copy.deepcopy(teacher)
-        phases.append(self.co_study(f"qkd{bits}_2_co", student, tutor, start_step + cfg.self_study))
+        phases, step = [], start_step
+        if cfg.self_study:
+            phases.append(self.self_study(f"qkd{bits}_1_self", student, step, cfg.self_study))
+            step += cfg.self_study
+        if cfg.co_study:
+            phases.append(self.co_study(f"qkd{bits}_2_co", student, tutor, step))
+            step += cfg.co_study
         freeze(tutor)
-        phases.append(self.tutoring(self.session, f"qkd{bits}_3_tutor", student, tutor,
-                                    start_step + cfg.self_study + cfg.co_study, cfg.tutor))
+        if cfg.tutor:
+            phases.append(self.tutoring(self.session, f"qkd{bits}_3_tutor", student, tutor, step, cfg.tutor))
         final = phases[-1]
-        final.label = f"U-Net QKD W{bits}A{bits}"
+        final.label = f"U-Net QKD {precision(cfg, bits)}"
         final.train_loss = [v for p in phases for v in p.train_loss]
         final.evals = [e for p in phases for e in p.evals]
         final.diverged = any(p.diverged for p in phases)
         final.start_step = start_step
-        final.metrics["phase_ends"] = [len(phases[0].train_loss),
-                                       len(phases[0].train_loss) + len(phases[1].train_loss)]
+        final.metrics["phase_ends"] = list(itertools.accumulate(len(p.train_loss) for p in phases))[:-1]
         self.session.say(f"  {final.label}: mIoU {100 * final.metrics['miou']:.1f}")
         return final, tutor
 
@@ -470,9 +566,10 @@ class Experiment:
                      scheduler=scheduler, evaluated=student, start_step=start_step, amp=False)
 
     def tutoring(self, session: Session, name: str, student: nn.Module, tutor: nn.Module, start_step: int,
-                 iterations: int) -> Trained:
+                 iterations: int, memo: bool = False) -> Trained:
         """QKD's tutoring: the teacher frozen, the quantized student distilled with Section 3.1's loss, on
-        ``session``'s device (the int8 row's is the CPU). No memo: each bit width has its own co-studied tutor."""
+        ``session``'s device (the int8 row's is the CPU). ``memo``: the tutor is the run's frozen teacher, whose
+        outputs self.memo holds; QKD's tutors are not (each bit width has its own co-studied tutor)."""
         cfg = self.cfg
         optimizer, scheduler = adam(student.parameters(), cfg)
         stream = training_batches(self.load, len(self.train_set), iterations, batch_size=cfg.batch_size,
@@ -481,7 +578,11 @@ class Experiment:
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             x, y = stream(step)
             logits, feat = student_outputs(student, x)
-            t_logits, t_feat = teacher_outputs(tutor, x, cfg.amp)
+            if memo:
+                t_logits, t_feat = self.memo(start_step + step, lambda: teacher_outputs(tutor, x, cfg.amp),
+                                             session.device)
+            else:
+                t_logits, t_feat = teacher_outputs(tutor, x, cfg.amp)
             return distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y, cfg.pixel_weight,
                                      cfg.pair_weight, cfg.T, cfg.patch)
 
@@ -582,7 +683,9 @@ def findings(cfg: Config, teacher: Trained, pretrained: Trained, rows: dict) -> 
              f"{window} iterations) to {mean_of(pre, slice(-window, None)):.2f} (last {window}); continued alone for "
              f"{len(alone.train_loss)} more iterations it ended at "
              f"{mean_of(alone.train_loss, slice(-window, None)):.2f}"
-             f" (per-pixel cross-entropy; the report's 'saturates at 50' has an unstated reduction)."]
+             f" (per-pixel mean cross-entropy; the report's 'saturates at 50' has an unstated reduction: a sum over "
+             f"16 near-uniform pixels, 16 ln 21 = 48.7, would read about 50). The continuation goes on with the "
+             f"pre-training's Adam and plateau-scheduler state."]
     gains = ", ".join(f"{name} {100 * (rows[name].metrics['miou'] - alone.metrics['miou']):+.1f}"
                       for name in KD_ROWS)
     lines.append(f"Figure 2 (ours): distillation against continuing alone for the same iterations, mIoU points: "
@@ -593,15 +696,30 @@ def findings(cfg: Config, teacher: Trained, pretrained: Trained, rows: dict) -> 
                      f"worse predictions, so these rows say nothing about distillation from the report's pretrained "
                      f"teacher (--teacher-weights coco).")
     for bits in cfg.bits:
-        q, k = rows[f"qat{bits}"], rows[f"qkd{bits}"]
-        lines.append(f"{bits} bits: QKD {100 * (k.metrics['miou'] - q.metrics['miou']):+.1f} mIoU against QAT "
-                     f"without a teacher, {100 * (k.metrics['miou'] - alone.metrics['miou']):+.1f} against fp32 alone.")
+        q, r, k = (rows[f"{kind}{bits}"].metrics["miou"] for kind in QUANT_ROWS)
+        lines.append(f"{precision(cfg, bits)}: against QAT without a teacher, the report's procedure (frozen "
+                     f"teacher) {100 * (r - q):+.1f} and QKD {100 * (k - q):+.1f} mIoU; QKD against fp32 alone "
+                     f"{100 * (k - alone.metrics['miou']):+.1f}.")
     if "int8" in rows:
         int8 = rows["int8"]
         lines.append(f"int8: {int8.metrics['int8_convolutions']} convolutions run as oneDNN int8 kernels; mIoU "
                      f"{100 * int8.metrics['fake_quant_miou']:.1f} fake-quantized (PT2E, before conversion) and "
                      f"{100 * int8.metrics['miou']:.1f} converted.")
     return lines
+
+
+def quantizer_note(cfg: Config) -> str:
+    """What the quantized rows' fake quantization is, under the table (Section 3.2, 'grouping of weights')."""
+    if cfg.quantizer == "polino":
+        return (f"quantization (Section 2.3: 'the quantization functions ... [9]', Polino et al. 2018): fake-quant of "
+                f"the convolution weights only (activations float, as Polino et al.), per bucket of "
+                f"{cfg.bucket_size} consecutive weights scaled by its min and max to 2^b levels (b = 2: 4 levels), "
+                f"round to nearest, straight-through gradients; Section 3.2's 'grouping of weights' read as this "
+                f"bucketing into 2^b levels.")
+    return (f"quantization (--quantizer qkd, QKD [6]'s): fake-quant, weights per output channel, symmetric narrow "
+            f"grid of 2^b - 1 levels (b = 2: 3 levels, ternary), every convolution's input per tensor with 2^b "
+            f"levels, {cfg.ranges} ranges, straight-through gradients; Section 3.2's 'grouping of weights' read as "
+            f"the rounding of weights onto these levels.")
 
 
 def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: dict, costs: dict) -> None:
@@ -631,10 +749,10 @@ def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: di
     for name in ("alone", *KD_ROWS):
         add(rows[name], "32/32", params, quantized_weight_bytes(rows[name].model), student_macs, latency["fp32"],
             SOURCE_SAYS["alone" if name == "alone" else "kd"])
-    for kind in ("qat", "qkd"):
+    for kind in QUANT_ROWS:
         for bits in cfg.bits:
             trained = rows[f"{kind}{bits}"]
-            add(trained, f"{bits}/{bits}", params, quantized_weight_bytes(trained.model), student_macs,
+            add(trained, bits_cell(cfg, bits), params, quantized_weight_bytes(trained.model), student_macs,
                 "- (fake-quant runs in float)", SOURCE_SAYS[kind])
     if "int8" in rows:
         add(rows["int8"], "8/8", params, costs["int8_bytes"], student_macs, latency["int8"], SOURCE_SAYS["int8"])
@@ -647,17 +765,17 @@ def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: di
         f"beta1 {cfg.beta1} (the report's 'momentum of 0.8'), ReduceLROnPlateau(min, factor 0.1, patience "
         f"{cfg.plateau_patience}) on the validation loss every {cfg.eval_every} iterations; batch {cfg.batch_size}, "
         f"crop {cfg.crop}, scale {tuple(cfg.scale)}, flip. Pre-trained {cfg.pretrain_iterations} iterations (the "
-        f"report: 1000 epochs); every row below it continues from there: fp32 rows {cfg.iterations} iterations, "
-        f"QAT and QKD {qkd_total} (QKD: self-studying {cfg.self_study}, co-studying {cfg.co_study}, tutoring "
-        f"{cfg.tutor}).",
+        f"report: 1000 epochs); every row below it continues from there: fp32 rows {cfg.iterations} iterations "
+        f"(with the pre-training's Adam and scheduler state), the quantized rows {qkd_total} (fresh Adam; QKD: "
+        f"self-studying {cfg.self_study}, co-studying {cfg.co_study}, tutoring {cfg.tutor}; phases from QKD [6], "
+        f"not from the report)" + ("." if qkd_total == cfg.iterations else
+                                   " -- NOT as long as the fp32 rows: compare them with care."),
         f"loss (Section 3.1): CE + {cfg.pixel_weight:g} T^2 KL(p_T || p_S) (pixel-wise) + {cfg.pair_weight:g} l_pa "
         f"(pair-wise), T = {cfg.T:g}; weights and T are Liu et al.'s, the report gives none. Pair-wise on the "
         f"teacher's DeepLab head (ASPP + 3x3 conv, 256 channels, stride 8) and the student's stride-8 decoder "
         f"(256 channels), {cfg.patch}x{cfg.patch} max-pooled nodes.",
-        f"quantization (Section 3.2): fake-quant, weights per output channel (symmetric), every convolution's input "
-        f"per tensor (asymmetric), {cfg.ranges} ranges, straight-through gradients; first and last layer at 8 bits; "
-        f"co-studying trains the teacher's {'head only' if cfg.co_study_teacher == 'head' else 'every layer'} "
-        f"(CE + T^2 KL(p_S || p_T)).",
+        quantizer_note(cfg) + f" First and last layer at 8 bits; BatchNorm float. Co-studying trains the teacher's "
+        f"{'head only' if cfg.co_study_teacher == 'head' else 'every layer'} (CE + T^2 KL(p_S || p_T)).",
         (f"int8: {rows['int8'].label.split(', from ')[1]} re-quantized with torchao's X86InductorQuantizer (uint8 "
          f"activations per tensor, int8 weights per channel), tutored {cfg.int8_iterations} iterations on the CPU, "
          f"converted (convert_pt2e, BatchNorm folded) and lowered (oneDNN); the score is the converted model's."
@@ -678,34 +796,84 @@ def loss_curve(trained: Trained) -> tuple[list, list]:
             running_mean(trained.train_loss))
 
 
+def val_loss_curves(rows: dict, names: tuple | list) -> dict:
+    """Validation cross-entropy during training: the one loss every row is measured by."""
+    return {rows[n].label: ([rows[n].start_step + e["iteration"] for e in rows[n].evals],
+                            [e["val_loss"] for e in rows[n].evals]) for n in names if rows[n].evals}
+
+
+def quantizer_levels_text(cfg: Config) -> str:
+    if cfg.quantizer == "polino":
+        return f"Polino weights, 2^b levels per {cfg.bucket_size}; activations float"
+    return "qkd quantizer: weights 2^b - 1 levels (2 bits: 3), activations 2^b"
+
+
+def plot_loss_panels(path: Path, panels: list, title: str, val_curves: dict) -> None:
+    """One panel per training objective (their values are not comparable: different terms and weights), each with
+    its own y axis, and a last panel with the validation cross-entropy of all of them (comparable)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(panels) + 1
+    cols = min(3, n)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.6 * cols, 3.4 * math.ceil(n / cols)),
+                             squeeze=False)
+    for ax, (label, (x, y)) in zip(axes.flat, panels):
+        ax.plot(x, y, lw=1.2)
+        ax.set_title(label, fontsize=7.5)
+        ax.set(xlabel="iteration", ylabel="training loss (mean of 10)")
+        ax.grid(alpha=0.3)
+    ax = axes.flat[len(panels)]
+    for label, (x, y) in val_curves.items():
+        ax.plot(x, y, marker="o", lw=1.2, label=label)
+    ax.set_title("validation cross-entropy (comparable)", fontsize=8)
+    ax.set(xlabel="iteration", ylabel="val CE")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    for extra in list(axes.flat)[n:]:
+        extra.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def plot_figures(exp: Experiment, teacher: Trained, pretrained: Trained, rows: dict) -> None:
     cfg, figures = exp.cfg, exp.run.figures
     plot_curves(figures / "figure1_student_loss.png",
                 {"pre-training alone ('1000 epochs')": loss_curve(pretrained),
-                 "continued alone ('20 more epochs')": loss_curve(rows["alone"])},
+                 "continued alone ('20 more epochs'; its Adam and scheduler state go on)": loss_curve(rows["alone"])},
                 "Figure 1 (ours): the U-Net from scratch", ylabel="cross-entropy (running mean of 10)")
-    plot_curves(figures / "figure2_distillation_loss.png",
-                {rows[name].label: loss_curve(rows[name]) for name in ("alone", *KD_ROWS)},
-                "Figure 2 (ours): distillation from the pretrained student",
-                ylabel="total loss (running mean of 10)")
-    plot_curves(figures / "qkd_training_loss.png",
-                {rows[f"{kind}{bits}"].label: loss_curve(rows[f"{kind}{bits}"]) for bits in cfg.bits
-                 for kind in ("qat", "qkd")},
-                f"QAT and QKD (QKD phases: {cfg.self_study} / {cfg.co_study} / {cfg.tutor} iterations)",
-                ylabel="loss (running mean of 10)")
+    objectives = {"alone": "CE", "pixel": f"CE + {cfg.pixel_weight:g} T^2 KL",
+                  "pair": f"CE + {cfg.pair_weight:g} l_pa", "both": f"CE + {cfg.pixel_weight:g} T^2 KL + {cfg.pair_weight:g} l_pa"}
+    plot_loss_panels(figures / "figure2_distillation_loss.png",
+                     [(f"{rows[name].label}\n(objective: {objectives[name]})", loss_curve(rows[name]))
+                      for name in ("alone", *KD_ROWS)],
+                     "Figure 2 (ours): distillation from the pretrained student -- each panel its own objective "
+                     "and y scale; the last, validation CE, is comparable", val_loss_curves(rows, ("alone", *KD_ROWS)))
+    quant = [f"{kind}{bits}" for bits in cfg.bits for kind in QUANT_ROWS]
+    plot_loss_panels(figures / "qkd_training_loss.png",
+                     [(rows[name].label, loss_curve(rows[name])) for name in quant],
+                     f"QAT (CE), Section 3.2 (CE + KD) and QKD (phases {cfg.self_study} / {cfg.co_study} / "
+                     f"{cfg.tutor}, objective changing between them): own y scales", val_loss_curves(rows, quant))
     trained_rows = [pretrained] + [r for k, r in rows.items() if k != "int8"]
     plot_curves(figures / "val_miou.png",
                 {r.label: ([r.start_step + e["iteration"] for e in r.evals], [100 * e["miou"] for e in r.evals])
                  for r in trained_rows if r.evals}, "Validation mIoU during training", ylabel="mIoU %", marker="o")
     if len(cfg.bits) > 1:
         bits = sorted(cfg.bits)
+        names = {"qat": "QAT, no teacher", "report": "Section 3.2 (frozen teacher)", "qkd": "QKD"}
         plot_curves(figures / "bits_sweep.png",
-                    {kind.upper(): (bits, [100 * rows[f"{kind}{b}"].metrics["miou"] for b in bits])
-                     for kind in ("qat", "qkd")}, "mIoU against bit width (weights and activations)",
+                    {names[kind]: (bits, [100 * rows[f"{kind}{b}"].metrics["miou"] for b in bits])
+                     for kind in QUANT_ROWS},
+                    f"mIoU against bit width ({quantizer_levels_text(cfg)})",
                     xlabel="bits", ylabel="mIoU %", marker="o",
                     hline=(100 * rows["alone"].metrics["miou"], "fp32, alone"))
     shown = [("teacher", teacher.model), ("fp32 alone", rows["alone"].model), ("fp32 + both", rows["both"].model)]
-    shown += [(f"QKD {b} bits", rows[f"qkd{b}"].model) for b in cfg.bits]
+    shown += [(f"QKD W{b} ({weight_levels(b, cfg.quantizer)} lev.)", rows[f"qkd{b}"].model) for b in cfg.bits]
     shown += [("int8", rows["int8"].model)] if "int8" in rows else []
     samples = [exp.val_set[i] for i in range(min(cfg.panel_images, len(exp.val_set)))]
     plot_panel(figures / "predictions.png",
@@ -720,10 +888,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p = argparse.ArgumentParser(
         description="Reproduce Palchuri & Chakraborty, 'Compression techniques for Semantic Segmentation': a U-Net "
                     "student distilled from DeepLabV3-ResNet101 (pixel-wise and pair-wise, Section 3.1), "
-                    "quantization-aware distillation (QKD, Section 3.2) at several bit widths, and a real int8 model. "
+                    "quantization-aware distillation (Section 3.2 as written, and QKD [6]) with Polino et al.'s quantizer "
+                    "(Section 2.3) at several bit widths, and a real int8 model. "
                     "Without --data-root it runs on built-in synthetic scenes; everything goes to a run folder.",
         epilog="examples:\n  python reproduce_qkd.py                                   # reduced, CPU, ~10 min\n"
-               "  python reproduce_qkd.py --bits 8,4,2 --ranges tracked\n"
+               "  python reproduce_qkd.py --bits 8,4,2 --quantizer qkd --ranges tracked\n"
                "  python reproduce_qkd.py --preset paper --data-root data --teacher-weights coco\n"
                "  python reproduce_qkd.py --resume runs/reproduce_qkd/20261121-120000",
         formatter_class=help_formatter(Config, PRESETS))   # appends "(default X; paper preset Y)" to each setting
@@ -747,12 +916,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     d.add_argument("--patch", type=int, metavar="P", help="pair-wise node size, P x P pixels")
     q = p.add_argument_group("quantization-aware distillation (Section 3.2)")
     q.add_argument("--bits", metavar="LIST",
-                   help="bit widths of weights and activations, comma-separated, each in 2..8")
+                   help="bit widths, comma-separated, each in 2..8: b bits give 2^b weight levels per bucket with "
+                        "--quantizer polino (activations float), 2^b - 1 with qkd (2 bits: 3 levels, ternary; "
+                        "activations 2^b)")
+    q.add_argument("--quantizer", choices=["polino", "qkd"],
+                   help="polino: Polino et al.'s weights-only min-max quantizer in buckets, 2^b levels (Section "
+                        "2.3's [9], the report's); qkd: weights (2^b - 1 levels) and activations, --ranges")
+    q.add_argument("--bucket-size", type=int, metavar="K",
+                   help="--quantizer polino: consecutive weights sharing one min/max scaling (Polino et al.'s 256)")
     q.add_argument("--ranges", choices=["learned", "tracked"],
-                   help="learned clipping ranges (QKD's) or moving min/max ranges")
-    q.add_argument("--self-study", type=int, metavar="N", help="QKD self-studying iterations")
-    q.add_argument("--co-study", type=int, metavar="N", help="QKD co-studying iterations")
-    q.add_argument("--tutor", type=int, metavar="N", help="QKD tutoring iterations")
+                   help="--quantizer qkd: learned clipping ranges (QKD's) or moving min/max ranges")
+    q.add_argument("--self-study", type=int, metavar="N", help="QKD self-studying iterations (0 skips it)")
+    q.add_argument("--co-study", type=int, metavar="N", help="QKD co-studying iterations (0 skips it)")
+    q.add_argument("--tutor", type=int, metavar="N",
+                   help="QKD tutoring iterations (0 skips it); the three sum to the QAT and Section 3.2 rows' length")
     q.add_argument("--co-study-teacher", choices=["head", "all"], help="what of the teacher co-studying trains")
     q.add_argument("--int8-iterations", type=int, metavar="N",
                    help="tutoring under the int8 backend's quantizer before conversion")
@@ -806,11 +983,14 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     """Impossible settings are user errors, reported before any work starts. ``args`` are the flags as given (None:
     not given), to tell a flag the user set from a default."""
     check_flags({"--pretrain-iterations": cfg.pretrain_iterations, "--iterations": cfg.iterations,
-                 "--eval-every": cfg.eval_every, "--self-study": cfg.self_study, "--co-study": cfg.co_study,
-                 "--tutor": cfg.tutor, "--int8-iterations": cfg.int8_iterations, "--val-images": cfg.val_images,
-                 "--teacher-iterations": cfg.teacher_iterations, "--patch": cfg.patch}, "must be >= 1",
-                lambda v: v >= 1)
-    check_flags({"--plateau-patience": cfg.plateau_patience}, "must be >= 0", lambda v: v >= 0)
+                 "--eval-every": cfg.eval_every, "--int8-iterations": cfg.int8_iterations,
+                 "--val-images": cfg.val_images, "--teacher-iterations": cfg.teacher_iterations, "--patch": cfg.patch,
+                 "--bucket-size": cfg.bucket_size}, "must be >= 1", lambda v: v >= 1)
+    check_flags({"--plateau-patience": cfg.plateau_patience, "--self-study": cfg.self_study,
+                 "--co-study": cfg.co_study, "--tutor": cfg.tutor}, "must be >= 0", lambda v: v >= 0)
+    if cfg.self_study + cfg.co_study + cfg.tutor < 1:
+        raise UserError("--self-study, --co-study and --tutor are all 0: the quantized rows would not train; give "
+                        "one of them (e.g. --tutor 60) at least 1 iteration.")
     check_flags({"--batch-size": cfg.batch_size}, "must be >= 2 (BatchNorm needs two images per batch to train)",
                 lambda v: v >= 2)
     check_flags({"--lr": cfg.lr, "--teacher-lr": cfg.teacher_lr, "--T": cfg.T}, "must be positive",
@@ -839,6 +1019,12 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
         refuse_ignored(args, {"--teacher-iterations": "teacher_iterations", "--teacher-lr": "teacher_lr"},
                        "sets how a teacher is trained here, and --teacher-weights/--teacher-checkpoint give a "
                        "trained one: drop it.")
+    if cfg.quantizer == "polino":
+        refuse_ignored(args, {"--ranges": "ranges"}, "sets the qkd quantizer's ranges, and --quantizer polino scales "
+                       "each bucket by its min and max: drop it, or give --quantizer qkd.")
+    else:
+        refuse_ignored(args, {"--bucket-size": "bucket_size"}, "sizes Polino et al.'s buckets, and --quantizer qkd "
+                       "has none: drop it, or give --quantizer polino.")
     if not cfg.int8:
         refuse_ignored(args, {"--int8-iterations": "int8_iterations"},
                        "sets the int8 row's training, and --no-int8 skips that row: drop one of them.")

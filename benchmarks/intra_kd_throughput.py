@@ -9,6 +9,13 @@ upsampling run per step). Speeds are measurements, not tests.
 
     python benchmarks/intra_kd_throughput.py                    # the default preset: batch 8 of 64x128
     python benchmarks/intra_kd_throughput.py --height 384 --width 768 --batch-size 12   # paper preset, on a GPU
+    python benchmarks/intra_kd_throughput.py --moments [--teacher-checkpoint FILE]
+
+``--moments`` measures IntRA-KD's inputs instead of speed, on the default synthetic data (512 scenes of 64x128,
+features at stride 8): how many marking regions nearest-resized masks keep against area-weighted ones, and the
+parameter-gradient norm of each moment term on the first 8 scenes (ERFNet at initialisation, the teacher at
+initialisation or from FILE), with the two-pass moments of common.losses and with the one-pass raw moments used
+before 2026-12-04 (``one_pass_skewness_loss``).
 """
 from __future__ import annotations
 
@@ -22,7 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.devices import autocast, cpu_supports_bf16, pick_device  # noqa: E402
 from common.images import IGNORE_INDEX  # noqa: E402
-from common.losses import weighted_cross_entropy  # noqa: E402
+from common.images import normalize  # noqa: E402
+from common.losses import intra_affinity_loss, weighted_cross_entropy  # noqa: E402
+from common.runs import load_weights  # noqa: E402
 from common.segmentation_models import build_segmenter  # noqa: E402
 from common.synthetic_roads import SyntheticRoads  # noqa: E402
 from common.teachers import OutputMemo, freeze  # noqa: E402
@@ -88,6 +97,67 @@ def teacher_steps(args, device: torch.device) -> list:
     return rows
 
 
+def one_pass_skewness_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """IntRA-KD's skewness term as common.losses computed it before 2026-12-04, for comparison only: nearest masks,
+    one-pass raw moments (m3 - 3 m1 m2 + 2 m1^3) / (var + eps)^1.5 in float64, absent classes dropped."""
+    def graph(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        small = torch.nn.functional.interpolate(labels[:, None].float(), size=feat.shape[-2:], mode="nearest")
+        masks = torch.nn.functional.one_hot(small[:, 0].long().flatten(1), num_classes).transpose(1, 2).double()
+        x = feat.double().flatten(2).transpose(1, 2)
+        count = masks.sum(-1, keepdim=True).clamp_min(1)
+        m1, m2, m3 = (masks @ x.pow(p) / count for p in (1, 2, 3))
+        var = (m2 - m1.pow(2)).clamp_min(0)
+        unit = torch.nn.functional.normalize((m3 - 3 * m1 * m2 + 2 * m1.pow(3)) / (var + eps).pow(1.5), dim=-1)
+        return unit @ unit.transpose(1, 2), masks.sum(-1) > 0
+
+    (s_graph, s_present), (t_graph, t_present) = graph(student), graph(teacher.detach())
+    present = s_present & t_present
+    pairs = (present[:, :, None] & present[:, None, :]).double()
+    return ((pairs * (s_graph - t_graph).pow(2)).sum((1, 2)) / present.sum(-1).double().pow(2).clamp_min(1)).mean()
+
+
+def moments_report(teacher_file: str | None) -> None:
+    """``--moments``: the regions each mask reading keeps, and the gradient norm of each IntRA-KD term."""
+    data = SyntheticRoads("train", 512, (CFG.height, CFG.width), 0)
+    labels = torch.stack([data[i][1] for i in range(len(data))]).long()
+    size = (CFG.height // 8, CFG.width // 8)
+    small = torch.nn.functional.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    one_hot = torch.nn.functional.one_hot(labels, CLASSES).permute(0, 3, 1, 2).double()
+    area = torch.nn.functional.interpolate(one_hot, size=size, mode="area")
+    markings = [(n, k) for n in range(len(data)) for k in range(1, CLASSES) if (labels[n] == k).any()]
+    kept = [int((small[n] == k).sum()) for n, k in markings if (small[n] == k).any()]
+    cells = sorted(int((area[n, k] > 0).sum()) for n, k in markings)
+    print(f"marking regions (scene x marking class): {len(markings)}; nearest masks at {size[0]}x{size[1]} keep "
+          f"{len(kept)} ({100 * len(kept) / len(markings):.0f}%), median {sorted(kept)[len(kept) // 2]} cell(s), "
+          f"{100 * sum(c == 1 for c in kept) / len(kept):.0f}% of them one cell; area weights keep all, median "
+          f"{cells[len(cells) // 2]} cells of non-zero weight")
+    torch.manual_seed(0)
+    student = new_student(CFG, CLASSES)
+    teacher = build_segmenter(TEACHER_ARCH, CLASSES).eval()
+    if teacher_file:
+        load_weights(teacher, teacher_file, what="--teacher-checkpoint")
+    x = torch.stack([normalize(data[i][0]) for i in range(CFG.batch_size)])
+    y = labels[:CFG.batch_size]
+    with torch.no_grad():
+        t_feat = teacher(x, return_features=True)[1]["head"].float()
+    s_feat = student(x, return_features=True)[1]["block4"]
+    params = list(student.parameters())
+
+    def norm(loss: torch.Tensor) -> float:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return float(sum(g.double().pow(2).sum() for g in grads if g is not None).sqrt())
+
+    print(f"gradient norms at initialisation, teacher {teacher_file or 'at initialisation'}: mean / variance / "
+          f"skewness term")
+    one_pass = norm(one_pass_skewness_loss(s_feat, t_feat, y, CLASSES))
+    print(f"  one-pass, nearest (before 2026-12-04): skewness {one_pass:.1f}")
+    for masks in ("nearest", "area"):
+        terms = [norm(intra_affinity_loss(s_feat, t_feat, y, CLASSES, weights=w, masks=masks))
+                 for w in ((1, 0, 0), (0, 1, 0), (0, 0, 1))]
+        print(f"  two-pass, {masks}: " + " / ".join(f"{v:.1f}" for v in terms))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--height", type=int, default=CFG.height)
@@ -97,9 +167,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--moments", action="store_true", help="IntRA-KD's regions and gradient norms instead of speed")
+    p.add_argument("--teacher-checkpoint", metavar="FILE", help="with --moments: the teacher's weights")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.moments:
+        moments_report(args.teacher_checkpoint)
+        return
     device = pick_device(args.device)
     args.amp = args.amp and device.type == "cuda"
     torch.manual_seed(0)

@@ -3,7 +3,8 @@
 
 Training (batch of crops, forward + backward + Adam as Section 4): the U-Net student with the cross-entropy, with
 Section 3.1's loss (the DeepLabV3-ResNet101 teacher's forward on every batch), fake-quantized at 8 and 4 bits
-(common/quantization.py), QKD's co-studying step (teacher head trained too), and the int8 backend's QAT step
+(common/quantization.py: the qkd quantizer, weights and activations; Polino et al.'s, weights only, at 4 bits),
+QKD's co-studying step (teacher head trained too), and the int8 backend's QAT step
 (torchao PT2E, common/int8.py). Inference (batch 1, CPU, this process's threads): the float student eager and
 compiled (torch.compile), fake-quantized (it runs in float), and the converted int8 model lowered to oneDNN.
 int8 speed-ups need VNNI/AMX-class CPUs; compare int8 with compiled fp32. Speeds are measurements, not tests.
@@ -70,9 +71,11 @@ def training_steps(args, device: torch.device) -> list:
     steps = [("U-Net fp32, cross-entropy", step_of(new_student(cfg).to(device))),
              ("U-Net fp32, pixel + pair KD (teacher fwd)", step_of(new_student(cfg).to(device), teacher))]
     for bits in (8, 4):
-        quantized = fake_quantize_model(new_student(cfg), bits).to(device)
-        steps.append((f"U-Net fake-quant W{bits}A{bits}, CE", step_of(quantized, amp=False)))
-    quantized = fake_quantize_model(new_student(cfg), 4).to(device)
+        quantized = fake_quantize_model(new_student(cfg), bits, quantizer="qkd").to(device)
+        steps.append((f"U-Net fake-quant W{bits}A{bits} (qkd quantizer), CE", step_of(quantized, amp=False)))
+    quantized = fake_quantize_model(new_student(cfg), 4, quantizer="polino", bucket_size=cfg.bucket_size).to(device)
+    steps.append(("U-Net fake-quant W4 (Polino, buckets of 256), CE", step_of(quantized, amp=False)))
+    quantized = fake_quantize_model(new_student(cfg), 4, quantizer="qkd").to(device)
     steps.append(("QKD co-study W4A4 (teacher head trains)", step_of(quantized, teacher, amp=False, co_study=True)))
     if device.type == "cpu":
         prepared = prepare_int8_qat(LogitsAndFeature(new_student(cfg)), x, multiple=16)

@@ -68,7 +68,8 @@ def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.dev
                     t = teacher(x)
             else:
                 t = cached
-            loss, _ = kd_objective("hard" if t is None else "soft", s, y, t, T, DEFAULTS.lam)
+            loss, _ = kd_objective("hard" if t is None else "soft", s, y, t, T, DEFAULTS.lam,
+                                   tau_squared=DEFAULTS.tau_squared)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

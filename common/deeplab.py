@@ -199,6 +199,13 @@ class SeparableConv(nn.Module):
 class Bottleneck(nn.Module):
     """BTN (Section 2.3.4): 1x1 to out/4, BN, ReLU; depthwise 3x3 (atrous) on out/4, BN, ReLU; 1x1 to out.
 
+    Depthwise, although Section 2.3.4's prose describes the ResNet bottleneck with "a full 3x3 convolution": the
+    printed counts force it. A full 3x3 on the 64 channels of a 256-wide bottleneck has 64*64*9 = 36,864 weights
+    against the depthwise 64*9 = 576, so each of the four bottlenecks of Table 5.1's unshared BTN model (three
+    atrous branches and the decoder) would add 36,288: 25,532,341 (25.53M) instead of 25,387,189 (the printed
+    25.39M), and MAdds would grow likewise. With the depthwise 3x3 every BTN and CASPP row of Tables 5.1, 5.4, A.1
+    and A.2 matches to the printed digits (tests/test_deeplab.py).
+
     Only the convs live here; the two BatchNorms are passed in (``inner_norms``) because under KSAC they stay per
     rate: Table 5.1's 25,091,125 parameters for BTN+KSAC leave exactly the two BNs of each rate unshared. The ReLUs
     are functional, so ptflops does not count them (the thesis's MAdds do not).
@@ -300,7 +307,13 @@ class ASPP(nn.Module):
     """Atrous Spatial Pyramid Pooling (Section 4.1) with the atrous branches of ``aspp`` (Sections 5.1.1, 5.3.1).
 
     With ``ksac`` one block is shared by the three rates (Section 2.2.5): the whole atrous block for ST/DS/BTN, the
-    first block of each branch for CASPP-n (Section 5.3.2: "sharing only the first layer"); BatchNorms stay per rate.
+    first block of each branch for CASPP-n; BatchNorms stay per rate.
+
+    KSAC on the first CASPP block only is what the printed counts give, not what the text says was run: Section
+    5.3.2 only *proposes* it as future work ("Presumably, sharing only the first layer can be the best of both
+    worlds"). Table 5.4's KSAC savings are exactly two copies of the first block: CASPP-2 26.08M - 25.43M = 0.65M
+    = 2 x 328,832 (the 2048 -> 512 bottleneck), CASPP-3 28.07M - 26.49M = 1.58M = 2 x 788,736 (2048 -> 1024);
+    sharing every layer would save 2 x 49,728 more for CASPP-2 (its 512 -> 256 layer), 0.75M in all.
     """
 
     def __init__(self, in_channels: int, rates: tuple[int, int, int], aspp: str, ksac: bool) -> None:

@@ -15,7 +15,23 @@ interval the gradient passes unchanged, outside it is 0. Two ways to choose the 
 * ``"learned"``: the interval ends are trainable parameters, trained through the STE as in QKD's quantizer
   (the same idea as PACT, Choi et al. 2018, and LSQ, Esser et al. 2020).
 
-Weights are quantized symmetrically per output channel (zero maps to zero, one scale per filter), activations
+Two quantizers (``fake_quantize_model(quantizer=...)``):
+
+* ``"qkd"`` (the learned- or tracked-range quantizer above, QKD's): weights quantized symmetrically per output
+  channel on a narrow signed grid, so b bits give 2^b - 1 weight levels (2 bits: {-1, 0, 1} x scale, ternary);
+  activations per tensor with 2^b levels.
+* ``"polino"`` (Polino et al. 2018, their uniform quantization with a scaling function and buckets; their code,
+  antspy/quantized_distillation, ``quantization/quant_functions.py: uniformQuantization`` with
+  ``type_of_scaling='linear'``): the weights are cut into buckets of k consecutive values (``bucket_size``, 256 in
+  their experiments' calls of ``train_model``), each bucket is scaled to [0, 1] by its own min and max, rounded to
+  s = 2^b evenly spaced levels (deterministic rounding, ``stochastic_rounding=False`` in their training loop),
+  and scaled back; a constant bucket keeps its value (their alpha = 1 where max - min < 1e-10). Their training
+  loop computes the gradient at the quantized weights and applies it to the float ones (``cnn_models/
+  conv_forward_model.py: train_model``, ``backprop_quantization_style='none'``): the straight-through estimator,
+  here without clipping (every weight lies inside its bucket's range). Activations stay float (they quantize
+  ``model.parameters()`` only).
+
+With "qkd", weights are quantized symmetrically per output channel (zero maps to zero, one scale per filter), activations
 asymmetrically per tensor over [lo, hi] (a U-Net's conv inputs can be negative: transposed-conv outputs are
 concatenated with the skips). Bit widths 2 to 8 are supported. ``fake_quantize_model`` swaps every Conv2d /
 ConvTranspose2d of a model for a quantized one; BatchNorm stays float (it folds into the convs at export).
@@ -31,6 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 MODES = ("learned", "tracked")
+QUANTIZERS = ("qkd", "polino")
+POLINO_BUCKET = 256   # Polino et al.'s bucket size in their experiments (antspy/quantized_distillation)
 _EPS = 1e-8  # smallest scale: an all-zero weight channel or a constant input must not give a division by zero
 
 
@@ -107,6 +125,59 @@ class WeightQuantizer(nn.Module):
         return round_ste(w_c / s) * s
 
 
+def polino_quantize(w: torch.Tensor, bits: int, bucket_size: int = POLINO_BUCKET) -> torch.Tensor:
+    """Polino et al. 2018's uniform quantization with linear scaling in buckets (their code's
+    ``uniformQuantization``, type_of_scaling 'linear'), with a straight-through gradient.
+
+    ``w`` is flattened and cut into buckets of ``bucket_size`` consecutive values (the last one may be shorter: the
+    same min and max as their padding with the last value gives). In each bucket, v = (w - min) / (max - min) lies
+    in [0, 1]; q = round(v (s - 1)) / (s - 1) with s = 2^bits levels; the output is q (max - min) + min. A bucket
+    with max - min < 1e-10 divides by 1 instead (their rule), so a constant bucket is returned unchanged. Backward:
+    the identity (the gradient taken at the quantized weights updates the float ones). Torch only.
+    """
+    quant_range(bits, signed=False)   # validates bits
+    if bucket_size < 1:
+        raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
+    levels = 2 ** bits - 1            # s - 1 steps between s levels
+    flat = w.detach().reshape(-1)
+    pad = -flat.numel() % bucket_size
+    buckets = torch.cat([flat, flat[-1:].expand(pad)]).reshape(-1, bucket_size)   # pad with the last value
+    lo = buckets.amin(dim=1, keepdim=True)
+    alpha = buckets.amax(dim=1, keepdim=True) - lo
+    alpha = torch.where(alpha < 1e-10, torch.ones_like(alpha), alpha)
+    q = ((buckets - lo) / alpha * levels).round() / levels * alpha + lo
+    q = q.reshape(-1)[:flat.numel()].reshape(w.shape)
+    # q + (w - w.detach()): exactly q forward (w + (q - w) is not, in float), the identity backward
+    return q + (w - w.detach())
+
+
+class PolinoWeightQuantizer(nn.Module):
+    """``polino_quantize`` as a module: b bits (2^b levels) per bucket of ``bucket_size`` weights, no parameters."""
+
+    def __init__(self, bits: int, bucket_size: int = POLINO_BUCKET) -> None:
+        super().__init__()
+        quant_range(bits, signed=False)
+        self.bits, self.bucket_size = bits, bucket_size
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, levels={2 ** self.bits}, bucket_size={self.bucket_size}"
+
+    def buckets(self, w: torch.Tensor) -> int:
+        return math.ceil(w.numel() / self.bucket_size)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return polino_quantize(w, self.bits, self.bucket_size)
+
+
+def weight_levels(bits: int, quantizer: str = "qkd") -> int:
+    """Distinct weight values a quantizer allows at ``bits``: the qkd quantizer's symmetric narrow grid has
+    2^b - 1 (2 bits: 3, ternary), Polino et al.'s 2^b per bucket."""
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    lo, hi = quant_range(bits, signed=quantizer == "qkd")
+    return hi - lo + 1
+
+
 class ActivationQuantizer(nn.Module):
     """Asymmetric per-tensor fake quantizer over [lo, hi] with 2^b levels (unsigned codes and a zero point).
 
@@ -177,11 +248,16 @@ class _QuantConvMixin:
     weight_axis = 0
 
     @classmethod
-    def from_float(cls, conv: nn.Module, bits: int, mode: str = "learned") -> nn.Module:
+    def from_float(cls, conv: nn.Module, bits: int, mode: str = "learned", quantizer: str = "qkd",
+                   bucket_size: int = POLINO_BUCKET) -> nn.Module:
         q = _clone_conv(cls, conv)
         q.bits = bits
-        q.input_quantizer = ActivationQuantizer(bits, mode)
-        q.weight_quantizer = WeightQuantizer(bits, conv.weight.shape[cls.weight_axis], cls.weight_axis, mode)
+        if quantizer == "polino":   # Polino et al. quantize the weights only
+            q.input_quantizer = nn.Identity()
+            q.weight_quantizer = PolinoWeightQuantizer(bits, bucket_size)
+        else:
+            q.input_quantizer = ActivationQuantizer(bits, mode)
+            q.weight_quantizer = WeightQuantizer(bits, conv.weight.shape[cls.weight_axis], cls.weight_axis, mode)
         # the new quantizers follow the convolution's device, dtype and mode (an eval model must not update them)
         return q.to(conv.weight.device, conv.weight.dtype).train(conv.training)
 
@@ -223,8 +299,12 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
 
 
 def fake_quantize_model(model: nn.Module, bits: int, mode: str = "learned",
-                        first_last_bits: int | None = 8) -> nn.Module:
+                        first_last_bits: int | None = 8, quantizer: str = "qkd",
+                        bucket_size: int = POLINO_BUCKET) -> nn.Module:
     """A deep copy of ``model`` with every Conv2d / ConvTranspose2d replaced by its fake-quantized version.
+
+    ``quantizer``: "qkd" (weights and inputs, ranges by ``mode``) or "polino" (Polino et al.'s bucketed min-max
+    weight quantizer, ``bucket_size`` weights a bucket; inputs stay float; ``mode`` unused).
 
     The first and the last convolution (in ``model.modules()`` order) get ``first_last_bits`` (None: ``bits``).
     Keeping them at 8 bits is the usual practice in low-bit QAT (e.g. LSQ, Esser et al. 2020): they are small,
@@ -235,13 +315,18 @@ def fake_quantize_model(model: nn.Module, bits: int, mode: str = "learned",
     if first_last_bits is not None:
         quant_range(first_last_bits, signed=True)
     _check_mode(mode)
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    if bucket_size < 1:
+        raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
     if any(isinstance(m, _QuantConvMixin) for m in model.modules()):
         raise ValueError("model is already fake-quantized; call strip_fake_quantization first")
     model = copy.deepcopy(model)
     convs = [(n, m) for n, m in model.named_modules() if type(m) in _QUANT]
     for i, (name, conv) in enumerate(convs):
         edge = i in (0, len(convs) - 1) and first_last_bits is not None
-        model = _replace(model, name, _QUANT[type(conv)].from_float(conv, first_last_bits if edge else bits, mode))
+        model = _replace(model, name, _QUANT[type(conv)].from_float(conv, first_last_bits if edge else bits, mode,
+                                                                     quantizer, bucket_size))
     return model
 
 
@@ -258,16 +343,21 @@ def quantized_weight_bytes(model: nn.Module) -> int:
     """Bytes of the weights stored packed: b bits per quantized weight, float32 for the rest.
 
     A Quant* convolution counts ceil(numel * bits / 8) for its weight, plus 4 bytes per bias element, per
-    per-channel weight scale and for each end of its input range (lo, hi). Every other floating parameter and
+    per-channel weight scale and for each end of its input range (lo, hi); with Polino et al.'s quantizer, 4 bytes
+    for each bucket's min and for its max instead (inputs are not quantized). Every other floating parameter and
     buffer counts 4 bytes per element; integer and boolean buffers (num_batches_tracked, flags) are not weights.
     """
     total = 0
     for m in model.modules():
         if isinstance(m, _QuantConvMixin):
-            total += math.ceil(m.weight.numel() * m.bits / 8) + 4 * m.weight.shape[m.weight_axis] + 4 * 2
+            total += math.ceil(m.weight.numel() * m.bits / 8)
+            if isinstance(m.weight_quantizer, PolinoWeightQuantizer):
+                total += 4 * 2 * m.weight_quantizer.buckets(m.weight)
+            else:
+                total += 4 * m.weight.shape[m.weight_axis] + 4 * 2
             total += 4 * m.bias.numel() if m.bias is not None else 0
             continue
-        if isinstance(m, (WeightQuantizer, ActivationQuantizer)):
+        if isinstance(m, (WeightQuantizer, ActivationQuantizer, PolinoWeightQuantizer)):
             continue  # counted with their convolution above
         tensors = list(m.parameters(recurse=False)) + list(m.buffers(recurse=False))
         total += sum(4 * t.numel() for t in tensors if t.is_floating_point())

@@ -279,6 +279,30 @@ def test_ksac_shares_only_the_first_block_and_keeps_batchnorms_per_rate(aspp):
     assert len({id(n) for n in norms}) == len(norms)
 
 
+def test_btn_3x3_must_be_depthwise_for_the_printed_counts():
+    """Section 2.3.4's prose says "a full 3x3"; Table 5.1's 25.39M (BTN, OS16, unshared) leaves room only for a
+    depthwise one: four 64-channel bottleneck 3x3s (three atrous branches, the decoder), each 36,288 weights short
+    of a full 3x3, would make it 25.53M."""
+    model = shapes_only("resnet50", 16, "BTN", False)
+    threes = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+              and m.in_channels == 64 and m.groups == 64]
+    assert len(threes) == 4
+    full = params("resnet50", 16, "BTN", False) + 4 * (64 * 64 * 9 - 64 * 9)
+    assert round(params("resnet50", 16, "BTN", False) / 1e6, 2) == 25.39 and round(full / 1e6, 2) == 25.53
+
+
+@pytest.mark.parametrize("aspp, printed_saving, first_block", [("CASPP-2", 0.65, 328_832), ("CASPP-3", 1.58, 788_736)])
+def test_ksac_on_the_first_caspp_block_is_what_table_5_4_counts(aspp, printed_saving, first_block):
+    """Section 5.3.2 only proposes "sharing only the first layer"; Table 5.4's KSAC savings (26.08M - 25.43M,
+    28.07M - 26.49M) are two copies of the first block, not of the whole branch."""
+    saving = params("resnet50", 16, aspp, False) - params("resnet50", 16, aspp, True)
+    assert saving == 2 * first_block
+    assert abs(saving / 1e6 - printed_saving) <= 0.01   # the difference of two rounded counts
+    whole_branch = saving + 2 * sum(count_parameters(layer.block) for layer in
+                                    shapes_only("resnet50", 16, aspp, True).aspp.atrous[0].layers[1:])
+    assert whole_branch / 1e6 - printed_saving > 0.1    # sharing every layer would not give the printed rows
+
+
 def test_caspp_1_is_the_btn_network():
     with torch.device("meta"):
         btn, caspp_1 = build_deeplabv3plus(aspp="BTN"), build_deeplabv3plus(aspp="CASPP-1")

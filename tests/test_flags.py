@@ -89,9 +89,10 @@ RANGE_CASES = [
     ("fcn", ["--workers", "-1"], "--workers", ()),   # a traceback from the DataLoader before
     ("fcn", ["--seed", "-1"], "--seed", ()),
 
-    *group("qkd", ["--pretrain-iterations", "--iterations", "--eval-every", "--self-study", "--co-study", "--tutor",
-                   "--int8-iterations", "--val-images", "--teacher-iterations", "--patch"], "0"),
-    *group("qkd", ["--plateau-patience", "--workers"], "-1"),
+    *group("qkd", ["--pretrain-iterations", "--iterations", "--eval-every", "--int8-iterations", "--val-images",
+                   "--teacher-iterations", "--patch", "--bucket-size"], "0"),
+    *group("qkd", ["--plateau-patience", "--workers", "--self-study", "--co-study", "--tutor"], "-1"),
+    ("qkd", ["--self-study", "0", "--co-study", "0", "--tutor", "0"], "--tutor", ()),   # all three 0: nothing trains
     ("qkd", ["--batch-size", "1"], "--batch-size", ()),
     *group("qkd", ["--lr", "--teacher-lr", "--T"], "0"),
     ("qkd", ["--beta1", "1"], "--beta1", ("--lr", "--teacher-lr")),

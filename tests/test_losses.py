@@ -205,13 +205,16 @@ def test_attention_loss_ignores_scale_and_channel_count():
     assert attention_transfer_loss([student], [student.repeat(1, 4, 1, 1)]).item() == pytest.approx(0, abs=1e-6)
 
 
-def test_attention_loss_resizes_the_teacher_bilinearly_to_the_student():
-    # teacher at 4x4 (output stride 16), student at 2x2 (output stride 32)
+def test_attention_loss_resizes_the_teachers_layer_bilinearly_to_the_student():
+    # teacher at 4x4 (output stride 16), student at 2x2 (output stride 32): Kowalski 2021, Section 4.2.2 resizes the
+    # teacher's layer before the attention map, so a student equal to the resized layer matches it exactly
     torch.manual_seed(0)
     teacher = torch.rand(1, 4, 4, 4)
-    resized = F.interpolate(attention_map(teacher)[:, None], size=(2, 2), mode="bilinear", align_corners=False)
-    student = resized.sqrt()  # one channel whose attention map equals the resized teacher map
+    student = F.interpolate(teacher, size=(2, 2), mode="bilinear", align_corners=False)
     assert attention_transfer_loss([student], [teacher]).item() == pytest.approx(0, abs=1e-6)
+    # a student matching the resized *map* instead does not (the mean of squares is not the square of the mean)
+    map_first = F.interpolate(attention_map(teacher)[:, None], size=(2, 2), mode="bilinear", align_corners=False)
+    assert attention_transfer_loss([map_first.sqrt()], [teacher]).item() > 1e-4
     assert attention_transfer_loss([torch.rand(1, 4, 2, 2)], [teacher]).item() > 0.01
 
 
@@ -411,3 +414,22 @@ def test_sad_resizes_the_deeper_map_to_the_shallower_and_sums_over_pairs():
     assert self_attention_distillation_loss([a, b, c]).item() == pytest.approx(ab + 0.0, abs=1e-7)
     with pytest.raises(ValueError, match="at least two"):
         self_attention_distillation_loss([a])
+
+
+# ---- the file as a copyable whole ---------------------------------------------------------------------------------
+def test_losses_module_is_torch_only_and_lists_every_loss():
+    """Each loss is meant to be copied: the module imports torch and nothing else of third parties, and its
+    ``__all__`` and header table name every public function."""
+    import ast
+    import inspect
+
+    import common.losses as losses
+    tree = ast.parse(inspect.getsource(losses))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"__future__", "collections", "torch"}, imported
+    public = {name for name, f in inspect.getmembers(losses, inspect.isfunction)
+              if f.__module__ == losses.__name__ and not name.startswith("_")}
+    assert set(losses.__all__) == public
+    assert all(f"``{name}``" in losses.__doc__ for name in public)

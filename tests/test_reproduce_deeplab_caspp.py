@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import reproduce_deeplab_caspp as script
 from common.deeplab import build_deeplabv3plus
@@ -80,6 +83,7 @@ def test_profile_only_prints_the_thesis_columns_beside_ours(tmp_path):
     # row 1: OS16 KSAC ASPP, 3.75M / 4.29G in the thesis; row 6: OS16 CASPP-2, 2.83M / 1.12G
     assert "| 3.75M | 3.75M | 4.29G | 4.29G |" in table
     assert "| 2.83M | 2.83M | 1.12G | 1.12G |" in table
+    assert "ASPP % of Params (ours)" in table and "up to 50% of the total parameters" in table
     assert not (tmp_path / "run" / "results.csv").exists()  # nothing was trained
 
 
@@ -109,6 +113,7 @@ def test_distillation_table_trains_teacher_and_every_method(tmp_path):
     table = (out / "table5_3.md").read_text()
     assert "| 67.64 |" in table and "| 63.91 |" in table   # the thesis's None and KD for this row
     assert (out / "figures" / "attention_maps.png").exists()
+    assert "--loss-scale printed" in table
     assert len(list(cache.glob("deeplab_teacher_*.pt"))) == 1
     # the cached teacher is reused by the next run (no teacher job in its log)
     second = run_script("--table", "5.3", "--rows", "5", "--cache-dir", str(cache), "--out", str(tmp_path / "r2"),
@@ -143,6 +148,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     (["--teacher-checkpoint", "x.pt"], ["--teacher-checkpoint"]),
     (["--batch-size", "1"], ["--batch-size"]),
     (["--backbone-lr", "-1"], ["--backbone-lr"]),
+    (["--loss-scale", "moonshine"], ["--loss-scale", "no distilled student"]),
+    (["--backbone", "resnet50", "--loss-scale", "moonshine"], ["--loss-scale", "--method"]),
+    (["--profile-only", "--table", "5.4", "--loss-scale", "printed"], ["--loss-scale", "--profile-only"]),
 ])
 def test_bad_flags_are_user_errors_before_any_work(args, needles, tmp_path):
     with pytest.raises(UserError) as caught:
@@ -255,3 +263,110 @@ def test_help_names_the_tables_and_flags_with_their_defaults(capsys, monkeypatch
     assert "training iterations of each model (default 250; paper preset 30,000)" in text
     assert "iterations between checkpoints (default 200; paper preset 1,000)" in text
     assert "KD weight alpha of Eq. 4.6, in [0, 1] (default 0.9)" in text
+
+
+# ------------------------------------------------------------------------------------------ the objective
+@pytest.mark.parametrize("at_loss", ["attention_transfer_loss", "moonshine_at_loss"])
+def test_teacher_layers_are_resized_before_the_attention_map(at_loss):
+    """Section 4.2.2 resizes the teacher's *layers*. A channel alternating +1 / -1 across a 2x2 map resizes
+    (bilinear, to 1x1) to its mean 0, so its attention is 0 and matches a silent student exactly (loss 0);
+    resizing the attention map (all ones) instead would give a unit vector against the student's zero (loss > 0)."""
+    teacher = torch.tensor([[[[1.0, -1.0], [1.0, -1.0]]]])
+    student = torch.zeros(1, 3, 1, 1)
+    map_first = F.interpolate(script.attention_map(teacher)[:, None], size=(1, 1), mode="bilinear",
+                              align_corners=False)
+    assert map_first.item() == 1.0
+    assert getattr(script, at_loss)([student], [teacher]).item() == 0.0
+
+
+def test_moonshine_kd_hand_value_divides_the_kl_by_every_element():
+    """One image, C = 2 classes, 1x2 pixels, T = 1, alpha = 0.9. Teacher uniform; student q = (3/4, 1/4) at pixel
+    0 (label 0) and uniform at pixel 1 (label 255, unlabelled). KL at pixel 0 = 0.5 ln(2/3) + 0.5 ln 2 = 0.5 ln(4/3),
+    0 at pixel 1; / (N C H W = 4) -> ln(4/3) / 8. CE over the labelled pixel: -ln(3/4) = ln(4/3).
+    L = 2 * 0.9 * ln(4/3) / 8 + 0.1 * ln(4/3) = 0.325 ln(4/3)."""
+    student = torch.tensor([[[[math.log(3), 0.0]], [[0.0, 0.0]]]])
+    teacher = torch.zeros(1, 2, 1, 2)
+    target = torch.tensor([[[0, 255]]])
+    loss, kl = script.moonshine_kd_loss(student, teacher, target, alpha=0.9, T=1.0)
+    assert kl.item() == pytest.approx(math.log(4 / 3) / 8, abs=1e-7)
+    assert loss.item() == pytest.approx(0.325 * math.log(4 / 3), abs=1e-7)
+
+
+def test_moonshine_kd_is_the_adopted_code_formula_with_t_squared_and_no_mask():
+    """funcs.py: F.kl_div(log_softmax(y/T), softmax(t/T)) * (T*T * 2. * alpha) + F.cross_entropy(y, labels) *
+    (1 - alpha), with the old default reduction: the mean over all elements (today's reduction='mean')."""
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 21, 3, 4), torch.randn(2, 21, 3, 4)
+    y = torch.randint(0, 21, (2, 3, 4))
+    y[0, 0] = 255
+    T, alpha = 4.0, 0.9
+    with pytest.warns(UserWarning):   # today's 'mean' warns that it divides by every element, as the old one did
+        kl = F.kl_div(F.log_softmax(s / T, dim=1), F.softmax(t / T, dim=1), reduction="mean")
+    expected = kl * (T * T * 2.0 * alpha) + F.cross_entropy(s, y, ignore_index=255) * (1.0 - alpha)
+    loss, _ = script.moonshine_kd_loss(s, t, y, alpha, T)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # unlabelled pixels still count in the KL (F.kl_div has no mask): all-unlabelled leaves the soft term
+    all_ignored = torch.full_like(y, 255)
+    loss_ignored, _ = script.moonshine_kd_loss(s, t, all_ignored, alpha, T)
+    assert loss_ignored.item() == pytest.approx((kl * (T * T * 2.0 * alpha)).item(), rel=1e-5)
+
+
+def test_moonshine_at_hand_value_mean_of_squares_times_three_over_layers():
+    """Student map (1, 0) and teacher map (0, 1) (one channel, 1x2): normalised e1 and e2, squared difference
+    (1, 1), mean over N x H x W = 2 -> 1; one layer: beta factor 3 / 1 -> 3 (Eq. 4.8 would give sqrt 2).
+    With a second, identical layer pair: 3 / 2 * (1 + 0) = 1.5."""
+    s, t = torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0, 1.0]]]])
+    assert script.moonshine_at_loss([s], [t]).item() == pytest.approx(3.0, abs=1e-6)
+    assert script.attention_transfer_loss([s], [t]).item() == pytest.approx(math.sqrt(2), abs=1e-6)
+    same = torch.rand(1, 4, 1, 2)
+    assert script.moonshine_at_loss([s, same], [t, same.clone()]).item() == pytest.approx(1.5, abs=1e-6)
+
+
+def test_moonshine_at_is_the_adopted_code_formula():
+    """funcs.py: at(x) = F.normalize(x.pow(2).mean(1).view(x.size(0), -1)); at_loss = (at(x) - at(y)).pow(2).mean();
+    main.py: adjusted_beta = beta * 3 / len(ints_student), summed over the layers."""
+    torch.manual_seed(1)
+    pairs = [(torch.randn(2, 8, 4, 4), torch.randn(2, 16, 4, 4)), (torch.randn(2, 3, 2, 2), torch.randn(2, 5, 2, 2))]
+    at = lambda x: F.normalize(x.pow(2).mean(1).view(x.size(0), -1))  # noqa: E731
+    beta = 1000.0
+    expected = sum(beta * 3 / len(pairs) * (at(s) - at(t)).pow(2).mean() for s, t in pairs)
+    got = beta * script.moonshine_at_loss([s for s, _ in pairs], [t for _, t in pairs])
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert script.moonshine_at_loss([pairs[0][0]], [pairs[0][0].clone()]).item() == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.parametrize("loss_scale", script.LOSS_SCALES)
+def test_objective_resizes_the_teacher_layers_and_picks_the_reduction(loss_scale):
+    """An OS32 student (2x2 maps) against an OS16 teacher (4x4): the objective compares the student with the
+    teacher's *layers* resized, in both readings, and weighs the reading's L_A by beta."""
+    torch.manual_seed(2)
+    logits, target = torch.randn(2, 21, 8, 8), torch.randint(0, 21, (2, 8, 8))
+    feats = {"aspp": torch.randn(2, 6, 2, 2), "atrous": [torch.randn(2, 6, 2, 2) for _ in range(3)]}
+    t_feats = {"aspp": torch.randn(2, 6, 4, 4), "atrous": [torch.randn(2, 6, 4, 4) for _ in range(3)]}
+    loss, logged = script.caspp_objective("at-all", logits, feats, None, t_feats, target, 0.9, 1000.0, 4.0,
+                                          loss_scale)
+    student = script.features_for("at-all", feats)
+    teacher = [F.interpolate(t, size=(2, 2), mode="bilinear", align_corners=False)
+               for t in script.features_for("at-all", t_feats)]
+    at_fn = script.moonshine_at_loss if loss_scale == "moonshine" else script.attention_transfer_loss
+    assert logged["train_at"].item() == pytest.approx(at_fn(student, teacher).item(), rel=1e-6)
+    hard = F.cross_entropy(logits, target)
+    assert loss.item() == pytest.approx(hard.item() + 1000.0 * logged["train_at"].item(), rel=1e-6)
+    kd, _ = script.caspp_objective("kd", logits, None, torch.randn(2, 21, 8, 8), None, target, 0.9, 1000.0, 4.0,
+                                   loss_scale)
+    assert torch.isfinite(kd)
+    with pytest.raises(ValueError):
+        script.caspp_objective("none", logits, None, None, None, target, 0.9, 1000.0, 4.0, "other")
+
+
+def test_aspp_share_matches_figure_4_3():
+    """Figure 4.3, the thesis's ptflops output for MobileNetV2 with CASPP-4 (unshared, 4,248,629 parameters), prints
+    the ASPP at "2.393 M, 56.326% Params, ... 39.789% MACs": ``aspp_share`` counts the same. (Section 4.2.3's
+    "up to 50% of the total parameters and about 25% of the MAdds" is then read off the --profile-only table.)"""
+    with torch.device("meta"):   # shapes only: the counts are the CPU's (tests/test_deeplab.py), faster
+        model = build_deeplabv3plus("mobilenet_v2", 21, 16, "CASPP-4", False)
+    cost = {"params": sum(p.numel() for p in model.parameters()),
+            "macs": script.count_macs(model, script.MACS_INPUT)}
+    params_share, macs_share = script.aspp_share(model, cost)
+    assert round(100 * params_share, 3) == 56.326 and round(100 * macs_share, 3) == 39.789
+    assert model.training   # the count leaves the model's mode as it found it

@@ -130,6 +130,15 @@ def test_student_optimizer_is_section_iii_b_sgd_and_its_variants() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- Section III.A models
+def test_decay_shrinkage_by_hand() -> None:
+    """1 - prod_t (1 - lr_t wd / (1 - momentum)), lr_t = lr (1 - t / n)^0.9: computed by hand for n = 1 and 2."""
+    assert script.decay_shrinkage(0.1, 0.5, 0.0, 1) == pytest.approx(0.05)
+    second = 0.1 * 0.5 ** 0.9 * 0.5 / 0.5          # momentum 0.5 doubles the decay of each step
+    assert script.decay_shrinkage(0.1, 0.5, 0.5, 2) == pytest.approx(1 - (1 - 0.1) * (1 - second))
+    assert script.decay_shrinkage(0.0, 5e-4, 0.9, 120) == 0.0                     # a fixed backbone never shrinks
+    assert script.decay_shrinkage(0.02, 5e-4, 0.9, 120) == pytest.approx(0.0063, abs=1e-4)   # the default preset
+
+
 def test_cifar_resnet18_has_the_cifar_variants_size() -> None:
     """torchvision's ResNet-18 (11,181,642 with 10 classes) with a 3x3 stem instead of 7x7: 9,408 - 1,728 fewer."""
     model = script.CifarResNet18()
@@ -211,6 +220,7 @@ def test_experiment_b_end_to_end(tmp_path) -> None:
     for paper in ("63.7", "57.9", "54.2", "61.4"):
         assert paper in table
     assert "w/o momentum" in table and "Without Weight Decay" in table
+    assert "not a reproduction of the report's 'no significant effect'" in table and "not FastFCN's" in table
     for name in ("figure1_train_images.png", "figure2_before_training.png", "figure3_val_images.png",
                  "figure4_after_training.png", "B_training_loss.png", "B_val_miou.png"):
         assert (run / "figures" / name).stat().st_size > 0

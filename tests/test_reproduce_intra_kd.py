@@ -13,11 +13,13 @@ from common.errors import UserError
 from common.losses import (attention_transfer_loss, intra_affinity_loss, kd_kl_div, self_attention_distillation_loss,
                            weighted_cross_entropy)
 from common.runs import save_weights
+from common.erfnet import ERFNet
 from common.segmentation_models import build_segmenter
 from common.teachers import OutputMemo, freeze
 from script_runs import read_results, tiny, without
 
-WEIGHTS = {"kd": 0.5, "T": 2.0, "at": 3.0, "sad": 0.1, "intra": (1.0, 0.5, 0.25)}
+WEIGHTS = {"kd": 0.5, "T": 2.0, "at": 3.0, "sad": 0.1, "sad_size": "input", "intra": (1.0, 0.5, 0.25),
+           "intra_masks": "area"}
 
 
 def random_case(seed: int = 0) -> tuple:
@@ -38,7 +40,8 @@ def test_the_student_loss_is_the_segmentation_loss_plus_each_rows_terms() -> Non
     seg = weighted_cross_entropy(logits, target, w)
     terms = {"kd": 0.5 * 4 * kd_kl_div(logits, t_logits, 2.0, valid_mask=target != 255),
              "at": 3.0 * attention_transfer_loss([feats["block4"]], [t_feat]),
-             "sad": 0.1 * self_attention_distillation_loss([feats["block2"], feats["block3"], feats["block4"]]),
+             "sad": 0.1 * self_attention_distillation_loss([feats["block2"], feats["block3"], feats["block4"]],
+                                                           size=(16, 16)),                # the input size
              "intra": intra_affinity_loss(feats["block4"], t_feat, target, 4, weights=(1.0, 0.5, 0.25))}
     for row in (("kd",), ("at",), ("sad",), ("intra",), ("intra", "kd")):
         loss, logs = script.student_loss(row, logits, feats, target, w, 4, t_logits, t_feat, WEIGHTS, sad_on=True)
@@ -57,11 +60,35 @@ def test_the_figures_affinity_graphs_are_the_ones_the_loss_compares() -> None:
     torch.manual_seed(3)
     student, teacher = torch.randn(1, 5, 8, 8), torch.randn(1, 7, 8, 8)
     labels = torch.randint(0, 4, (1, 16, 16))
-    classes, s_graphs = script.affinity_graphs(student, labels[0], 4)
-    assert classes == [0, 1, 2, 3] and s_graphs[0].shape == (4, 4)
-    _, t_graphs = script.affinity_graphs(teacher, labels[0], 4)
-    expected = sum(float(((s - t) ** 2).mean()) for s, t in zip(s_graphs, t_graphs))
-    assert intra_affinity_loss(student, teacher, labels, 4).item() == pytest.approx(expected, rel=1e-5)
+    for masks in ("area", "nearest"):
+        classes, s_graphs = script.affinity_graphs(student, labels[0], 4, masks)
+        assert classes == [0, 1, 2, 3] and s_graphs[0].shape == (4, 4)
+        _, t_graphs = script.affinity_graphs(teacher, labels[0], 4, masks)
+        expected = sum(float(((s - t) ** 2).mean()) for s, t in zip(s_graphs, t_graphs))
+        loss = intra_affinity_loss(student, teacher, labels, 4, masks=masks)
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+    one_marking = torch.zeros(16, 16, dtype=torch.long)
+    one_marking[5, 5] = 2                          # one pixel of 16x16: nearest resizing to 8x8 loses it
+    assert script.affinity_graphs(student, one_marking, 4, "nearest")[0] == [0]
+    assert script.affinity_graphs(student, one_marking, 4, "area")[0] == [0, 2]
+
+
+def test_students_start_from_the_given_checkpoint_and_a_foreign_one_is_refused(tmp_path) -> None:
+    cfg, _ = script.parse_args(["--seed", "3"])
+    pretrained = ERFNet(20)                        # e.g. Cityscapes classes: the output layer cannot fit 8
+    with torch.no_grad():
+        for p in pretrained.parameters():
+            p.add_(1.0)                            # unlike any seed's initial weights
+    save_weights(tmp_path / "erfnet.pt", pretrained)
+    cfg.student_checkpoint = str(tmp_path / "erfnet.pt")
+    student = script.new_student(cfg, 8)
+    own, given = student.state_dict(), pretrained.state_dict()
+    assert all(torch.equal(own[k], given[k]) for k in own if not k.startswith("classifier."))
+    assert own["classifier.weight"].shape[1] == 8
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    cfg.student_checkpoint = str(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="does not fit"):
+        script.new_student(cfg, 8)
 
 
 def test_the_teachers_logits_are_recomputed_from_its_memoised_head_features() -> None:
@@ -87,15 +114,18 @@ def test_the_presets_and_their_help(capsys) -> None:
     cfg, _ = script.parse_args([])
     assert cfg.methods == ("alone", "kd", "at", "sad", "intra", "intra_kd")
     assert (cfg.sad_weight, cfg.sad_start, cfg.intra_weights) == (0.1, 2 / 3, (1.0, 1.0, 1.0))
+    assert (cfg.sad_size, cfg.intra_masks, cfg.student_checkpoint) == ("input", "area", None)
     paper, _ = script.parse_args(["--preset", "paper"])
     assert (paper.optimizer, paper.lr, paper.iterations) == ("sgd", 0.01, 60_000)
     assert round(paper.sad_start * paper.iterations) == 40_000            # the SAD paper's 40k of 60k
     assert (paper.background_weight, paper.crop_height, paper.crop_width) == (0.05, 496, 1488)   # IntRA-KD's code
+    assert paper.student_checkpoint is None             # no pretrained ERFNet ships: random unless given
     assert script.parse_methods("intra, alone") == ("intra", "alone")
     with pytest.raises(SystemExit):
         script.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("(default 240; paper preset 60,000)", "(default 1,1,1)", "(default 0.05)",
+    for shown in ("(default 240; paper preset 60,000)", "(default 1,1,1)", "(default 0.05)", "(default area)",
+                  "(default input)",
                   "(default runs/teacher_cache)", "(default all)", "(default 100; paper preset 2,000)"):
         assert shown in text, shown
 
@@ -115,7 +145,8 @@ def test_end_to_end_every_row(tmp_path) -> None:
     assert all(0 <= float(r["iou"]) <= 1 for r in rows)
     assert rows[1]["params"] == str(2_064_256 - 12 * 16 * 4 - 12)      # ERFNet with 8 classes, not 20
     table = (run / "table_intra_kd.md").read_text()
-    assert "46.63" in table and "43.48" in table and "(ours)" in table and "(paper" in table
+    assert "46.63" in table and "43.48" in table and "(ours)" in table and "IntRA-KD repo: PSPNet-R101" in table
+    assert "multi-scale test" in table and "--intra-masks area" in table and "input's size" in table
     per_class = (run / "table_intra_kd_per_class.md").read_text()
     assert "zebra crossing" in per_class and "turn arrow" in per_class
     for name in ("training_loss.png", "val_miou.png", "predictions.png", "affinity_graphs.png",
@@ -176,6 +207,9 @@ def test_apollo_scape_files_in_the_published_layout(tmp_path, apollo_writer) -> 
     (["--crop-height", "96"], "at most --height 64"),
     (["--methods", "alone,fitnet"], "choose from"),
     (["--intra-weights", "1,1"], "three"),
+    (["--methods", "alone,sad", "--intra-masks", "nearest"], "--intra-masks sets the IntRA-KD term"),
+    (["--methods", "alone,intra", "--sad-size", "block"], "--sad-size sets the SAD term"),
+    (["--student-checkpoint", "/no/such/file.pt"], "no such file or folder"),
     (["--batch-size", "1"], "BatchNorm"),
     (["--checkpoint-every", "0"], "--checkpoint-every 0: must be >= 1"),
     (["--teacher-checkpoint", "x.pt", "--teacher-backbone", "imagenet"], "give one"),

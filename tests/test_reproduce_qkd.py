@@ -3,6 +3,7 @@ published size, --help, a tiny end-to-end run without int8 (the fast tier), one 
 included) and a resume (slow), and bad input."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -99,6 +100,94 @@ def test_help_shows_each_default_once(capsys) -> None:
     assert "default default" not in text and "(default None" not in text and "h('" not in text
 
 
+# ----------------------------------------------------------------------------------------------- Section 3.2, Fig. 1
+def test_quantizer_flag_and_the_weight_levels_it_shows() -> None:
+    cfg, _ = script.parse_args([])
+    assert (cfg.quantizer, cfg.bucket_size) == ("polino", 256)        # Section 2.3's [9] is the default
+    assert script.precision(cfg, 2) == "W2A32 (4-level weights)"       # Polino: 2^b levels, float activations
+    qkd, _ = script.parse_args(["--quantizer", "qkd"])
+    assert script.precision(qkd, 2) == "W2A2 (3-level weights)"        # the symmetric grid is ternary at 2 bits
+    assert script.bits_cell(qkd, 4) == "4/4, 15 weight levels"
+    assert script.bits_cell(cfg, 4) == "4/32, 16 levels per 256 weights"
+    paper, _ = script.parse_args(["--preset", "paper"])               # the quantized rows as long as the fp32 rows
+    assert paper.self_study + paper.co_study + paper.tutor == paper.iterations == 20 * (1464 // paper.batch_size)
+
+
+def phase_recorder(cfg) -> tuple[script.Experiment, list]:
+    """An Experiment whose training jobs only record their (name, start step, iterations): QKD's phase logic."""
+    from common.training import Trained
+
+    calls = []
+    exp = object.__new__(script.Experiment)
+    exp.cfg, exp.session = cfg, type("S", (), {"say": staticmethod(lambda text: None)})()
+    exp.quantized_copy = lambda model, bits: torch.nn.Conv2d(1, 1, 1)
+
+    def job(name, start, iterations):
+        calls.append((name, start, iterations))
+        return Trained(name, "", None, {"miou": 0.5}, [1.0] * iterations)
+
+    exp.self_study = lambda name, student, start, iterations: job(name, start, iterations)
+    exp.co_study = lambda name, student, teacher, start: job(name, start, cfg.co_study)
+    exp.tutoring = lambda session, name, student, tutor, start, iterations, memo=False: job(name, start, iterations)
+    return exp, calls
+
+
+@pytest.mark.parametrize("phases, expected", [
+    ((2, 3, 4), [("qkd4_1_self", 10, 2), ("qkd4_2_co", 12, 3), ("qkd4_3_tutor", 15, 4)]),
+    ((0, 0, 5), [("qkd4_3_tutor", 10, 5)]),                              # Section 3.2 as written: tutoring only
+    ((3, 0, 2), [("qkd4_1_self", 10, 3), ("qkd4_3_tutor", 13, 2)]),
+    ((0, 4, 0), [("qkd4_2_co", 10, 4)]),
+])
+def test_zero_length_qkd_phases_are_skipped(phases, expected) -> None:
+    flags = ["--self-study", str(phases[0]), "--co-study", str(phases[1]), "--tutor", str(phases[2])]
+    cfg, args = script.parse_args([*flags, "--no-int8"])
+    script.check_config(cfg, args)                                      # 0 is allowed
+    exp, calls = phase_recorder(cfg)
+    pretrained = type("P", (), {"model": None})()
+    final, _ = exp.train_qkd(4, pretrained, torch.nn.Conv2d(1, 1, 1), 10)
+    assert calls == expected
+    assert len(final.train_loss) == sum(phases) and final.start_step == 10
+    assert final.metrics["phase_ends"] == [sum(c[2] for c in calls[:i + 1]) for i in range(len(calls) - 1)]
+
+
+def test_all_qkd_phases_zero_is_a_user_error() -> None:
+    cfg, args = script.parse_args(["--self-study", "0", "--co-study", "0", "--tutor", "0", "--no-int8"])
+    with pytest.raises(UserError, match="--tutor"):
+        script.check_config(cfg, args)
+
+
+def test_the_continuation_goes_on_with_the_pretrainings_optimizer_and_scheduler(tmp_path) -> None:
+    """Figure 1's '20 more epochs': Adam's moments and step count and the plateau scheduler continue (3 + 2 steps),
+    four rows can start from the same state without sharing tensors, and a resumed run reads the same state."""
+    import dataclasses
+
+    from common.runs import RunDir
+    from common.training import Session
+
+    cfg, _ = script.parse_args(tiny(tmp_path, *SMOKE, "--eval-every", "1", "--plateau-patience", "0"))
+    cfg = dataclasses.replace(cfg, student_width=2, progress=False)
+    exp = script.Experiment(cfg, torch.device("cpu"))
+    exp.run = RunDir(tmp_path / "run")
+    exp.session = Session(exp.run, torch.device("cpu"), cfg)
+    pretrained = exp.train_fp32("student_pretrain", "", script.new_student(cfg), 0, 3, None, False, False)
+    scheduler = pretrained.info["scheduler"]
+    handoff = exp.pretraining_end(pretrained)
+    saved = {k: v.clone() for k, v in handoff["optimizer"]["state"][0].items()}
+    rows = [exp.train_fp32(f"row{i}", "", copy.deepcopy(pretrained.model), 3, 2, None, False, False, handoff)
+            for i in range(2)]
+    for row in rows:
+        state = row.info["optimizer"].state_dict()["state"][0]
+        assert float(state["step"]) == 3 + 2
+        assert row.info["scheduler"].last_epoch == scheduler.last_epoch + 2        # one plateau check per eval
+        assert row.info["optimizer"].param_groups[0]["lr"] <= pretrained.info["optimizer"].param_groups[0]["lr"]
+    assert all(torch.equal(saved[k], handoff["optimizer"]["state"][0][k]) for k in saved)   # not trained in place
+    fresh = exp.train_fp32("fresh", "", copy.deepcopy(pretrained.model), 3, 2, None, False, False)
+    assert float(fresh.info["optimizer"].state_dict()["state"][0]["step"]) == 2
+    reread = exp.pretraining_end(pretrained)                                   # a resumed run: from the file
+    assert torch.equal(reread["optimizer"]["state"][0]["exp_avg"], saved["exp_avg"])
+    assert reread["scheduler"]["last_epoch"] == scheduler.last_epoch
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 SMALL = ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
          "--pretrain-iterations", "2", "--iterations", "2", "--eval-every", "1", "--self-study", "1",
@@ -116,15 +205,18 @@ def test_a_tiny_run_without_int8(tmp_path, capsys) -> None:
     script.main(tiny(tmp_path, *SMOKE))
     run = tmp_path / "run"
     names = [r["model"] for r in read_results(run)]
-    assert names[0].startswith("DeepLabV3-ResNet101") and len(names) == 2 + 4 + 1 + 1
-    assert names[-2:] == ["U-Net QAT W4A4, no teacher", "U-Net QKD W4A4"]
+    assert names[0].startswith("DeepLabV3-ResNet101") and len(names) == 2 + 4 + 3
+    assert names[-3:] == ["U-Net QAT W4A32 (16-level weights), no teacher",
+                          "U-Net W4A32 (16-level weights) + pixel-wise + pair-wise, frozen teacher (Section 3.2)",
+                          "U-Net QKD W4A32 (16-level weights)"]
     assert "int8: skipped" in (run / "table_qkd.md").read_text()
     assert (run / "figures" / "predictions.png").stat().st_size > 0
     config = json.loads((run / "config.json").read_text())
     assert config["bits"] == [4] and config["int8"] is False and config["checkpoint_every"] == 100
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"teacher", "student_pretrain", "student_both", "qat4", "qkd4_1_self", "qkd4_2_co",
+    assert {"teacher", "student_pretrain", "student_both", "qat4", "report4", "qkd4_1_self", "qkd4_2_co",
             "qkd4_3_tutor"} <= {r.get("job") for r in logged}
+    assert (run / "checkpoints" / "student_pretrain_optimizer.pt").is_file()   # Figure 1's continuation state
     out = capsys.readouterr().out
     assert f"run folder: {run}" in out and "done in" in out
 
@@ -135,10 +227,15 @@ def test_end_to_end_every_row(tmp_path) -> None:
     run = tmp_path / "run"
     rows = read_results(run)
     names = [r["model"] for r in rows]
-    assert names[0].startswith("DeepLabV3-ResNet101") and len(rows) == 2 + 4 + 2 + 2 + 1
-    assert [n for n in names if "QAT" in n] == ["U-Net QAT W8A8, no teacher", "U-Net QAT W4A4, no teacher"]
-    assert [n for n in names if "QKD" in n and "int8" not in n] == ["U-Net QKD W8A8", "U-Net QKD W4A4"]
-    assert names[-1].startswith("U-Net int8") and "QKD W8A8" in names[-1]
+    assert names[0].startswith("DeepLabV3-ResNet101") and len(rows) == 2 + 4 + 3 * 2 + 1
+    assert [n for n in names if "QAT" in n] == ["U-Net QAT W8A32 (256-level weights), no teacher",
+                                                "U-Net QAT W4A32 (16-level weights), no teacher"]
+    assert [n for n in names if "Section 3.2" in n] == [
+        f"U-Net W{b}A32 ({2 ** b}-level weights) + pixel-wise + pair-wise, frozen teacher (Section 3.2)"
+        for b in (8, 4)]
+    assert [n for n in names if "QKD" in n and "int8" not in n] == ["U-Net QKD W8A32 (256-level weights)",
+                                                                    "U-Net QKD W4A32 (16-level weights)"]
+    assert names[-1].startswith("U-Net int8") and "QKD W8A32" in names[-1]
     assert all(0 <= float(r["iou"]) <= 1 for r in rows)
     assert rows[1]["params"] == str(7_763_041 + 660)
     table = (run / "table_qkd.md").read_text()
@@ -153,14 +250,15 @@ def test_end_to_end_every_row(tmp_path) -> None:
     assert config["bits"] == [8, 4] and config["beta1"] == 0.8
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     jobs = {r.get("job") for r in logged}
-    assert {"student_pretrain", "student_both", "qkd4_1_self", "qkd4_2_co", "qkd4_3_tutor", "int8"} <= jobs
+    assert {"student_pretrain", "student_both", "report8", "qkd4_1_self", "qkd4_2_co", "qkd4_3_tutor",
+            "int8"} <= jobs
     assert any("train_pair" in r for r in logged if r.get("job") == "student_both")
     assert any("teacher_kl" in r for r in logged if r.get("job") == "qkd8_2_co")
 
 
 @pytest.mark.slow
 def test_a_run_interrupted_in_co_studying_resumes_to_the_same_numbers(tmp_path, monkeypatch) -> None:
-    flags = NO_INT8
+    flags = [*NO_INT8, "--quantizer", "qkd"]   # the qkd quantizer end to end (the default is Polino's)
     script.main(tiny(tmp_path, *flags, out="whole"))
     calls = {"n": 0}
     real = script.Experiment.co_study
@@ -189,6 +287,9 @@ def test_a_run_interrupted_in_co_studying_resumes_to_the_same_numbers(tmp_path, 
     (["--crop", "40"], "multiples of 16"),
     (["--teacher-weights", "coco", "--teacher-checkpoint", "x.pt"], "give one"),
     (["--batch-size", "1"], "BatchNorm"),
+    (["--ranges", "tracked"], "--quantizer qkd"),                  # the default quantizer is Polino's
+    (["--quantizer", "qkd", "--bucket-size", "64"], "--quantizer polino"),
+    (["--tutor", "-1"], "must be >= 0"),
 ])
 def test_bad_flags_are_one_clear_line(tmp_path, flags, words) -> None:
     with pytest.raises(UserError) as error:

@@ -61,7 +61,7 @@ def test_kd_objective_is_the_sources_L_KD():
 
     mixed, logs = script.kd_objective("mixed", student, target, teacher, T, lam, w)
     assert torch.allclose(mixed, expected_hard + lam * expected_soft)
-    assert set(logs) == {"train_hard", "train_soft", "train_soft_kl"}
+    assert set(logs) == {"train_hard", "train_soft", "train_soft_t2", "train_soft_kl"}
     assert torch.allclose(logs["train_soft"], expected_soft)    # the soft term as trained, before lambda
 
     with pytest.raises(ValueError, match="objective"):
@@ -199,3 +199,118 @@ def test_run_killed_mid_training_resumes_to_the_same_numbers(tmp_path):
     assert len(evals) == len(set(evals)), "a resumed job logged an evaluation twice"
     finals = [r["job"] for r in records(killed) if r.get("event") == "final"]
     assert len(finals) == len(set(finals)), "a job finished before the kill logged its final line again"
+
+
+# ----------------------------------------------------------------------------------------------- readings of issue 15
+def test_kd_objective_tau_squared_reading():
+    """--no-tau-squared trains the printed H(P_T^tau, P_S^tau); the default multiplies it by tau^2. Table 5's
+    reported terms (x T^2) are logged the same under both readings. Degenerate case: tau = 1 makes them equal."""
+    g = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(2, 2, 4, 4, generator=g), torch.randn(2, 2, 4, 4, generator=g)
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    T, lam = 3.0, 0.5
+    h = -(F.softmax(teacher / T, 1) * F.log_softmax(student / T, 1)).sum(1).mean()
+    plain, plain_logs = script.kd_objective("soft", student, target, teacher, T, lam, tau_squared=False)
+    scaled, scaled_logs = script.kd_objective("soft", student, target, teacher, T, lam, tau_squared=True)
+    assert torch.allclose(plain, h) and torch.allclose(scaled, T * T * h)
+    for key in ("train_soft_t2", "train_soft_kl"):
+        assert torch.allclose(plain_logs[key], scaled_logs[key])
+    assert torch.allclose(plain_logs["train_soft_t2"], T * T * h)
+    mixed, _ = script.kd_objective("mixed", student, target, teacher, T, lam, tau_squared=False)
+    assert torch.allclose(mixed, F.cross_entropy(student, target) + lam * h)
+    one_plain, _ = script.kd_objective("soft", student, target, teacher, 1.0, lam, tau_squared=False)
+    one_scaled, _ = script.kd_objective("soft", student, target, teacher, 1.0, lam, tau_squared=True)
+    assert torch.equal(one_plain, one_scaled)
+    assert script.Config().tau_squared is script.Config.tau_squared   # the default is the dataclass field
+    cfg, _ = script.parse_args(["--no-tau-squared"])
+    assert cfg.tau_squared is False and script.parse_args(["--tau-squared"])[0].tau_squared is True
+
+
+def test_trial_seeds_table3_fixes_batches_table4_varies_both():
+    assert [script.trial_seeds("table3", 7, t) for t in (1, 2, 3)] == [(8, 7), (9, 7), (10, 7)]
+    assert [script.trial_seeds("table4", 7, t) for t in (1, 2)] == [(8, 8), (9, 9)]
+    with pytest.raises(ValueError):
+        script.trial_seeds("table2", 0, 1)
+
+
+def _first_batches_and_weights(tmp_path, monkeypatch, experiment: str) -> list[tuple]:
+    """Two trials of ``experiment`` through Lab.train_model, with training stubbed: each trial's first two
+    batches and the student's initial weights."""
+    from common.runs import RunDir
+
+    cfg = script.Config(**{**TINY_DATA, "crop": 32, "batch_size": 2, "device": "cpu"})
+    train_data, test_data = script.load_data(cfg)
+    lab = script.Lab(cfg, RunDir(tmp_path / experiment), torch.device("cpu"), train_data, test_data)
+    seen = []
+
+    def fake_train(model, optimizer, loss_fn, iterations, **kwargs):
+        weights = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        batches = []
+        monkeypatch.setattr(script, "kd_objective", lambda obj, s, y, *a, **k: (s.sum(), {"y": y.clone()}))
+        for step in range(2):
+            batches.append(loss_fn(step)[1]["y"])
+        seen.append((weights, batches))
+        return None
+
+    monkeypatch.setattr(script, "train", fake_train)
+    for trial in (1, 2):
+        weight_seed, batch_seed = script.trial_seeds(experiment, cfg.seed, trial)
+        lab.train_model(f"{experiment}_{trial}", 1, "hard", bn=False, iterations=2, seed=weight_seed,
+                        batch_seed=batch_seed)
+    return seen
+
+
+def test_table3_trials_share_batches_and_differ_in_weights(tmp_path, monkeypatch):
+    (w1, b1), (w2, b2) = _first_batches_and_weights(tmp_path, monkeypatch, "table3")
+    assert not torch.equal(w1, w2)
+    assert all(torch.equal(x, y) for x, y in zip(b1, b2))
+
+
+def test_table4_reruns_differ_in_weights_and_batches(tmp_path, monkeypatch):
+    (w1, b1), (w2, b2) = _first_batches_and_weights(tmp_path, monkeypatch, "table4")
+    assert not torch.equal(w1, w2)
+    assert not any(torch.equal(x, y) for x, y in zip(b1, b2))
+
+
+def test_tiny_bncheck_in_process(tmp_path, monkeypatch, capsys):
+    """The BatchNorm sanity check at toy scale: two 4-UNets (without, with BN), its table with the source's numbers
+    beside ours, and its Fig. 4-like figure."""
+    monkeypatch.setitem(script.PRESETS, "default", TINY_DATA)
+    run = tmp_path / "run"
+    script.main(["--experiment", "bncheck", "--bn-iterations", "4", "--eval-every", "2", "--checkpoint-every", "2",
+                 "--batch-size", "2", "--crop", "32", "--no-progress", "--device", "cpu", "--out", str(run),
+                 "--cache-dir", str(tmp_path / "cache")])
+    capsys.readouterr()
+    rows = read_results(run)
+    assert [r["model"] for r in rows] == ["4-UNet without BN, hard", "4-UNet with BN, hard"]
+    assert int(rows[1]["params"]) > int(rows[0]["params"]) and all(r["iterations"] == "4" for r in rows)
+    table = (run / "bncheck.md").read_text()
+    assert "0.0930" in table and "0.0727" in table and "21.8%" in table and "5.0x" in table
+    assert (run / "bncheck.csv").is_file() and (run / "figures" / "bncheck_test_loss.png").is_file()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--bn-iterations", "0"], "--bn-iterations"),
+    (["--experiment", "bncheck", "--bn-iterations", "0"], "--bn-iterations"),
+    (["--bn-iterations", "10"], "--bn-iterations"),                          # headline ignores it
+    (["--experiment", "bncheck", "--bn"], "--bn"),                          # the sanity check compares both
+    (["--experiment", "table1", "--no-tau-squared"], "--no-tau-squared"),   # no soft term in Table 1
+    (["--experiment", "table4", "--tau-squared"], "--tau-squared"),
+])
+def test_new_flags_refused_where_they_mean_nothing(argv, flag):
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match=flag):
+        cfg, args = script.parse_args(argv)
+        script.check_config(cfg, args)
+
+
+def test_tau_squared_flags_are_exclusive_and_accepted_where_read():
+    with pytest.raises(SystemExit):
+        script.parse_args(["--tau-squared", "--no-tau-squared"])
+    for experiment in ("headline", "table2", "table3", "table5", "table6", "all"):
+        cfg, args = script.parse_args(["--experiment", experiment, "--no-tau-squared"])
+        script.check_config(cfg, args)
+    cfg, args = script.parse_args(["--experiment", "bncheck", "--bn-iterations", "10"])
+    script.check_config(cfg, args)
+    assert cfg.bn_iterations == 10 and script.parse_args(["--preset", "paper"])[0].bn_iterations == 3_600_000
