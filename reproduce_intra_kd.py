@@ -53,9 +53,9 @@ Readings we had to choose (repeated under the table; the talk shows figures only
     vectors of random direction: on a default batch at initialisation the skewness term's gradient norm was 15,315,
     two-pass 20.2, the mean term's 3.6; benchmarks/intra_kd_throughput.py --moments). Areas of interest
     (--intra-masks): "area" (default), the one-hot labels average-pooled to the feature size and used as weights
-    in the moments -- the paper smooths the label map with an average kernel -- or "nearest", hard masks of the
-    nearest-resized labels. Measured on the
-    default data (512 scenes, stride 8): nearest keeps 620 of the 1,371 marking regions (45%), 61% of those of one
+    in the moments -- our reading of the paper's smoothing of the label map, not checked against its text here --
+    or "nearest", hard masks of the nearest-resized labels. Measured on the default data (512 scenes, stride 8):
+    nearest keeps 620 of the 1,371 marking regions (45%), 61% of those of one
     cell (no variance, no skewness); area keeps all, median 7 cells with weight. A class absent from an image is
     dropped from its graph; ignore pixels belong to no region (common.losses). "+ IntRA-KD + KD": both terms, the
     paper's best setting.
@@ -661,7 +661,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                    help="IntRA-KD weights of the mean, variance and skewness graphs")
     d.add_argument("--intra-masks", choices=["area", "nearest"],
                    help="IntRA-KD's areas of interest at the feature size: area = the one-hot labels average-pooled, "
-                        "used as weights in the moments (the paper smooths the labels with an average kernel); "
+                        "used as weights in the moments (our reading of the paper's smoothing of the labels); "
                         "nearest = hard masks of the nearest-resized labels (at stride 8 they lose about half of the "
                         "synthetic scenes' marking regions)")
     t = p.add_argument_group("the teacher (DeepLabV3-ResNet101)")
