@@ -109,7 +109,7 @@ from common.losses import kd_kl_div, pairwise_similarity_loss, weighted_cross_en
 from common.metrics import evaluate_segmentation, predict_segmentation
 from common.profiler import measure_latency, profile
 from common.quantization import fake_quantize_model, quantized_weight_bytes, strip_fake_quantization, weight_levels
-from common.results import ResultsCSV, Table, plot_curves, plot_panel, running_mean
+from common.results import ResultsCSV, Table, plot_curve_panels, plot_curves, plot_panel, running_mean
 from common.runs import (RunDir, RunOptions, add_run_arguments, check_run_options, config_from_args, help_formatter,
                          load_checkpoint, resume_or_check, run_folder, run_main, save_checkpoint)
 from common.segmentation_models import WeightFlags, build_segmenter
@@ -808,39 +808,6 @@ def quantizer_levels_text(cfg: Config) -> str:
     return "qkd quantizer: weights 2^b - 1 levels (2 bits: 3), activations 2^b"
 
 
-def plot_loss_panels(path: Path, panels: list, title: str, val_curves: dict) -> None:
-    """One panel per training objective (their values are not comparable: different terms and weights), each with
-    its own y axis, and a last panel with the validation cross-entropy of all of them (comparable)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(panels) + 1
-    cols = min(3, n)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.6 * cols, 3.4 * math.ceil(n / cols)),
-                             squeeze=False)
-    for ax, (label, (x, y)) in zip(axes.flat, panels):
-        ax.plot(x, y, lw=1.2)
-        ax.set_title(label, fontsize=7.5)
-        ax.set(xlabel="iteration", ylabel="training loss (mean of 10)")
-        ax.grid(alpha=0.3)
-    ax = axes.flat[len(panels)]
-    for label, (x, y) in val_curves.items():
-        ax.plot(x, y, marker="o", lw=1.2, label=label)
-    ax.set_title("validation cross-entropy (comparable)", fontsize=8)
-    ax.set(xlabel="iteration", ylabel="val CE")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    for extra in list(axes.flat)[n:]:
-        extra.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def plot_figures(exp: Experiment, teacher: Trained, pretrained: Trained, rows: dict) -> None:
     cfg, figures = exp.cfg, exp.run.figures
     plot_curves(figures / "figure1_student_loss.png",
@@ -848,17 +815,18 @@ def plot_figures(exp: Experiment, teacher: Trained, pretrained: Trained, rows: d
                  "continued alone ('20 more epochs'; its Adam and scheduler state go on)": loss_curve(rows["alone"])},
                 "Figure 1 (ours): the U-Net from scratch", ylabel="cross-entropy (running mean of 10)")
     objectives = {"alone": "CE", "pixel": f"CE + {cfg.pixel_weight:g} T^2 KL",
-                  "pair": f"CE + {cfg.pair_weight:g} l_pa", "both": f"CE + {cfg.pixel_weight:g} T^2 KL + {cfg.pair_weight:g} l_pa"}
-    plot_loss_panels(figures / "figure2_distillation_loss.png",
-                     [(f"{rows[name].label}\n(objective: {objectives[name]})", loss_curve(rows[name]))
-                      for name in ("alone", *KD_ROWS)],
-                     "Figure 2 (ours): distillation from the pretrained student -- each panel its own objective "
-                     "and y scale; the last, validation CE, is comparable", val_loss_curves(rows, ("alone", *KD_ROWS)))
+                  "pair": f"CE + {cfg.pair_weight:g} l_pa",
+                  "both": f"CE + {cfg.pixel_weight:g} T^2 KL + {cfg.pair_weight:g} l_pa"}
+    plot_curve_panels(figures / "figure2_distillation_loss.png",
+                      [(f"{rows[name].label}\n(objective: {objectives[name]})", loss_curve(rows[name]))
+                       for name in ("alone", *KD_ROWS)],
+                      "Figure 2 (ours): distillation from the pretrained student -- each panel its own objective "
+                      "and y scale; the last, validation CE, is comparable", val_loss_curves(rows, ("alone", *KD_ROWS)))
     quant = [f"{kind}{bits}" for bits in cfg.bits for kind in QUANT_ROWS]
-    plot_loss_panels(figures / "qkd_training_loss.png",
-                     [(rows[name].label, loss_curve(rows[name])) for name in quant],
-                     f"QAT (CE), Section 3.2 (CE + KD) and QKD (phases {cfg.self_study} / {cfg.co_study} / "
-                     f"{cfg.tutor}, objective changing between them): own y scales", val_loss_curves(rows, quant))
+    plot_curve_panels(figures / "qkd_training_loss.png",
+                      [(rows[name].label, loss_curve(rows[name])) for name in quant],
+                      f"QAT (CE), Section 3.2 (CE + KD) and QKD (phases {cfg.self_study} / {cfg.co_study} / "
+                      f"{cfg.tutor}, objective changing between them): own y scales", val_loss_curves(rows, quant))
     trained_rows = [pretrained] + [r for k, r in rows.items() if k != "int8"]
     plot_curves(figures / "val_miou.png",
                 {r.label: ([r.start_step + e["iteration"] for e in r.evals], [100 * e["miou"] for e in r.evals])
@@ -888,8 +856,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p = argparse.ArgumentParser(
         description="Reproduce Palchuri & Chakraborty, 'Compression techniques for Semantic Segmentation': a U-Net "
                     "student distilled from DeepLabV3-ResNet101 (pixel-wise and pair-wise, Section 3.1), "
-                    "quantization-aware distillation (Section 3.2 as written, and QKD [6]) with Polino et al.'s quantizer "
-                    "(Section 2.3) at several bit widths, and a real int8 model. "
+                    "quantization-aware distillation (Section 3.2 as written, and QKD [6]) with Polino et al.'s "
+                    "quantizer (Section 2.3) at several bit widths, and a real int8 model. "
                     "Without --data-root it runs on built-in synthetic scenes; everything goes to a run folder.",
         epilog="examples:\n  python reproduce_qkd.py                                   # reduced, CPU, ~10 min\n"
                "  python reproduce_qkd.py --bits 8,4,2 --quantizer qkd --ranges tracked\n"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,36 @@ def plot_panel(path: Path, rows: list[list[tuple[str, np.ndarray]]], title: str 
                 ax.set_title(caption, fontsize=9)
     if title:
         fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_curve_panels(path: Path, panels: list[tuple[str, tuple[Sequence[float], Sequence[float]]]], title: str,
+                      shared: dict[str, tuple[Sequence[float], Sequence[float]]],
+                      ylabel: str = "training loss (mean of 10)",
+                      shared_title: str = "validation cross-entropy (comparable)",
+                      shared_ylabel: str = "val CE") -> None:
+    """One panel per (label, (x, y)) curve, each with its own y axis -- for curves of different objectives, whose
+    values are not comparable -- and a last panel with the ``shared`` curves on one axis (a quantity all of them
+    are measured by, e.g. the validation cross-entropy)."""
+    n = len(panels) + 1
+    cols = min(3, n)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.6 * cols, 3.4 * math.ceil(n / cols)),
+                             squeeze=False)
+    for ax, (label, (x, y)) in zip(axes.flat, panels):
+        ax.plot(x, y, lw=1.2)
+        ax.set_title(label, fontsize=7.5)
+        ax.set(xlabel="iteration", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    ax = axes.flat[len(panels)]
+    for label, (x, y) in shared.items():
+        ax.plot(x, y, marker="o", lw=1.2, label=label)
+    ax.set_title(shared_title, fontsize=8)
+    ax.set(xlabel="iteration", ylabel=shared_ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    for extra in list(axes.flat)[n:]:
+        extra.axis("off")
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
 
