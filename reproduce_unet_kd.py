@@ -72,6 +72,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.checks import Check, failed_lines, teacher_margin, write_checks
 from common.devices import pick_device
 from common.em_data import EPFLMitochondria, Volume, fixed_crops, normalize, random_crops
 from common.errors import UserError, check_flags, refuse_ignored
@@ -370,6 +371,7 @@ class Lab:
         self.results = ResultsCSV(run.path / "results.csv")
         self._teachers: dict[Path, Trained] = {}            # loaded or trained once per run
         self._soft_targets: dict[int, torch.Tensor] = {}    # keyed by id() of a teacher held in _teachers
+        self.checks: list[Check] = []                       # the mechanism checks (common/checks.py)
 
     # ------------------------------------------------------------------ one model
     def new_unet(self, k: int, bn: bool, seed: int | None = None) -> UNet:
@@ -749,6 +751,9 @@ def run_headline(lab: Lab) -> None:
             ("mixed", mixed, f"{c.k}-UNet BN+CW, mixed T={c.T} lambda={c.lam}", PAPER["headline"]["mixed"])]
     params = [lab.record("headline", t, label)["params"] for _, t, label, _ in rows]
     t_params = params[0]
+    # issue 16: distillation can only help if the teacher is clearly the better model (5 IoU points, same run)
+    lab.checks.append(teacher_margin(teacher.metrics["iou"], alone.metrics["iou"], metric="foreground IoU",
+                                     about="headline"))
     table = Table(f"Making it work: BatchNorm and class weights ({c.teacher}-UNet -> {c.k}-UNet)",
                   ["model", "params", "compression", "CE (paper)", "CE (ours)", "IoU (paper)", "IoU (ours)",
                    "#Iterations (paper)", "#Iterations (ours)"],
@@ -759,7 +764,8 @@ def run_headline(lab: Lab) -> None:
                       f"paper teacher: 64-UNet with {PAPER['headline']['teacher_params']:,} parameters, labelled "
                       f"'without BN' (that count is the with-BN layout); ours: {t_params:,} parameters.",
                       f"class weights (ours): {[round(float(v), 3) for v in lab.weights]} for background, "
-                      f"mitochondria (power {c.class_weight_power})."])
+                      f"mitochondria (power {c.class_weight_power})."],
+                  warnings=failed_lines(lab.checks, "headline"))
     for (_, t, label, paper), n in zip(rows, params):
         table.add(label, n, f"{t_params / n:.0f}x", paper[0] if paper else None, t.metrics["loss"],
                   paper[1] if paper else None, t.metrics["iou"], paper[2] if paper else None,
@@ -924,6 +930,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{lab.barrier:.4f} (paper: {PAPER['barrier']}); device {device}")
         for name in (EXPERIMENTS if cfg.experiment == "all" else [cfg.experiment]):
             RUNNERS[name](lab)
+        write_checks(run.path, lab.checks)
 
 
 if __name__ == "__main__":

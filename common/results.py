@@ -29,6 +29,8 @@ class Table:
     header: list[str]
     rows: list[list] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # failed mechanism checks (common.checks), atop the Markdown;
+    #                                                     the CSV stays machine-readable (checks.csv has them)
 
     def add(self, *cells) -> None:
         if len(cells) != len(self.header):
@@ -36,7 +38,8 @@ class Table:
         self.rows.append(list(cells))
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+        lines = [f"### {self.title}", ""] + [f"**{w}**" for w in self.warnings] + ([""] if self.warnings else [])
+        lines += ["| " + " | ".join(self.header) + " |",
                  "|" + "|".join("---" for _ in self.header) + "|"]
         lines += ["| " + " | ".join(format_cell(c) for c in row) + " |" for row in self.rows]
         if self.notes:

@@ -146,6 +146,7 @@ class RunOptions:
 
     preset: str = "default"             # a key of the script's PRESETS
     seed: int = 0                       # data, initialisation, batches
+    seeds: int = 1                      # --seeds N: N whole runs, seed, seed + 1, ... (common/seeds.py)
     device: str = "auto"                # auto: the GPU when there is one
     amp: bool = True                    # mixed precision on GPUs (see common.devices.autocast)
     workers: int = 0                    # DataLoader worker processes that prepare batches ahead
@@ -164,6 +165,10 @@ def add_run_arguments(parser, script: str, *, workers: bool = True,
     switches."""
     group = parser.add_argument_group("run")
     group.add_argument("--seed", type=int, help="random seed: data, initialisation and batches")
+    group.add_argument("--seeds", type=int, metavar="N",
+                       help="run N seeds (--seed, --seed+1, ...), each a whole run in <run folder>/seed-<s>/, then "
+                            "results_over_seeds.md/.csv (mean ± std, which differences exceed the spread) and "
+                            "checks_over_seeds.md/.csv")
     group.add_argument("--device", help=device_help)
     group.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
     if workers:
@@ -182,6 +187,7 @@ def check_run_options(cfg: RunOptions) -> None:
     otherwise, deep in NumPy or the DataLoader), and a checkpoint interval of at least one iteration."""
     check_flags({"--workers": cfg.workers}, "must be >= 0", lambda v: v >= 0)
     check_flags({"--seed": cfg.seed}, "must lie in [0, 2**31) (NumPy's seed range)", lambda v: 0 <= v < 2 ** 31)
+    check_flags({"--seeds": cfg.seeds}, "must be >= 1", lambda v: v >= 1)
     check_flags({"--checkpoint-every": cfg.checkpoint_every}, "must be >= 1", lambda v: v >= 1)
 
 
@@ -316,12 +322,19 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "checkpoint") -
 
 
 
-def run_main(main: Callable[[], None]) -> None:
+def run_main(main: Callable[[], None], seed_baseline: Callable | None = None) -> None:
     """Run a script's ``main``; a ``UserError`` prints one line and exits with status 2, not a traceback, and leaves
-    no half-made run folder behind (see ``discard_unfinished_runs``)."""
+    no half-made run folder behind (see ``discard_unfinished_runs``). ``--seeds N`` (N > 1) runs the script once per
+    seed instead and writes the tables over seeds (common/seeds.py; ``seed_baseline`` picks each experiment's
+    baseline row, by default its first row that is not a teacher)."""
+    from common import seeds   # imported here: common.seeds builds on this module
     _NEW_RUNS.clear()
     try:
-        main()
+        request = seeds.seeds_request(sys.argv[1:])
+        if request is not None:
+            seeds.run_seeds(Path(sys.argv[0]).resolve(), request, seed_baseline or seeds.first_student)
+        else:
+            main()
         _NEW_RUNS.clear()
     except UserError as e:
         discard_unfinished_runs()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import reproduce_unet_kd as script
+from common.checks import read_checks
 from script_runs import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +129,12 @@ def test_tiny_headline_in_process(tmp_path, monkeypatch, capsys):
                                           "1-UNet BN, soft T=4.0", "1-UNet BN+CW, mixed T=4.0 lambda=1.0"]
     assert all(r["iterations"] == "4" and int(r["params"]) > 0 and int(r["macs"]) > 0 for r in rows)
     assert json.loads((run / "config.json").read_text())["slice_size"] == 64
+    # the mechanism check: teacher minus student-alone IoU in points, from this run's own rows (issue 16)
+    check, = read_checks(run)
+    assert "teacher" in check["check"] and check["required"] == ">= 5"
+    assert float(check["value"]) == pytest.approx(100 * (float(rows[0]["iou"]) - float(rows[1]["iou"])), abs=0.01)
+    headline = (run / "headline.md").read_text()
+    assert ("CHECK FAILED" in headline) == (check["passed"] == "no") and "Mechanism checks" in out
     finals = [r for r in records(run) if r.get("event") == "final"]
     assert [r["job"] for r in finals] == ["teacher_k2_bn", "headline_k1_alone", "headline_k1_soft",
                                           "headline_k1_mixed"]
