@@ -32,8 +32,10 @@ Baseline = Callable[[str, Sequence[str]], "str | None"]   # (experiment, its mod
 
 
 def first_student(experiment: str, models: Sequence[str]) -> str | None:
-    """The default baseline of an experiment: its first row that is not a teacher (the student trained alone)."""
-    return next((m for m in models if "teacher" not in m.lower()), None)
+    """The default baseline of an experiment: its row labelled "alone" or "no teacher", else its first row that is not
+    a teacher (the student trained without distillation)."""
+    alone = [m for m in models if "alone" in m.lower() or "no teacher" in m.lower()]
+    return alone[0] if alone else next((m for m in models if "teacher" not in m.lower()), None)
 
 
 def seeds_request(argv: Sequence[str]) -> argparse.Namespace | None:

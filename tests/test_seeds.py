@@ -64,6 +64,9 @@ def test_one_seed_has_no_spread(tmp_path):
 def test_first_student_skips_teachers():
     assert first_student("B", ["FCN (teacher)", "FCN alone", "FCN + KD"]) == "FCN alone"
     assert first_student("B", ["Teacher net"]) is None
+    assert first_student("h", ["64-UNet, hard", "2-UNet, hard (no teacher)", "2-UNet, soft"]) == \
+        "2-UNet, hard (no teacher)"
+    assert first_student("B", ["FCN (teacher)", "FCN + KD", "FCN alone"]) == "FCN alone"
 
 
 def test_seeds_request_reads_only_several_seeds(tmp_path):
