@@ -52,9 +52,10 @@ def at_least(check: str, value: float, minimum: float, about: str = "") -> Check
 def teacher_margin(teacher: float, student: float, *, margin: float = 5.0, metric: str = "mIoU",
                    points: float = 100.0, about: str = "") -> Check:
     """The teacher's metric minus the student-alone row's, in points (``points`` x the metric, which the scripts
-    keep in [0, 1]), at least ``margin``: a teacher that is not clearly better has nothing to teach."""
-    return at_least(f"teacher {metric} above the student alone (points)", (teacher - student) * points, margin,
-                    about)
+    keep in [0, 1]), at least ``margin``: a teacher that is not clearly better has nothing to teach. The margin is
+    rounded to 1e-9 points, so that (0.55 - 0.50) x 100 = 4.999... counts as the 5 points it is."""
+    return at_least(f"teacher {metric} above the student alone (points)", round((teacher - student) * points, 9),
+                    margin, about)
 
 
 # ------------------------------------------------------------------------------------------------ source 004
@@ -121,7 +122,8 @@ def checks_markdown(checks: Sequence[Check]) -> str:
     failed = [c for c in checks if not c.passed]
     lines = ["### Mechanism checks (does this miniature test its paper?)", ""]
     if failed:
-        lines += [f"**{len(failed)} of {len(checks)} checks FAILED**: the tables they undermine say so at their top.", ""]
+        lines += [f"**{len(failed)} of {len(checks)} checks FAILED**: the tables they undermine say so at their top.",
+                  ""]
     if not checks:
         return "\n".join(lines + ["(no mechanism check applies to the experiments of this run)"]) + "\n"
     lines += ["| check | value | required | passed |", "|---|---|---|---|"]

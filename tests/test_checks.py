@@ -56,6 +56,9 @@ def test_teacher_margin_and_at_least():
     check = teacher_margin(0.70, 0.60, margin=5.0)
     assert "teacher" in check.check and check.value == pytest.approx(10.0) and check.passed
     assert not teacher_margin(0.62, 0.60).passed
+    exactly_five = 0.12 + 0.05                       # (exactly_five - 0.12) * 100 is 4.999... in floats
+    assert (exactly_five - 0.12) * 100 < 5 and teacher_margin(exactly_five, 0.12).passed
+    assert not teacher_margin(0.1699, 0.12).passed
     assert not at_least("x", float("nan"), 0.0).passed   # nothing measured is not a pass
     assert at_least("x", 0.5, 0.5).passed
 

@@ -78,11 +78,11 @@ def test_add_run_arguments_is_one_group_and_workers_optional():
     add_run_arguments(p, "reproduce_x", workers=False, device_help="cpu only")
     group, = [g for g in p._action_groups if g.title == "run"]
     flags = [a.option_strings[0] for a in group._group_actions]
-    assert flags == ["--seed", "--seeds", "--device", "--no-amp", "--cache-dir", "--checkpoint-every", "--out", "--resume",
-                     "--no-progress"]
+    assert flags == ["--seed", "--seeds", "--device", "--no-amp", "--cache-dir", "--checkpoint-every", "--out",
+                     "--resume", "--no-progress"]
     assert [a.help for a in group._group_actions if a.dest == "device"] == ["cpu only"]
-    assert vars(p.parse_args([])) == dict.fromkeys(["seed", "seeds", "device", "amp", "cache_dir", "checkpoint_every", "out",
-                                                    "resume", "progress"])    # None: not given
+    assert vars(p.parse_args([])) == dict.fromkeys(["seed", "seeds", "device", "amp", "cache_dir", "checkpoint_every",
+                                                    "out", "resume", "progress"])    # None: not given
 
 
 # ---- the config ----------------------------------------------------------------------------------------------------
