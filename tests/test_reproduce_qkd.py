@@ -88,6 +88,33 @@ def test_the_recipe_is_the_reports() -> None:
     assert (paper.pretrain_iterations, paper.iterations) == (1000 * epoch, 20 * epoch)   # Section 4's epochs
     assert paper.co_study_teacher == "all"
     assert script.parse_bits("8,4,2") == (8, 4, 2)
+    assert paper.teacher_arch == "deeplabv3_resnet101" == script.TEACHER_ARCH     # the report's teacher (Section 3)
+    assert cfg.teacher_arch == "deeplabv3_resnet50"                               # the default's stand-in (docstring)
+    assert script.teacher_label(paper) == "DeepLabV3-ResNet101 (teacher)"
+    assert "the report's is ResNet-101" in script.teacher_label(cfg)
+    given, _ = script.parse_args(["--teacher-weights", "coco"])                    # given weights: the report's
+    assert given.teacher_arch == "deeplabv3_resnet101"
+    chosen, _ = script.parse_args(["--teacher-weights", "coco", "--teacher-arch", "deeplabv3_resnet50"])
+    assert chosen.teacher_arch == "deeplabv3_resnet50"
+
+
+# ----------------------------------------------------------------------------------------------- the check (issue 16)
+@pytest.mark.parametrize("teacher, alone, value, passed", [
+    (0.30, 0.20, 10.0, True),       # 10 points above: a teacher with something to teach
+    (0.24, 0.20, 4.0, False),       # above, but by less than 5 points
+    (0.035, 0.16, -12.5, False),    # the README's 2026-12-04 teacher (3.5) below its student (16.0)
+    (0.0, 0.0, 0.0, False),         # degenerate: both predict nothing
+])
+def test_teacher_check_in_points(teacher, alone, value, passed) -> None:
+    check = script.teacher_check(teacher, alone)
+    assert check.value == pytest.approx(value) and check.passed is passed and check.required == ">= 5"
+    assert "teacher" in check.check and "alone (continued)" in check.check    # names the student row it uses
+    assert check.about == script.TABLE
+
+
+def test_a_teacher_check_with_nothing_measured_fails() -> None:
+    assert not script.teacher_check(math.nan, 0.2).passed
+    assert not script.teacher_check(0.5, math.nan).passed
 
 
 def test_help_shows_each_default_once(capsys) -> None:
@@ -205,7 +232,7 @@ def test_a_tiny_run_without_int8(tmp_path, capsys) -> None:
     script.main(tiny(tmp_path, *SMOKE))
     run = tmp_path / "run"
     names = [r["model"] for r in read_results(run)]
-    assert names[0].startswith("DeepLabV3-ResNet101") and len(names) == 2 + 4 + 3
+    assert names[0].startswith("DeepLabV3-ResNet50 (teacher") and len(names) == 2 + 4 + 3
     assert names[-3:] == ["U-Net QAT W4A32 (16-level weights), no teacher",
                           "U-Net W4A32 (16-level weights) + pixel-wise + pair-wise, frozen teacher (Section 3.2)",
                           "U-Net QKD W4A32 (16-level weights)"]
@@ -219,6 +246,30 @@ def test_a_tiny_run_without_int8(tmp_path, capsys) -> None:
     assert (run / "checkpoints" / "student_pretrain_optimizer.pt").is_file()   # Figure 1's continuation state
     out = capsys.readouterr().out
     assert f"run folder: {run}" in out and "done in" in out
+    assert_checks_written(run, out)
+
+
+def assert_checks_written(run, out: str) -> None:
+    """checks.csv has the shared columns and the teacher check, computed from this run's own rows; a failed check
+    is stated atop the table it undermines, above the table's header."""
+    import csv
+
+    with open(run / "checks.csv") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["check", "value", "required", "passed"]
+        checks = list(reader)
+    assert len(checks) == 1 and "teacher" in checks[0]["check"] and checks[0]["passed"] in ("yes", "no")
+    rows = {r["model"]: float(r["iou"]) for r in read_results(run)}
+    teacher = next(v for k, v in rows.items() if "(teacher" in k)
+    margin = 100 * (teacher - rows["U-Net fp32, alone (continued)"])
+    assert float(checks[0]["value"]) == pytest.approx(margin, abs=0.01)     # results.csv rounds to 5 digits
+    assert (checks[0]["passed"] == "yes") == (float(checks[0]["value"]) >= 5)
+    table = (run / "table_qkd.md").read_text()
+    warned = "CHECK FAILED: teacher mIoU" in table
+    assert warned == (checks[0]["passed"] == "no")
+    if warned:
+        assert table.index("CHECK FAILED") < table.index("| Model |")
+    assert (run / "checks.md").read_text() in out                          # printed at the end of the run
 
 
 @pytest.mark.slow
@@ -227,7 +278,7 @@ def test_end_to_end_every_row(tmp_path) -> None:
     run = tmp_path / "run"
     rows = read_results(run)
     names = [r["model"] for r in rows]
-    assert names[0].startswith("DeepLabV3-ResNet101") and len(rows) == 2 + 4 + 3 * 2 + 1
+    assert names[0].startswith("DeepLabV3-ResNet50 (teacher") and len(rows) == 2 + 4 + 3 * 2 + 1
     assert [n for n in names if "QAT" in n] == ["U-Net QAT W8A32 (256-level weights), no teacher",
                                                 "U-Net QAT W4A32 (16-level weights), no teacher"]
     assert [n for n in names if "Section 3.2" in n] == [
@@ -276,6 +327,7 @@ def test_a_run_interrupted_in_co_studying_resumes_to_the_same_numbers(tmp_path, 
     whole, cut = read_results(tmp_path / "whole"), read_results(tmp_path / "cut")
     assert [(r["model"], r["iou"], r["loss"]) for r in cut] == [(r["model"], r["iou"], r["loss"]) for r in whole]
     assert "int8: skipped" in (tmp_path / "cut" / "table_qkd.md").read_text()
+    assert (tmp_path / "cut" / "checks.csv").read_text() == (tmp_path / "whole" / "checks.csv").read_text()
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -312,7 +364,7 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
     save_weights(path, build_segmenter("fcn_resnet101", 21))
     with pytest.raises(UserError) as error:
         script.main(tiny(tmp_path, *without(TINY, "--teacher-iterations"), "--teacher-checkpoint", str(path)))
-    assert "fcn_resnet101" in str(error.value) and "deeplabv3_resnet101" in str(error.value)
+    assert "fcn_resnet101" in str(error.value) and "deeplabv3_resnet101" in str(error.value)  # the report's teacher
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
 
