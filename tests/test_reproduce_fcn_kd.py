@@ -15,8 +15,11 @@ import torch.nn.functional as F
 import reproduce_fcn_kd as script
 from common.errors import UserError
 from common.losses import soft_cross_entropy
+from common.checks import CHECK_COLUMNS, read_checks
 from common.segmentation_models import build_segmenter
 from common.runs import save_weights
+from common.teachers import OutputMemo
+from common.training import Trained
 from script_runs import read_results, tiny, without
 
 
@@ -100,6 +103,41 @@ def test_a_jobs_objective_is_section_ii_with_a_teacher_and_the_cross_entropy_wit
     assert teacher.weight.grad is None   # the teacher runs without gradients
     alone, logs = script.job_loss(student, None, batches, cfg)(0)
     assert logs == {} and alone.item() == pytest.approx(F.cross_entropy(student(x), y, ignore_index=255).item())
+
+
+def test_students_share_the_teachers_logits_of_a_step() -> None:
+    """With a memo, the frozen teacher runs once per step however many students distil from it, and each student's
+    loss is the one computed from the teacher directly."""
+    torch.manual_seed(4)
+    teacher, x, y = torch.nn.Linear(4, 3), torch.randn(5, 4), torch.tensor([0, 2, 1, 1, 0])
+    calls = []
+    teacher.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    memo, cfg = OutputMemo(), script.Config()
+    for student in (torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)):
+        for step in (0, 1):
+            loss, _ = script.job_loss(student, teacher, lambda s: (x + s, y), cfg, memo=memo)(step)
+            expected, _ = script.distillation_loss(student(x + step), teacher(x + step), y, cfg.T, cfg.alpha)
+            assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert len(calls) == 2 + 4   # once per step through the memo (2), plus the 4 direct calls of this test
+
+
+def trained_with(**metrics) -> Trained:
+    return Trained("job", "label", torch.nn.Identity(), metrics)
+
+
+def test_teacher_check_is_the_margin_over_the_student_alone_in_points() -> None:
+    """Issue 16's check: teacher minus student-alone, x 100, at least 5 points; in A accuracy, in B mIoU; no check
+    without an 'alone' row to compare with."""
+    [check] = script.teacher_checks(trained_with(miou=0.30), trained_with(miou=0.2), "miou", about="B")
+    assert "teacher" in check.check and "mIoU" in check.check
+    assert check.value == pytest.approx(10.0) and check.passed and check.required == ">= 5"
+    [check] = script.teacher_checks(trained_with(accuracy=0.80), trained_with(accuracy=0.77), "accuracy", "A")
+    assert "accuracy" in check.check and check.value == pytest.approx(3.0) and not check.passed
+    assert script.teacher_checks(trained_with(miou=0.26), trained_with(miou=0.20), "miou", "B")[0].passed
+    assert not script.teacher_checks(trained_with(miou=0.24), trained_with(miou=0.20), "miou", "B")[0].passed
+    [check] = script.teacher_checks(trained_with(miou=0.1), trained_with(miou=0.3), "miou", "B")
+    assert check.value == pytest.approx(-20.0) and not check.passed   # a teacher below its student
+    assert script.teacher_checks(trained_with(miou=0.5), None, "miou", "B") == []
 
 
 class TwoPartNet(torch.nn.Module):
@@ -190,12 +228,27 @@ def test_experiment_a_end_to_end(tmp_path, capsys) -> None:
     assert not any("train_kl" in r for r in logged if r.get("job") == "student_alone")
     out = capsys.readouterr().out
     assert "ResNet-18 teacher" in out and f"run folder: {run}" in out and "done in" in out
+    assert_teacher_check(run, "accuracy", rows[0], rows[1], "table_A.md")
+    assert "Mechanism checks" in out
+
+
+def assert_teacher_check(run, metric: str, teacher_row: dict, alone_row: dict, table: str) -> None:
+    """checks.csv has issue 16's columns and the teacher-margin row, computed from the run's own results; a failed
+    check stands atop the table it undermines, a passed one does not."""
+    assert (run / "checks.csv").read_text().splitlines()[0] == ",".join(CHECK_COLUMNS)
+    [check] = [c for c in read_checks(run) if "teacher" in c["check"] and metric in c["check"]]
+    measured = {"accuracy": lambda r: float(r["notes"].split()[-1]), "mIoU": lambda r: float(r["iou"])}[metric]
+    assert float(check["value"]) == pytest.approx(100 * (measured(teacher_row) - measured(alone_row)), abs=0.02)
+    assert check["passed"] == ("yes" if float(check["value"]) >= 5 else "no")
+    top = (run / table).read_text().split("| Network")[0]
+    assert ("CHECK FAILED: " + check["check"] in top) == (check["passed"] == "no")
+    assert (run / "checks.md").is_file()
 
 
 @pytest.mark.slow
 def test_experiment_a_reuses_its_cached_teacher_and_resumes(tmp_path, capsys) -> None:
     script.main(tiny(tmp_path, *TINY_A))
-    first = read_results(tmp_path / "run")
+    first, first_checks = read_results(tmp_path / "run"), read_checks(tmp_path / "run")
     # the teacher is cached: a second run loads it instead of training it
     script.main(tiny(tmp_path, *TINY_A, out="run2"))
     assert "cached in" in (tmp_path / "run2" / "table_A.md").read_text()
@@ -205,6 +258,7 @@ def test_experiment_a_reuses_its_cached_teacher_and_resumes(tmp_path, capsys) ->
     script.main(["--resume", str(tmp_path / "run"), "--no-progress"])
     resumed = read_results(tmp_path / "run")
     assert resumed[1:] == first[1:] and resumed[0]["loss"] == first[0]["loss"]
+    assert read_checks(tmp_path / "run") == first_checks and len(first_checks) == 1   # rewritten, the same
     assert f"run folder: {tmp_path / 'run'}" in capsys.readouterr().out
 
 
@@ -226,6 +280,7 @@ def test_experiment_b_end_to_end(tmp_path) -> None:
         assert (run / "figures" / name).stat().st_size > 0
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("train_kl" in r for r in logged if r.get("job") == "B_student_kd")
+    assert_teacher_check(run, "mIoU", rows[0], rows[2], "table_B.md")
 
 
 def test_students_differ_only_in_their_recipe(tmp_path) -> None:
