@@ -1,7 +1,9 @@
 """Synthetic road scenes: the stand-in for ApolloScape lane segmentation when no data is on disk
-(``SyntheticRoads``: deterministic perspective road scenes with 7 thin, sparse marking classes, ``ROAD_CLASSES``).
+(``SyntheticRoads``: deterministic perspective road scenes with 7 thin, sparse marking classes, ``ROAD_CLASSES``;
+optionally wider paint and the three lane-line classes only, ``LINE_CLASSES``).
 
-Every item is ``(image uint8 (3, H, W), mask int64 (H, W))``; mask values are class ids 0..7 and 255 (ignore).
+Every item is ``(image uint8 (3, H, W), mask int64 (H, W))``; mask values are class ids 0..7 (0..3 with
+``lines_only``) and 255 (ignore).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ FOCAL = 1.5           # focal length in image heights: the bottom row sees the r
 FAR = 150.0           # metres; the ground beyond is drawn as if it were this far
 SUPERSAMPLE = 4       # label and paint coverage are measured on a 4x4 grid of samples per pixel
 SOLID, DASHED, DOUBLE_YELLOW, STOP, ZEBRA, STRAIGHT, TURN = range(1, 8)
+LINE_CLASSES = ROAD_CLASSES[:4]   # background and the three longitudinal lines (``lines_only``)
 
 
 class _Camera(NamedTuple):
@@ -132,6 +135,12 @@ class SyntheticRoads(SyntheticSegmentationSet):
     our lanes) and a flip turns a left-turn arrow into a right-turn one, so flipped images show roads and arrows
     whose meaning has changed.
 
+    ``paint`` (default 1) makes every painted marking that many times as wide (line widths and the yellow pair's
+    spacing, stop line, zebra stripes and their period, arrows across), with the same random draws, so that a
+    miniature at low resolution keeps regions of several cells at a network's feature stride
+    (reproduce_intra_kd.py paints 4x). ``lines_only`` leaves the stop line, zebra and arrows unpainted (the same
+    draws otherwise) and the classes are ``LINE_CLASSES``: background and the three longitudinal lines.
+
     Image i of (split, seed) is always the same, whichever other images were asked for; "train", "val" and
     "test" come from disjoint random streams. Items are memoised. Any size works (geometry scales with H).
     """
@@ -141,11 +150,20 @@ class SyntheticRoads(SyntheticSegmentationSet):
     class_names = ROAD_CLASSES
 
     def __init__(self, split: str = "train", num_images: int = 256, size: tuple[int, int] = (64, 128),
-                 seed: int = 0) -> None:
+                 seed: int = 0, paint: float = 1.0, lines_only: bool = False) -> None:
         if split not in self.SPLITS:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        if not 0 < paint < float("inf"):
+            raise ValueError(f"paint must be a positive width factor, got {paint!r}")
         super().__init__(split, num_images, size, seed)
-        self.name = f"synthetic roads {split} ({num_images} images of {self.size[0]}x{self.size[1]}, seed {seed})"
+        self.paint, self.lines_only = float(paint), bool(lines_only)
+        if lines_only:   # the longitudinal lines only: classes 0-3 of ROAD_CLASSES
+            self.class_names = LINE_CLASSES
+            self.num_classes = len(LINE_CLASSES)
+        wide = f", markings {self.paint:g}x as wide" if self.paint != 1 else ""
+        lines = ", lane lines only" if lines_only else ""
+        self.name = (f"synthetic roads {split} ({num_images} images of {self.size[0]}x{self.size[1]}{wide}{lines}, "
+                     f"seed {seed})")
 
     def make_scene(self, index: int, vehicles: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Image ``index``: (H, W, 3) uint8 and (H, W) uint8 labels, a function of (split, seed, index) only.
@@ -155,14 +173,16 @@ class SyntheticRoads(SyntheticSegmentationSet):
         """
         rng = np.random.default_rng([self.SPLITS[self.split], self.seed, index])
         h, w = self.size
-        scene = _draw_scene(rng, h, w)
+        scene = _draw_scene(rng, h, w, self.paint)
+        if self.lines_only:   # drawn as always (the same random draws), then left unpainted
+            scene.marks = [mark for mark in scene.marks if mark.cls in (SOLID, DASHED, DOUBLE_YELLOW)]
         if not vehicles:
             scene.vehicles = []
         return _render(rng, scene, h, w)
 
 
-def _draw_scene(rng: np.random.Generator, h: int, w: int) -> _Scene:
-    """All random choices of a scene, in a fixed order."""
+def _draw_scene(rng: np.random.Generator, h: int, w: int, paint: float = 1.0) -> _Scene:
+    """All random choices of a scene, in a fixed order; ``paint`` widens every marking (SyntheticRoads)."""
     camera = _Camera(horizon=rng.uniform(0.28, 0.42) * h, centre=w * (0.5 + rng.uniform(-0.08, 0.08)),
                      focal=FOCAL * h, offset=rng.uniform(-0.5, 0.5), yaw=rng.uniform(-0.04, 0.04),
                      curve=rng.uniform(-0.0015, 0.0015) * (rng.random() < 0.5))
@@ -173,9 +193,9 @@ def _draw_scene(rng: np.random.Generator, h: int, w: int) -> _Scene:
     oncoming = int(rng.choice([1, 2])) if rng.random() < 0.55 else 0
     left_end = bounds[0] - oncoming * lane
     road = (left_end - rng.uniform(0.3, 1.2), bounds[-1] + rng.uniform(0.3, 1.5))
-    marks, junction, stop_z = _draw_crossings(rng, bounds, road)
-    marks += _draw_lines(rng, bounds, oncoming, lane, junction)
-    marks += _draw_arrows(rng, bounds, stop_z)
+    marks, junction, stop_z = _draw_crossings(rng, bounds, road, paint)
+    marks += _draw_lines(rng, bounds, oncoming, lane, junction, paint)
+    marks += _draw_arrows(rng, bounds, stop_z, paint)
     vehicles = _draw_vehicles(rng, left_end, lane, ours + oncoming, bounds[-1])
     shadows = _draw_shadows(rng, road)
     night = bool(rng.random() < 0.15)
@@ -190,7 +210,7 @@ def _draw_scene(rng: np.random.Generator, h: int, w: int) -> _Scene:
                             noise=rng.uniform(0.008, 0.03) + 0.03 * night, patches=rng.uniform(0.0, 0.12)))
 
 
-def _draw_crossings(rng: np.random.Generator, bounds: np.ndarray, road: tuple[float, float],
+def _draw_crossings(rng: np.random.Generator, bounds: np.ndarray, road: tuple[float, float], paint: float = 1.0,
                     ) -> tuple[list[_Mark], tuple[float, float], float | None]:
     """Stop line and zebra crossing (both rare), and the junction where lane lines pause."""
     marks: list[_Mark] = []
@@ -199,6 +219,7 @@ def _draw_crossings(rng: np.random.Generator, bounds: np.ndarray, road: tuple[fl
     stop_z, thick = rng.uniform(6, 13), rng.uniform(0.3, 0.5)
     zebra_z = stop_z + thick + rng.uniform(1.5, 4) if stop else rng.uniform(8, 22)
     zebra_len, stripe, period = rng.uniform(2, 3.5), rng.uniform(0.4, 0.45), rng.uniform(1.0, 1.2)
+    thick, stripe, period = thick * paint, stripe * paint, period * paint   # wider paint, the same draws
     phase = rng.random()
     gap = rng.uniform(10, 30)
     alphas = _paint_alpha(rng, 2)
@@ -223,7 +244,7 @@ def _paint_alpha(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _draw_lines(rng: np.random.Generator, bounds: np.ndarray, oncoming: int, lane: float,
-                junction: tuple[float, float]) -> list[_Mark]:
+                junction: tuple[float, float], paint: float = 1.0) -> list[_Mark]:
     """Longitudinal lines: edges solid white, dividers mostly dashed, the centre of a two-way road double yellow;
     about 10-25% of each kind are missing (worn away or never painted)."""
     kinds: list[tuple[float, int]] = []
@@ -238,14 +259,15 @@ def _draw_lines(rng: np.random.Generator, bounds: np.ndarray, oncoming: int, lan
         edge = j == oncoming
         kinds.append((bounds[0] - j * lane, int(rng.choice([SOLID, 0], p=[0.6, 0.4])) if edge else DASHED))
     alphas = _paint_alpha(rng, len(kinds))
-    return [_line_mark(rng, x, cls, alpha, junction) for (x, cls), alpha in zip(kinds, alphas) if cls]
+    return [_line_mark(rng, x, cls, alpha, junction, paint) for (x, cls), alpha in zip(kinds, alphas) if cls]
 
 
-def _line_mark(rng: np.random.Generator, x0: float, cls: int, alpha: float, junction: tuple[float, float]) -> _Mark:
-    width = rng.uniform(0.12, 0.2) if cls == SOLID else rng.uniform(0.12, 0.18)
+def _line_mark(rng: np.random.Generator, x0: float, cls: int, alpha: float, junction: tuple[float, float],
+               paint: float = 1.0) -> _Mark:
+    width = (rng.uniform(0.12, 0.2) if cls == SOLID else rng.uniform(0.12, 0.18)) * paint
     dash, period, phase = rng.uniform(3, 6), rng.uniform(1.5, 2.2), rng.uniform(0, 1)
     period, phase = dash * period, dash * period * phase
-    spread = width + rng.uniform(0.1, 0.2)        # centre distance of the two yellow lines
+    spread = width + rng.uniform(0.1, 0.2) * paint   # centre distance of the two yellow lines
     j0, j1 = junction
 
     def active(z: np.ndarray) -> np.ndarray:
@@ -276,7 +298,8 @@ def _turn_arrow(u: np.ndarray, v: np.ndarray, length: float, side: int) -> np.nd
     return shaft | bar | head
 
 
-def _draw_arrows(rng: np.random.Generator, bounds: np.ndarray, stop_z: float | None) -> list[_Mark]:
+def _draw_arrows(rng: np.random.Generator, bounds: np.ndarray, stop_z: float | None, paint: float = 1.0,
+                 ) -> list[_Mark]:
     """Straight (25% of images) and turn (20%) arrows in lane centres, before the stop line if there is one."""
     straight, turn = rng.random() < 0.25, rng.random() < 0.2
     length, side = rng.uniform(4.5, 6.0), int(rng.choice([-1, 1]))
@@ -290,11 +313,11 @@ def _draw_arrows(rng: np.random.Generator, bounds: np.ndarray, stop_z: float | N
     if straight and z0 > 2:
         c = bounds[straight_lane] + (bounds[1] - bounds[0]) / 2
         marks.append(_Mark(STRAIGHT, (z0, z0 + length),
-                           lambda x, z: _straight_arrow(x - c, z - z0, length), alphas[0]))
+                           lambda x, z: _straight_arrow((x - c) / paint, z - z0, length), alphas[0]))
     if turn and turn_z > 2:
         t = bounds[turn_lane] + (bounds[1] - bounds[0]) / 2
         marks.append(_Mark(TURN, (turn_z, turn_z + length),
-                           lambda x, z: _turn_arrow(x - t, z - turn_z, length, side), alphas[1]))
+                           lambda x, z: _turn_arrow((x - t) / paint, z - turn_z, length, side), alphas[1]))
     return marks
 
 

@@ -3,7 +3,9 @@ the recipe and its --help, a tiny end-to-end run with every row (synthetic; slow
 published layout, and its resume), and bad input."""
 from __future__ import annotations
 
+import csv
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +18,9 @@ from common.runs import save_weights
 from common.erfnet import ERFNet
 from common.segmentation_models import build_segmenter
 from common.teachers import OutputMemo, freeze
+from common.roads import ROAD_CLASSES
+from common.synthetic_roads import SyntheticRoads
+from common.training import Trained
 from script_runs import read_results, tiny, without
 
 WEIGHTS = {"kd": 0.5, "T": 2.0, "at": 3.0, "sad": 0.1, "sad_size": "input", "intra": (1.0, 0.5, 0.25),
@@ -120,14 +125,77 @@ def test_the_presets_and_their_help(capsys) -> None:
     assert round(paper.sad_start * paper.iterations) == 40_000            # the SAD paper's 40k of 60k
     assert (paper.background_weight, paper.crop_height, paper.crop_width) == (0.05, 496, 1488)   # IntRA-KD's code
     assert paper.student_checkpoint is None             # no pretrained ERFNet ships: random unless given
+    assert (cfg.paint, cfg.road_classes, paper.paint, paper.road_classes) == (4.0, "lines", 1.0, "all")
+    assert (cfg.teacher_iterations, cfg.height, cfg.width) == (350, 64, 128)
     assert script.parse_methods("intra, alone") == ("intra", "alone")
     with pytest.raises(SystemExit):
         script.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("(default 240; paper preset 60,000)", "(default 1,1,1)", "(default 0.05)", "(default area)",
+    for shown in ("(default 240; paper preset 60,000)", "(default 4; paper preset 1)",
+                  "(default lines; paper preset all)", "(default 1,1,1)", "(default 0.05)", "(default area)",
                   "(default input)",
                   "(default runs/teacher_cache)", "(default all)", "(default 100; paper preset 2,000)"):
         assert shown in text, shown
+
+
+# ----------------------------------------------------------------------------------------------- mechanism checks
+def test_region_cells_read_the_labels_as_the_loss_does() -> None:
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[0, :, 7:9] = 1                     # a 2-pixel vertical line across the boundary of two cell columns
+    labels[0, 12, 0] = 2                      # one pixel of class 2 in the bottom-left cell
+    labels[0, 0:2, 0:2] = 255                 # ignored pixels belong to no region
+    area = script.region_cells(labels, 3, "area")
+    assert area.tolist() == [[4, 4, 1]]       # every cell a class touches has weight > 0 (average pooling)
+    nearest = script.region_cells(labels, 3, "nearest")
+    # nearest-resized to 2x2 reads pixels (0, 0), (0, 8), (8, 0), (8, 8): the line keeps its right column only,
+    # the one-pixel region vanishes, and the ignored (0, 0) is no region's
+    assert nearest.tolist() == [[1, 2, 0]]
+    onehot = torch.nn.functional.one_hot(torch.where(labels == 255, 3, labels), 4)[..., :3]   # ignore: no class
+    weights = torch.nn.functional.interpolate(onehot.permute(0, 3, 1, 2).double(), size=(2, 2), mode="area")
+    assert ((weights[0, 1] > 0).sum().item(), (weights[0, 2] > 0).sum().item()) == (4, 1)   # as the loss pools
+
+
+def test_line_classes() -> None:
+    assert script.line_classes(script.LINE_CLASSES) == [1, 2, 3]
+    assert script.line_classes(ROAD_CLASSES) == [1, 2, 3]              # not the stop line, zebra or arrows
+    assert script.line_classes(("background", "lane 1", "lane 2")) == [1, 2]   # a real data set: every marking
+
+
+def fake_trained(miou: float, ious: list) -> Trained:
+    return Trained("x", "x", torch.nn.Identity(), {"miou": miou, "iou_per_class": ious})
+
+
+def test_mechanism_checks_teacher_margin_line_classes_and_regions() -> None:
+    exp = SimpleNamespace(class_names=script.LINE_CLASSES, cfg=SimpleNamespace(intra_masks="area"))
+    teacher = fake_trained(0.40, [0.95, 0.30, None, 0.10])
+    rows = {"alone": fake_trained(0.30, [0.95, 0.20, None, 0.12])}
+    checks = script.mechanism_checks(exp, teacher, rows, [100.0, 12.0, float("nan"), 8.0])
+    got = {c.check: (round(c.value, 6), c.passed) for c in checks}
+    assert got == {"teacher mIoU above the student alone (points)": (10.0, True),
+                   "teacher IoU above ERFNet alone's on 'solid white line' (points)": (10.0, True),
+                   "teacher IoU above ERFNet alone's on 'double yellow line' (points)": (-2.0, False),
+                   "median cells of a 'solid white line' region at stride 8 (area masks)": (12.0, True),
+                   "median cells of a 'double yellow line' region at stride 8 (area masks)": (8.0, False)}
+    assert all("teacher" in c.check for c in checks[:3])          # the dashed line is absent: no check
+    assert all(c.about == script.TABLES for c in checks)
+    margin = script.mechanism_checks(exp, teacher, {"alone": fake_trained(0.36, [0.9, 0.2, None, 0.1])}, None)
+    assert not margin[0].passed and margin[0].value == pytest.approx(4.0)   # 4 points: below the 5 required
+    assert script.mechanism_checks(exp, teacher, {"kd": rows["alone"]}, None) == []   # no student-alone row
+
+
+def test_synthetic_scenes_with_wider_paint_and_lines_only() -> None:
+    plain, same = SyntheticRoads("train", 6, (32, 64), 1), SyntheticRoads("train", 6, (32, 64), 1, paint=1.0)
+    assert all(torch.equal(plain[i][0], same[i][0]) for i in range(6))            # paint 1 is the default
+    wide = SyntheticRoads("train", 6, (32, 64), 1, paint=3.0)
+    marked = [sum(int((d[i][1] > 0).sum()) for i in range(6)) for d in (plain, wide)]
+    assert marked[1] > 2 * marked[0]                                             # 3x as wide: far more pixels
+    lines = SyntheticRoads("train", 24, (32, 64), 1, lines_only=True)
+    assert (lines.num_classes, lines.class_names) == (4, script.LINE_CLASSES)
+    assert max(int(lines[i][1].max()) for i in range(24)) <= 3                 # no stop line, zebra or arrow
+    full = SyntheticRoads("train", 24, (32, 64), 1)
+    assert max(int(full[i][1].max()) for i in range(24)) > 3 and full.num_classes == 8
+    with pytest.raises(ValueError):
+        SyntheticRoads("train", 2, paint=0.0)
 
 
 # ----------------------------------------------------------------------------------------------- end to end
@@ -143,12 +211,22 @@ def test_end_to_end_every_row(tmp_path) -> None:
     assert [r["model"] for r in rows] == ["DeepLabV3-ResNet101 (teacher)", "ERFNet", "ERFNet + KD", "ERFNet + AT",
                                           "ERFNet + SAD", "ERFNet + IntRA-KD", "ERFNet + IntRA-KD + KD"]
     assert all(0 <= float(r["iou"]) <= 1 for r in rows)
-    assert rows[1]["params"] == str(2_064_256 - 12 * 16 * 4 - 12)      # ERFNet with 8 classes, not 20
+    assert rows[1]["params"] == str(2_064_256 - 16 * 16 * 4 - 16)      # ERFNet with 4 classes (lines), not 20
     table = (run / "table_intra_kd.md").read_text()
     assert "46.63" in table and "43.48" in table and "(ours)" in table and "IntRA-KD repo: PSPNet-R101" in table
     assert "multi-scale test" in table and "--intra-masks area" in table and "input's size" in table
     per_class = (run / "table_intra_kd_per_class.md").read_text()
-    assert "zebra crossing" in per_class and "turn arrow" in per_class
+    assert "double yellow line" in per_class and "zebra crossing" not in per_class   # the default: lines only
+    with open(run / "checks.csv") as f:
+        checks = list(csv.DictReader(f))
+    assert list(checks[0]) == ["check", "value", "required", "passed"]
+    names = [c["check"] for c in checks]
+    assert names[0] == "teacher mIoU above the student alone (points)"
+    assert any("median cells of a 'solid white line' region at stride 8" in n for n in names)
+    failed = [c["check"] for c in checks if c["passed"] == "no"]
+    for table in ("table_intra_kd.md", "table_intra_kd_per_class.md"):   # failures stated atop both tables
+        assert all(f"CHECK FAILED: {name}" in (run / table).read_text() for name in failed)
+    assert (run / "checks.md").is_file()
     for name in ("training_loss.png", "val_miou.png", "predictions.png", "affinity_graphs.png",
                  "sad_attention.png"):
         assert (run / "figures" / name).stat().st_size > 0
@@ -178,6 +256,8 @@ def test_a_run_interrupted_in_a_student_resumes_to_the_same_numbers(tmp_path, mo
     script.main(["--resume", str(tmp_path / "cut"), "--no-progress"])
     whole, cut = read_results(tmp_path / "whole"), read_results(tmp_path / "cut")
     assert [(r["model"], r["iou"], r["loss"]) for r in cut] == [(r["model"], r["iou"], r["loss"]) for r in whole]
+    checks = [(tmp_path / folder / "checks.csv").read_text() for folder in ("whole", "cut")]
+    assert checks[0] == checks[1] and "teacher mIoU above the student alone" in checks[0]   # written on resume too
 
 
 def write_apollo_records(apollo_writer, root, bad_id: int | None = None) -> None:
