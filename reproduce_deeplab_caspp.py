@@ -41,23 +41,50 @@ Readings of the thesis we had to choose (the notes under each table repeat the o
     rate. The teacher's layers (activations) are resized bilinearly to the student's before the attention map
     (Section 4.2.2), which matters only for students at output stride 32.
   * ImageNet weights cannot be downloaded on the machines this default runs on. The default preset therefore
-    starts every row from one backbone trained once on the synthetic training scenes (cached), a stand-in for the
-    shared ImageNet backbone: as in the thesis, every row shares the same starting backbone and trains it at the
-    lower rate. --backbone-init imagenet (the default with --data-root) uses torchvision's ImageNet weights, or
-    --backbone-weights FILE. To fit a CPU, the default preset also sets that lower rate to 0 (the backbone,
-    trained on these very scenes, stays fixed: same training without the backbone's backward pass, 2-3x faster
-    per step), so each head trains 250 iterations; the paper preset uses the thesis's 0.001.
+    starts every row from one backbone trained once on the synthetic training scenes (cached; --pretrain-crop
+    96-px crops, a stand-in for ImageNet's 224-px images), a stand-in for the shared ImageNet backbone: as in the
+    thesis, every row shares the same starting backbone. --backbone-init imagenet (the default with --data-root)
+    uses torchvision's ImageNet weights, or --backbone-weights FILE. To fit a CPU, the default preset sets the
+    backbone's lower rate to 0: the backbone, trained on these very scenes, stays fixed (eval-mode BatchNorm), and
+    since every row sees the same batch at the same step, its features are computed once per input and shared by
+    every row and the teacher (``FrozenBackboneFeatures``); the paper preset trains it at the thesis's 0.001.
+  * Atrous rates (--rate-divisor). Section 4.1.1 trains on 256-px crops "against the findings of [Chen et al.,
+    2017] which showed that the large receptive field of the atrous convolution required a non-padded image",
+    and says its outcomes "should be directly transferable to the larger, 513 x 513 crop" of DeepLabV3. At 256 px
+    and OS16 the ASPP sees 16x16 maps, where only 16% of the rate-12 branch's off-centre taps read features and
+    none of the rate-18 branch's (the table notes print this): those branches, and what KSAC shares between them,
+    are 1x1 convolutions in disguise. The paper preset keeps that recipe (rates 6, 12, 18; its mechanism checks
+    then fail, atop the tables). The default preset keeps the 256-px crop and halves the rates to (3, 6, 9): on
+    16x16 maps they read features exactly as (6, 12, 18) do on the 32x32 maps of a 512-px crop, the geometry the
+    thesis says its results transfer to (rate-6 branch 74%, rate-12 50.8%, rate-18 31% of off-centre taps); the
+    rates change no parameter and no multiply-add. Keeping the thesis's rates instead would need 512-px crops,
+    4x the compute per image, which a 2-core CPU cannot train in minutes. OS32 rows would need 1024-px crops for
+    their rate-12 branch (8x8 maps at 256 px), so the default preset trains the six OS16 rows of a table
+    (--strides 16; the paper preset: 16,32).
   * Table 5.2 prints identical KD columns for its OS16 and OS32 halves (Table 5.3 does not); we print them as
     given.
 
-Scale: one process on a CPU or a GPU (AMP on GPUs), or several GPUs with
+How the default miniature is scaled from the thesis, and why (issue 16: the mechanism must be alive in it):
+synthetic 21-class scenes of 256 px (384 training, 48 validation) instead of VOC's 10,582 / 1,449 images of
+~500 px; the thesis's 256-px crops and random scale [0.5, 2]; atrous rates halved (above) so that the atrous
+branches read features; the six OS16 rows of Table 5.1 (the OS32 rows' 8x8 maps leave their rate-12 branch, run at 6,
+16% of its taps, and rate 18 none); batch 8 and 60 iterations per row (thesis: our reading 16 x 30,000) on a fixed
+stand-in backbone whose features are computed once; bf16 autocast on CPUs with native bf16 (--no-amp: fp32). The run measures its
+mechanism checks (checks.csv / checks.md, printed at the end): per output stride and atrous branch, the share of
+off-centre taps reading features on the training maps (rates 6 and 12 at least half, rate 18 some), and, where it
+distils (Tables 5.2, 5.3), the teacher's IoU at least 5 points above each student-alone row. A failed check is
+stated atop the table it undermines.
+
+Scale: one process on a CPU or a GPU (AMP on GPUs; bf16 autocast on CPUs with native bf16), or several GPUs with
     torchrun --nproc_per_node=N reproduce_deeplab_caspp.py ...      (DistributedDataParallel; --sync-bn)
 Rows are independent runs, so a sweep can also run as one job per row (--rows K; see README for a Slurm array).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -66,9 +93,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.checks import Check, at_least, atrous_tap_fraction, failed_lines, teacher_margin, write_checks
 from common.deeplab import (ASPP_KINDS, BACKBONES, DeepLabV3Plus, OUTPUT_STRIDES, build_deeplabv3plus,
-                            load_backbone_weights)
-from common.devices import init_distributed, shutdown_distributed
+                            default_atrous_rates, load_backbone_weights)
+from common.devices import autocast, init_distributed, shutdown_distributed
 from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
 from common.images import IGNORE_INDEX, normalize
@@ -319,12 +347,14 @@ class Config(RunOptions):
     data_root: str | None = None
     train_images: int = 384           # synthetic scenes (VOC: 10,582 trainaug)
     val_images: int = 48              # synthetic scenes (VOC: 1,449 val)
-    image_size: int = 128             # synthetic scene side (VOC images are about 500 x 375)
-    crop: int = 64                    # thesis: 256 (Section 4.1.1)
+    image_size: int = 256             # synthetic scene side (VOC images are about 500 x 375)
+    crop: int = 256                   # thesis: 256 (Section 4.1.1)
     scale: tuple = (0.5, 2.0)
+    rate_divisor: int = 2             # atrous rates = the thesis's (6, 12, 18) / this; thesis 1 (docstring)
+    strides: str = "16"               # output strides of the table rows trained (unless --rows); thesis "16,32"
     # optimisation (Section 4.1.1)
     batch_size: int = 8
-    iterations: int = 250
+    iterations: int = 60
     lr: float = 0.01
     backbone_lr: float = 0.0          # for a pre-trained backbone; thesis 0.001 (paper preset); 0 = frozen
     momentum: float = 0.9
@@ -333,6 +363,7 @@ class Config(RunOptions):
     #                                   synthetic on the synthetic scenes, imagenet with --data-root
     backbone_weights: str | None = None
     pretrain_iterations: int = 300    # the synthetic stand-in's backbone training
+    pretrain_crop: int = 96           # its crop (a stand-in for ImageNet's 224-px images; cheaper than --crop)
     repeats: int = 1                  # thesis: 2 ("run twice, keep the better")
     teacher_checkpoint: str | None = None
     # evaluation and cost
@@ -345,12 +376,14 @@ class Config(RunOptions):
 
 
 PRESETS = {
-    # A 2-core CPU: the 12 rows of Table 5.1 at a quarter of the thesis's resolution (crop 64 for 256, scenes of
-    # 128 px for VOC's ~500), heads trained on a fixed backbone (see the docstring), in about 12 minutes.
+    # A 2-core CPU: the 6 output-stride-16 rows of Table 5.1 at the thesis's 256-px crops with the atrous rates
+    # halved (so that the rate-6 and rate-12 branches read features; docstring), heads trained on a fixed backbone
+    # whose features are computed once per input (see the docstring), in about 15 minutes.
     "default": {},
     # The thesis's settings where it gives them; batch, iterations, weight decay are our choices (docstring).
     "paper": dict(crop=256, batch_size=16, iterations=30_000, backbone_init="imagenet", backbone_lr=0.001, repeats=2,
-                  eval_every=2_000, checkpoint_every=1_000, latency_repeats=10, workers=8),
+                  eval_every=2_000, checkpoint_every=1_000, latency_repeats=10, workers=8, rate_divisor=1,
+                  strides="16,32"),
 }
 
 
@@ -368,8 +401,82 @@ def load_data(cfg: Config) -> tuple[torch.utils.data.Dataset, torch.utils.data.D
 
 
 # =============================================================================================== models
-def build(row: Row) -> DeepLabV3Plus:
-    return build_deeplabv3plus(row.backbone, NUM_CLASSES, row.output_stride, row.aspp, row.ksac)
+def build(row: Row, rate_divisor: int = 1) -> DeepLabV3Plus:
+    """``row``'s network, its atrous rates the thesis's divided by ``rate_divisor`` (--rate-divisor; docstring)."""
+    return build_deeplabv3plus(row.backbone, NUM_CLASSES, row.output_stride, row.aspp, row.ksac,
+                               atrous_rates=run_rates(row.output_stride, rate_divisor))
+
+
+def run_rates(output_stride: int, rate_divisor: int = 1) -> tuple[int, int, int]:
+    """The atrous rates a run uses at ``output_stride``: the thesis's (6, 12, 18 at OS16 and OS32) / ``rate_divisor``.
+    """
+    return tuple(r // rate_divisor for r in default_atrous_rates(output_stride))
+
+
+# =============================================================================================== frozen features
+FEATURE_MEMO_BYTES = 3 << 30   # backbone features kept for reuse (3 GiB; beyond it they are computed, not kept)
+
+
+class FrozenBackboneFeatures:
+    """A frozen backbone's (low, high) features, computed once per input and reused by every row.
+
+    With --backbone-lr 0 (the default preset) every row starts from the same stand-in backbone and never changes it,
+    and every row sees the same batch at the same step (``training_batches`` is a function of the seed and step):
+    the backbone's features of a batch are the same for all rows, and for the teacher, which shares that backbone.
+    ``serve(model)`` makes ``model.backbone`` answer from this memo (keyed by its weights, its output stride and the
+    input's bytes), running it in eval mode: a frozen backbone uses its BatchNorm statistics, not the batch's. The
+    features are computed under bf16 autocast where the CPU has bf16 (``common.devices.autocast``; any GPU with
+    --amp), kept in that precision and handed out as float32, so a feature is the same whether it was computed now
+    or kept, and serves callers inside autocast (training) and outside it (the figures) alike: a resumed run,
+    or a row run alone (--rows K), sees what the table's run saw. Only the backbone's forward pass is replaced; the
+    trained head is unchanged, and the model is restored after training (so Params/MAdds count the whole network).
+    """
+
+    def __init__(self, device: torch.device, amp: bool, max_bytes: int = FEATURE_MEMO_BYTES) -> None:
+        self.device, self.amp, self.max_bytes, self.bytes = device, amp, max_bytes, 0
+        self.kept: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def digest(*tensors: torch.Tensor) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        for t in tensors:
+            t = t.detach().contiguous().cpu()
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    def features(self, backbone: torch.nn.Module, prefix: tuple, compute, x: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (*prefix, self.digest(x))
+        if key in self.kept:
+            self.hits += 1
+            return tuple(t.to(x.device, torch.float32) for t in self.kept[key])
+        self.misses += 1
+        was_training = backbone.training
+        backbone.eval()
+        with torch.no_grad(), autocast(x.device, self.amp, cpu_bf16=True):
+            low, high = compute(x)
+        backbone.train(was_training)
+        dtype = low.dtype if low.dtype == high.dtype else torch.float32
+        low, high = low.to(dtype), high.to(dtype)
+        size = low.numel() * low.element_size() + high.numel() * high.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.kept[key] = (low.cpu(), high.cpu())
+            self.bytes += size
+        return low.float(), high.float()   # float32 (exact): a caller outside autocast (the figures) gets its dtype
+
+    @contextlib.contextmanager
+    def serve(self, model: DeepLabV3Plus):
+        """Within the block ``model.backbone`` returns the memo's features (see the class docstring)."""
+        backbone = model.backbone
+        prefix = (model.backbone_name, model.output_stride, self.digest(*backbone.state_dict().values()))
+        compute = backbone.forward
+        backbone.forward = lambda x: self.features(backbone, prefix, compute, x)
+        try:
+            yield model
+        finally:
+            del backbone.forward   # the class's forward again
 
 
 @functools.lru_cache(maxsize=None)
@@ -397,8 +504,11 @@ class Lab:
         self.run, self.device, self.ddp, self.say = session.run, session.device, session.ddp, session.say
         self.results = ResultsCSV(self.run.path / "results.csv")
         self.trained: list[Trained] = []
+        self.checks: list[Check] = []   # mechanism checks (common.checks), written to checks.csv/md at the end
         self._teacher: Trained | None = None
         self._backbones: dict[str, dict] = {}
+        self.frozen = FrozenBackboneFeatures(self.device, cfg.amp)
+        self._teacher_frozen = contextlib.ExitStack()   # the teacher's backbone served from ``frozen``, for good
 
     # ------------------------------------------------------------------ one model
     def train_row(self, row: Row, method: str = "none", tag: str = "") -> Trained:
@@ -414,7 +524,7 @@ class Lab:
     def _train_once(self, row: Row, method: str, seed: int, name: str) -> Trained:
         cfg, device = self.cfg, self.device
         seed_everything(seed)
-        model = build(row).to(device)
+        model = build(row, cfg.rate_divisor).to(device)
         pretrained = self.init_backbone(model)
         teacher = self.teacher().model if method != "none" else None
         net = self.wrap(model)
@@ -436,17 +546,20 @@ class Lab:
         groups = [{"params": model.head_parameters(), "lr": head_lr}]
         if backbone_lr > 0:
             groups.append({"params": model.backbone.parameters(), "lr": backbone_lr})
-        else:  # lr 0: the same training without the backbone's backward pass (BatchNorm still uses batch stats)
+        else:  # lr 0: a frozen backbone, its features computed once per input for every row (FrozenBackboneFeatures)
             model.backbone.requires_grad_(False)
         optimizer = torch.optim.SGD(groups, lr=head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(optimizer, "poly", cfg.iterations)     # Eq. 4.1, every iteration
-        trained = train(model, optimizer, loss_fn, cfg.iterations, session=self.session, name=name,
-                        label=f"{row.label} {METHOD_COLUMNS[method]}", evaluate=lambda: evaluate_segmentation(
-                            model, self.val, device, NUM_CLASSES, amp=cfg.amp, ddp=self.ddp),
-                        eval_every=cfg.eval_every, scheduler=scheduler,
-                        reseed=False,            # seeded above: dropout draws on from where the set-up left it
-                        best_key=None,           # the final model, not the best validation one (docstring)
-                        diverge_above=math.inf)  # only a non-finite loss: beta * L_A alone can exceed 1000
+        frozen = self.frozen.serve(model) if backbone_lr == 0 else contextlib.nullcontext()
+        with frozen:
+            trained = train(model, optimizer, loss_fn, cfg.iterations, session=self.session, name=name,
+                            label=f"{row.label} {METHOD_COLUMNS[method]}", evaluate=lambda: evaluate_segmentation(
+                                model, self.val, device, NUM_CLASSES, amp=cfg.amp, cpu_bf16=True, ddp=self.ddp),
+                            eval_every=cfg.eval_every, scheduler=scheduler,
+                            reseed=False,            # seeded above: dropout draws on from where the set-up left it
+                            best_key=None,           # the final model, not the best validation one (docstring)
+                            diverge_above=math.inf,  # only a non-finite loss: beta * L_A alone can exceed 1000
+                            cpu_bf16=True)           # bf16 autocast where the CPU has it (--no-amp: fp32)
         trained.info.update(row=row, method=method)
         self.say(f"  {name}: IoU {100 * trained.metrics['miou']:.2f}  (val loss {trained.metrics['val_loss']:.3f})")
         return trained
@@ -483,21 +596,22 @@ class Lab:
         DeepLabV3+ (OS16, DS; our choice), cached under --cache-dir by its whole configuration."""
         cfg = self.cfg
         key = {"what": "synthetic backbone", "backbone": backbone, "iterations": cfg.pretrain_iterations,
-               "data": self.data_name, "crop": cfg.crop, "batch": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
+               "data": self.data_name, "crop": cfg.pretrain_crop, "batch": cfg.batch_size, "lr": cfg.lr,
+               "seed": cfg.seed, "rates": run_rates(16, cfg.rate_divisor)}
         path = cache_path(cfg.cache_dir, f"deeplab_backbone_{backbone}", key)
         row = Row(backbone, 16, "DS", False)
 
         def pretrain(model: DeepLabV3Plus) -> bool:
             self.say(f"pre-training the {backbone} backbone on the synthetic scenes ({cfg.pretrain_iterations} "
                      f"iterations; cached in {path})")
-            sub = replace(cfg, iterations=cfg.pretrain_iterations, backbone_init="scratch", backbone_weights=None,
-                          repeats=1)
+            sub = replace(cfg, iterations=cfg.pretrain_iterations, crop=cfg.pretrain_crop, backbone_init="scratch",
+                          backbone_weights=None, repeats=1)
             lab = Lab(sub, Session(self.run, self.device, sub, self.ddp), self.train_set, self.val, self.data_name)
             model.load_state_dict(lab._train_once(row, "none", cfg.seed + 1000,
                                                   f"pretrain_{backbone}_backbone").model.state_dict())
             return True
 
-        model = build(row).to(self.device)
+        model = build(row, cfg.rate_divisor).to(self.device)
         load_or_train(model, path, pretrain, what="cached backbone", extra={"key": json.dumps(key)}, ddp=self.ddp)
         return model.backbone.state_dict()
 
@@ -508,7 +622,7 @@ class Lab:
         if self._teacher is not None:
             return self._teacher
         cfg = self.cfg
-        model = build(TEACHER).to(self.device)
+        model = build(TEACHER, cfg.rate_divisor).to(self.device)
         if cfg.teacher_checkpoint:
             load_weights(model, cfg.teacher_checkpoint, what="--teacher-checkpoint")
             source = cfg.teacher_checkpoint
@@ -516,7 +630,8 @@ class Lab:
             key = {"what": "teacher", "row": asdict(TEACHER), "iterations": cfg.iterations, "data": self.data_name,
                    "crop": cfg.crop, "batch": cfg.batch_size, "lr": cfg.lr, "backbone_lr": cfg.backbone_lr,
                    "init": cfg.backbone_init, "weights": cfg.backbone_weights, "repeats": cfg.repeats,
-                   "pretrain": cfg.pretrain_iterations, "seed": cfg.seed}
+                   "pretrain": cfg.pretrain_iterations, "seed": cfg.seed, "rates": run_rates(16, cfg.rate_divisor),
+                   "pretrain_crop": cfg.pretrain_crop, "amp": cfg.amp}
             path = cache_path(cfg.cache_dir, "deeplab_teacher", key)
 
             def train_teacher(model: DeepLabV3Plus) -> bool:
@@ -529,7 +644,10 @@ class Lab:
             load_or_train(model, path, train_teacher, ddp=self.ddp)
             source = str(path)
         freeze(model)
-        metrics = evaluate_segmentation(model, self.val, self.device, NUM_CLASSES, amp=cfg.amp, ddp=self.ddp)
+        if cfg.backbone_lr == 0:   # a frozen teacher: its backbone's features from the memo the students fill
+            self._teacher_frozen.enter_context(self.frozen.serve(model))
+        metrics = evaluate_segmentation(model, self.val, self.device, NUM_CLASSES, amp=cfg.amp, cpu_bf16=True,
+                                        ddp=self.ddp)
         self._teacher = Trained("teacher", TEACHER.label, model, metrics, info={"row": TEACHER, "method": "none"})
         self.say(f"teacher {TEACHER.label} from {source}: IoU {100 * self._teacher.metrics['miou']:.2f} "
                  f"(thesis: {PAPER_TEACHER_IOU})")
@@ -546,11 +664,67 @@ class Lab:
 
 # =============================================================================================== experiments
 def selected(spec: TableSpec, cfg: Config) -> list[tuple[int, tuple]]:
-    """(1-based row number, printed row) of the rows --rows selects (all by default)."""
+    """(1-based row number, printed row) of the rows --rows selects, else those at the output strides --strides
+    names (the default preset: OS16 only, the paper preset: every row)."""
     numbered = list(enumerate(spec.rows, start=1))
     if not cfg.rows:
-        return numbered
+        return [(i, r) for i, r in numbered if r[0] in parse_strides(cfg.strides)]
     return [(i, r) for i, r in numbered if i in cfg.rows]
+
+
+# =============================================================================================== mechanism checks
+MOST = 0.5   # "most off-centre taps read features" (issue 16), read as: at least half of them, over all positions
+
+
+@functools.lru_cache(maxsize=None)
+def training_map_size(backbone: str, output_stride: int, crop: int) -> tuple[int, int]:
+    """(height, width) of the high-level feature map the ASPP sees for a ``crop`` x ``crop`` training crop, measured
+    on the backbone itself (ResNet gives ceil(crop / OS); MobileNetV2's unpadded stem one less at some sizes)."""
+    model = build_deeplabv3plus(backbone, NUM_CLASSES, output_stride, "DS").backbone.eval()
+    with torch.no_grad():
+        _, high = model(torch.zeros(1, 3, crop, crop))
+    return tuple(high.shape[-2:])
+
+
+def atrous_checks(rows: list[Row], crop: int, rate_divisor: int, about: str, prefix: str = "") -> list[Check]:
+    """Section 2.2.1 / 4.1: an atrous branch enlarges the field of view only where its off-centre taps read
+    features; on a map smaller than its rate they read zero padding and the branch is a 1x1 convolution in
+    disguise (and KSAC then shares only a centre tap). Per output stride of ``rows`` and per branch, the fraction
+    of off-centre taps that read features on the training crop's feature map (``common.checks.atrous_tap_fraction``):
+    the branches of the thesis's rates 6 and 12 must read features with MOST of them; the third (rate 18) must read
+    some (at the thesis's own 256-px crops its rate 18 reads none: ``thesis_geometry_note``)."""
+    checks = []
+    for output_stride in sorted({r.output_stride for r in rows}):
+        height, width = training_map_size(rows[0].backbone, output_stride, crop)
+        pairs = zip(default_atrous_rates(output_stride), run_rates(output_stride, rate_divisor))
+        for branch, (thesis_rate, rate) in enumerate(pairs):
+            name = (f"{prefix}off-centre taps reading features, OS{output_stride} rate-{thesis_rate} branch (rate "
+                    f"{rate}, {height}x{width} training maps)")
+            fraction = atrous_tap_fraction(height, width, rate)
+            checks.append(at_least(name, fraction, MOST, about) if branch < 2 else
+                          Check(name, fraction, "> 0", fraction > 0, about))
+    return checks
+
+
+def thesis_geometry_note(crop: int = 256) -> str:
+    """What the thesis's own recipe gives: its 256-px crops with rates (6, 12, 18) at OS16 and OS32."""
+    parts = []
+    for output_stride in (16, 32):
+        side = crop // output_stride
+        shares = ", ".join(f"rate {r} {atrous_tap_fraction(side, side, r):.2f}" for r in default_atrous_rates(
+            output_stride))
+        parts.append(f"OS{output_stride} ({side}x{side} maps): {shares}")
+    return (f"atrous geometry of the thesis's own recipe ({crop}-px crops, rates 6, 12, 18; Section 4.1.1 admits the "
+            f"atrous layers then read zero padding) -- share of off-centre taps reading features: "
+            f"{'; '.join(parts)}. DeepLabV3 chose these rates for 513-px crops (33x33 maps at OS16).")
+
+
+def teacher_checks(teacher: Trained, alone: list[Trained], about: str) -> list[Check]:
+    """The teacher's validation mIoU above each student-alone row's ("None" column), by at least 5 points: a
+    teacher that is not clearly better has nothing to teach (issue 16). Table 5.2's first student is the teacher's
+    own architecture, so that row cannot pass unless the teacher trained longer than its student."""
+    return [replace(teacher_margin(teacher.metrics["miou"], t.metrics["miou"], about=about),
+                    check=f"teacher mIoU above the student alone (points), {t.info['row'].label}") for t in alone]
 
 
 def cell_cols(spec: TableSpec, row: Row) -> list:
@@ -587,10 +761,14 @@ def protocol_notes(lab: Lab, trained: bool = True, paper: bool = True) -> list[s
                      f"pre-trained{'; 0 = frozen' if c.backbone_lr == 0 else ''}), momentum {c.momentum}, "
                      f"weight decay {c.weight_decay}, poly (Eq. 4.1); backbone "
                      f"init '{c.backbone_init}'; best of {c.repeats} run(s); final model; IoU on whole validation "
-                     f"images at a single scale (100 x mIoU, 21 classes).")
+                     f"images at a single scale (100 x mIoU, 21 classes); atrous rates "
+                     f"{', '.join(map(str, run_rates(16, c.rate_divisor)))} at OS16 and OS32 (the thesis's 6, 12, 18"
+                     f"{f' / {c.rate_divisor}, --rate-divisor' if c.rate_divisor > 1 else ''}).")
     if c.backbone_init == "synthetic" and trained:
         notes.append("backbone: trained once on the synthetic training scenes and shared by every row, a stand-in "
-                     "for the thesis's ImageNet weights (which cannot be downloaded here).")
+                     "for the thesis's ImageNet weights (which cannot be downloaded here)"
+                     + ("; fixed (eval-mode BatchNorm), its features computed once per input for every row."
+                        if c.backbone_lr == 0 else "."))
     return notes
 
 
@@ -601,11 +779,14 @@ def run_architecture_table(lab: Lab, spec: TableSpec) -> None:
     table = Table(spec.title, arch_header(spec) + ["IoU (paper)", "IoU (ours)", "Params (paper)", "Params (ours)",
                                                    "MAdds (paper)", "MAdds (ours)", "latency ms (ours)"]
                   + share_cols)
-    points = []
+    points, stem = [], f"table{spec.name.replace('.', '_')}"
+    if not cfg.profile_only:
+        lab.checks += atrous_checks([Row(spec.backbone, r[0], r[2], bool(r[1])) for _, r in selected(spec, cfg)],
+                                    cfg.crop, cfg.rate_divisor, stem)
     for number, (os_, ksac, block, iou, params, madds) in selected(spec, cfg):
         row = Row(spec.backbone, os_, block, bool(ksac))
         trained = None if cfg.profile_only else lab.train_row(row)
-        cost = profile(trained.model if trained else build(row), MACS_INPUT, lab.device, warmup=1,
+        cost = profile(trained.model if trained else build(row, cfg.rate_divisor), MACS_INPUT, lab.device, warmup=1,
                        repeats=cfg.latency_repeats)   # Params, MAdds as the thesis counts them (Section 4.3)
         if trained:
             lab.record(f"table{spec.name}", trained, cost)
@@ -616,10 +797,10 @@ def run_architecture_table(lab: Lab, spec: TableSpec) -> None:
                   *([f"{100 * f:.1f}%" for f in aspp_share(build(row), cost)] if cfg.profile_only else []))
         lab.say(f"row {number} {row.label}: Params {fmt_m(cost['params'])} (paper {params:.2f}M), MAdds "
                 f"{fmt_g(cost['macs'])} (paper {madds:.2f}G)")
-    table.notes = protocol_notes(lab, trained=not cfg.profile_only) + misprint_notes(spec)
+    table.notes = protocol_notes(lab, trained=not cfg.profile_only) + misprint_notes(spec, cfg)
     if cfg.profile_only:
         table.notes.append(ASPP_SHARE_NOTE)
-    finish_table(lab, table, f"table{spec.name.replace('.', '_')}")
+    finish_table(lab, table, stem)
     if points:
         plot_iou_vs_madds(lab, spec, points)
 
@@ -647,9 +828,12 @@ def iou_cell(trained: Trained) -> str:
     return f"{100 * trained.metrics['miou']:.2f}" + (" (diverged)" if trained.diverged else "")
 
 
-def misprint_notes(spec: TableSpec) -> list[str]:
+def misprint_notes(spec: TableSpec, cfg: Config | None = None) -> list[str]:
+    """The thesis's misprints among the rows this run shows (all of the table's without ``cfg``)."""
+    shown = {(r[0], bool(r[1]), r[2]) for _, r in selected(spec, cfg)} if cfg else None
     return [f"{'OS' + str(os_)} {'KSAC ' if ksac else ''}{block}: {text}"
-            for (name, os_, ksac, block), text in MISPRINTS.items() if name == spec.name]
+            for (name, os_, ksac, block), text in MISPRINTS.items()
+            if name == spec.name and (shown is None or (os_, ksac, block) in shown)]
 
 
 def run_distillation_table(lab: Lab, spec: TableSpec) -> None:
@@ -658,8 +842,13 @@ def run_distillation_table(lab: Lab, spec: TableSpec) -> None:
     header = arch_header(spec)
     for column in METHOD_COLUMNS.values():
         header += [f"{column} (paper)", f"{column} (ours)"]
-    table = Table(spec.title, header)
-    teacher = lab.teacher()
+    table, stem = Table(spec.title, header), f"table{spec.name.replace('.', '_')}"
+    students = [Row(spec.backbone, r[0], r[2], bool(r[1])) for _, r in selected(spec, cfg)]
+    lab.checks += atrous_checks(students, cfg.crop, cfg.rate_divisor, stem)
+    if TEACHER.output_stride not in {r.output_stride for r in students} or spec.backbone != TEACHER.backbone:
+        lab.checks += atrous_checks([TEACHER], cfg.crop, cfg.rate_divisor, stem,   # the maps the source trained on
+                                    prefix="distillation source R50: ")
+    teacher, alone = lab.teacher(), []
     for (number, (os_, ksac, block, *_)) in selected(spec, cfg):
         row = Row(spec.backbone, os_, block, bool(ksac))
         printed = spec.distill[number - 1]
@@ -670,13 +859,15 @@ def run_distillation_table(lab: Lab, spec: TableSpec) -> None:
             cost = cost or profile(trained.model, MACS_INPUT, lab.device, warmup=1, repeats=cfg.latency_repeats)
             lab.record(f"table{spec.name}", trained, cost)
             cells += [f"{paper_iou:.2f}", iou_cell(trained)]
+            alone += [trained] if method == "none" else []
         table.add(*cells)
+    lab.checks += teacher_checks(teacher, alone, stem)
     table.notes = protocol_notes(lab) + [
         f"teacher {TEACHER.label}: IoU (ours) {100 * teacher.metrics['miou']:.2f}, thesis {PAPER_TEACHER_IOU}.",
         *distillation_notes(cfg)]
     if spec.name == "5.2":
         table.notes.append("the thesis's KD columns are identical for its OS16 and OS32 rows; printed as given.")
-    finish_table(lab, table, f"table{spec.name.replace('.', '_')}")
+    finish_table(lab, table, stem)
     plot_attention(lab, teacher)
 
 
@@ -698,8 +889,10 @@ def run_one_model(lab: Lab) -> None:
     """--backbone/--output-stride/--aspp/--ksac[/--method]: one architecture, trained (or only profiled)."""
     cfg = lab.cfg
     row = Row(cfg.backbone, cfg.output_stride, cfg.aspp, cfg.ksac)
+    if not cfg.profile_only:
+        lab.checks += atrous_checks([row], cfg.crop, cfg.rate_divisor, "one_model")
     trained = None if cfg.profile_only else lab.train_row(row, cfg.method)
-    cost = profile(trained.model if trained else build(row), MACS_INPUT, lab.device, warmup=1,
+    cost = profile(trained.model if trained else build(row, cfg.rate_divisor), MACS_INPUT, lab.device, warmup=1,
                    repeats=cfg.latency_repeats)
     table = Table(f"One model: {row.label}, {METHOD_COLUMNS[cfg.method]}",
                   ["model", "method", "IoU (ours)", "Params", "MAdds", "latency ms", "weights MB"])
@@ -715,6 +908,10 @@ def run_one_model(lab: Lab) -> None:
 
 
 def finish_table(lab: Lab, table: Table, stem: str) -> None:
+    """Write the table (failed mechanism checks that undermine it atop it) and print it."""
+    table.warnings = failed_lines(lab.checks, stem)
+    if lab.checks:
+        table.notes.append(thesis_geometry_note())
     if lab.ddp.is_main:
         table.write(lab.run.path, stem)
         print("\n" + table.markdown())
@@ -818,7 +1015,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                    help="default (the default): reduced, for a CPU; paper: the thesis's")
     t.add_argument("--iterations", type=int, metavar="N", help="training iterations of each model")
     t.add_argument("--batch-size", type=int, metavar="N", help="images per batch, over all processes")
-    t.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side, the thesis's in the paper preset")
+    t.add_argument("--crop", type=int, metavar="PIXELS", help="training crop side (the thesis's: 256, Section 4.1.1)")
+    t.add_argument("--rate-divisor", type=int, metavar="N",
+                   help="atrous rates = the thesis's (6, 12, 18 at OS16 and OS32) divided by N: 2 keeps the geometry "
+                        "DeepLabV3 chose them for (513-px crops) at 256-px crops (see the docstring)")
+    t.add_argument("--strides", metavar="LIST",
+                   help="output strides of the table's rows to train, e.g. 16,32 (--rows picks rows instead)")
     t.add_argument("--lr", type=float, help="SGD learning rate")
     t.add_argument("--backbone-lr", type=float, metavar="LR",
                    help="rate of a pre-trained backbone, 0 = frozen; the thesis's in the paper preset")
@@ -829,6 +1031,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     t.add_argument("--backbone-weights", metavar="FILE",
                    help="a local torchvision ImageNet file for the backbone (default: as --backbone-init says)")
     t.add_argument("--pretrain-iterations", type=int, metavar="N", help="iterations of the synthetic backbone")
+    t.add_argument("--pretrain-crop", type=int, metavar="PIXELS", help="training crop of the synthetic backbone")
     t.add_argument("--repeats", type=int, metavar="R",
                    help="runs per model, keeping the best; the thesis's in the paper preset")
     t.add_argument("--sync-bn", action="store_const", const=True, help="SyncBatchNorm across torchrun's GPUs")
@@ -859,14 +1062,33 @@ def parse_rows(text: str) -> tuple:
     return rows
 
 
+def parse_strides(text: str) -> tuple:
+    """--strides "16,32" -> (16, 32); anything but 16 and 32 is a user error."""
+    try:
+        strides = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        strides = ()
+    if not strides or not set(strides) <= {16, 32}:
+        raise UserError(f"--strides {text!r}: the tables' rows have output strides 16 and 32; give 16, 32 or 16,32.")
+    return strides
+
+
 def check_config(cfg: Config, args: argparse.Namespace) -> None:
     """Impossible flag combinations are user errors, reported before any work starts."""
     one_model = [f for f in ("backbone", "output_stride", "aspp", "ksac", "method") if getattr(args, f) is not None]
     if one_model and args.backbone is None:
         raise UserError(f"--{one_model[0].replace('_', '-')} describes one model: also give --backbone "
                         f"({', '.join(BACKBONES)}).")
-    if args.backbone is not None and (args.table is not None or args.rows is not None):
-        raise UserError("--backbone trains one model; --table/--rows pick a table's rows. Use one or the other.")
+    if args.backbone is not None and (args.table is not None or args.rows is not None or args.strides is not None):
+        raise UserError("--backbone trains one model; --table/--rows/--strides pick a table's rows. Use one or the "
+                        "other.")
+    if args.rows is not None and args.strides is not None:
+        raise UserError("--rows picks rows by number, --strides by output stride: give one of them.")
+    parse_strides(cfg.strides)
+    divisors = [d for d in range(1, 7) if all(r % d == 0 for s in OUTPUT_STRIDES for r in default_atrous_rates(s))]
+    if cfg.rate_divisor not in divisors:
+        raise UserError(f"--rate-divisor {cfg.rate_divisor}: the thesis's rates (6, 12, 18) divide only by "
+                        f"{', '.join(map(str, divisors))}.")
     spec = TABLES[cfg.table]
     bad = [r for r in cfg.rows if not 1 <= r <= len(spec.rows)]
     if bad:
@@ -883,7 +1105,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
                 lambda v: v >= 1)
     check_flags({"--batch-size": cfg.batch_size}, "must be >= 2 (BatchNorm needs more than one image per batch to "
                 "train)", lambda v: v >= 2)
-    check_flags({"--crop": cfg.crop, "--image-size": cfg.image_size},
+    check_flags({"--crop": cfg.crop, "--image-size": cfg.image_size, "--pretrain-crop": cfg.pretrain_crop},
                 "must be >= 32 (DeepLabV3+ downsamples up to 32 times)", lambda v: v >= 32)
     check_flags({"--eval-every": cfg.eval_every}, "must be >= 0", lambda v: v >= 0)
     check_flags({"--lr": cfg.lr}, "must be positive", lambda v: 0 < v < math.inf)
@@ -898,7 +1120,8 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
     # Flags this run would ignore: silently, they would change nothing.
     if cfg.profile_only:
         training = ["iterations", "batch_size", "crop", "lr", "backbone_lr", "weight_decay", "backbone_init",
-                    "backbone_weights", "pretrain_iterations", "repeats", "eval_every", "checkpoint_every", "workers",
+                    "backbone_weights", "pretrain_iterations", "pretrain_crop", "repeats", "eval_every",
+                    "checkpoint_every", "workers",
                     "method", "alpha", "T", "beta", "loss_scale", "teacher_checkpoint"]
         given = [name for name in training if getattr(args, name) is not None]
         if given:
@@ -923,7 +1146,7 @@ def check_config(cfg: Config, args: argparse.Namespace) -> None:
                               "--image-size": "image_size"},
                        "sizes the synthetic data, which --data-root replaces: drop it.")
     if cfg.backbone_init != "synthetic":
-        refuse_ignored(args, {"--pretrain-iterations": "pretrain_iterations"},
+        refuse_ignored(args, {"--pretrain-iterations": "pretrain_iterations", "--pretrain-crop": "pretrain_crop"},
                        f"trains the synthetic stand-in backbone, and --backbone-init {cfg.backbone_init} uses none: "
                        f"drop it, or use --backbone-init synthetic.")
     if cfg.teacher_checkpoint and not (cfg.table in ("5.2", "5.3") or cfg.method != "none"):
@@ -958,6 +1181,8 @@ def main(argv: list[str] | None = None) -> None:
                 run_distillation_table(lab, TABLES[cfg.table])
             else:
                 run_architecture_table(lab, TABLES[cfg.table])
+            if lab.checks and lab.ddp.is_main:
+                write_checks(lab.run.path, lab.checks)
             plot_predictions(lab)
             plot_training_curves(lab)
             if not TABLES[cfg.table].distill and not cfg.profile_only and lab.trained and not cfg.backbone:

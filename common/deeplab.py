@@ -46,6 +46,11 @@ _BRANCH_WIDTHS = {"CASPP-1": (256,), "CASPP-2": (512, 256), "CASPP-3": (1024, 51
 # Our choice: OS 4 doubles them again; the thesis gives no rates for OS 4.
 _ATROUS_RATES = {4: (24, 48, 72), 8: (12, 24, 36), 16: (6, 12, 18), 32: (6, 12, 18)}
 
+def default_atrous_rates(output_stride: int) -> tuple[int, int, int]:
+    """The three atrous rates a ``DeepLabV3Plus`` of ``output_stride`` uses unless told others (see above)."""
+    return _ATROUS_RATES[output_stride]
+
+
 # ImageNet weights of the versions the reference code used (torchvision's "V1" files).
 _IMAGENET_WEIGHTS = {
     "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
@@ -375,13 +380,19 @@ class DeepLabV3Plus(nn.Module):
     trains with a 10x lower learning rate); ``head_parameters()`` are the rest."""
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 21, output_stride: int = 16,
-                 aspp: str = "ST", ksac: bool = False) -> None:
+                 aspp: str = "ST", ksac: bool = False, atrous_rates: tuple[int, int, int] | None = None) -> None:
+        """``atrous_rates``: the three rates of the atrous branches; None = the thesis's for ``output_stride``
+        (``_ATROUS_RATES``). Rates change no parameter and no multiply-add, only where the taps read."""
         super().__init__()
         _check_arguments(backbone, num_classes, output_stride, aspp)
+        rates = _ATROUS_RATES[output_stride] if atrous_rates is None else tuple(int(r) for r in atrous_rates)
+        if len(rates) != 3 or min(rates) < 1:
+            raise UserError(f"atrous_rates must be three rates >= 1, got {atrous_rates!r}")
         self.backbone_name, self.num_classes, self.output_stride = backbone, num_classes, output_stride
         self.aspp_kind, self.ksac = aspp, bool(ksac)
+        self._custom_rates = rates != _ATROUS_RATES[output_stride]
         self.backbone = _build_backbone(backbone, output_stride)
-        self.aspp = ASPP(self.backbone.high_channels, _ATROUS_RATES[output_stride], aspp, self.ksac)
+        self.aspp = ASPP(self.backbone.high_channels, rates, aspp, self.ksac)
         self.decoder = Decoder(self.backbone.low_channels, num_classes, _block_kind(aspp))
         self._init_head()
 
@@ -400,8 +411,11 @@ class DeepLabV3Plus(nn.Module):
 
     def config(self) -> dict:
         """What identifies this architecture in a checkpoint (``DeepLabV3Plus(**without "arch")`` rebuilds it)."""
-        return {"arch": "deeplabv3plus", "backbone": self.backbone_name, "num_classes": self.num_classes,
-                "output_stride": self.output_stride, "aspp": self.aspp_kind, "ksac": self.ksac}
+        config = {"arch": "deeplabv3plus", "backbone": self.backbone_name, "num_classes": self.num_classes,
+                  "output_stride": self.output_stride, "aspp": self.aspp_kind, "ksac": self.ksac}
+        if self._custom_rates:   # only when not the thesis's: checkpoints of the thesis's rates stay as they were
+            config["atrous_rates"] = list(self.atrous_rates)
+        return config
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Every parameter outside the backbone (ASPP, decoder, classifier)."""
@@ -473,16 +487,17 @@ def _load_imagenet_weights(model: DeepLabV3Plus) -> None:
 
 def build_deeplabv3plus(backbone: str = "resnet50", num_classes: int = 21, output_stride: int = 16,
                         aspp: str = "ST", ksac: bool = False, pretrained_backbone: bool = False,
-                        backbone_weights: str | Path | None = None) -> DeepLabV3Plus:
+                        backbone_weights: str | Path | None = None,
+                        atrous_rates: tuple[int, int, int] | None = None) -> DeepLabV3Plus:
     """DeepLabV3+ of source 004; see ``BACKBONES``, ``ASPP_KINDS``, ``OUTPUT_STRIDES``.
 
     ``pretrained_backbone`` loads torchvision's ImageNet weights (downloading them if needed);
-    ``backbone_weights`` loads them from a local file instead.
+    ``backbone_weights`` loads them from a local file instead. ``atrous_rates``: see ``DeepLabV3Plus``.
     """
     if pretrained_backbone and backbone_weights is not None:
         raise UserError("pass either pretrained_backbone (download the ImageNet weights) or backbone_weights "
                         "(a local file), not both")
-    model = DeepLabV3Plus(backbone, num_classes, output_stride, aspp, ksac)
+    model = DeepLabV3Plus(backbone, num_classes, output_stride, aspp, ksac, atrous_rates)
     if backbone_weights is not None:
         load_backbone_weights(model, backbone_weights)
     elif pretrained_backbone:

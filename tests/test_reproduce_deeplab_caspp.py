@@ -5,6 +5,7 @@ Smoke tier: one tiny in-process run and the user errors; the rest is marked slow
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 
 import reproduce_deeplab_caspp as script
 from common.deeplab import build_deeplabv3plus
+from common.checks import read_checks
 from common.errors import UserError
+from common.training import Trained
 from common.runs import run_main, save_weights
 from script_runs import read_results, without
 
@@ -69,8 +72,14 @@ def test_one_model_trains_and_writes_its_run_folder(tmp_path):
     assert 0 <= float(rows[0]["iou"]) <= 1
     assert round(int(rows[0]["params"]) / 1e6, 2) == 2.48   # Table A.1, OS32 KSAC DS
     for name in ("config.json", "metrics.jsonl", "one_model.md", "one_model.csv", "figures/predictions.png",
-                 "figures/training_loss.png", "checkpoints/mnv2_os32_ksac_ds_none.pt"):
+                 "figures/training_loss.png", "checkpoints/mnv2_os32_ksac_ds_none.pt", "checks.md"):
         assert (out / name).exists(), name
+    # 32-px crops at OS32: a 1x1 map, where every off-centre tap of every branch reads padding; said atop the table
+    checks = read_checks(out)
+    assert list(checks[0]) == ["check", "value", "required", "passed"]
+    assert [c["passed"] for c in checks] == ["no", "no", "no"] and all(float(c["value"]) == 0 for c in checks)
+    assert "OS32 rate-12 branch (rate 6, 1x1 training maps)" in checks[1]["check"]
+    assert (out / "one_model.md").read_text().count("CHECK FAILED") == 3
 
 
 @pytest.mark.slow
@@ -115,6 +124,15 @@ def test_distillation_table_trains_teacher_and_every_method(tmp_path):
     assert (out / "figures" / "attention_maps.png").exists()
     assert "--loss-scale printed" in table
     assert len(list(cache.glob("deeplab_teacher_*.pt"))) == 1
+    # issue 16: the teacher's margin over the student alone, and the atrous geometry of student and teacher
+    checks = {c["check"]: c for c in read_checks(out)}
+    margin = checks["teacher mIoU above the student alone (points), MNv2 OS16 KSAC BTN"]
+    rows = {r["model"]: float(r["iou"]) for r in read_results(out)}
+    assert margin["required"] == ">= 5"
+    teacher = float(re.search(r"teacher R50 OS16 KSAC ST: IoU \(ours\) ([0-9.]+)", table).group(1))
+    assert float(margin["value"]) == pytest.approx(teacher - 100 * rows["MNv2 OS16 KSAC BTN None"], abs=0.01)
+    assert any(c.startswith("distillation source R50: ") for c in checks)
+    assert (margin["passed"] == "yes") == ("CHECK FAILED: teacher" not in table)
     # the cached teacher is reused by the next run (no teacher job in its log)
     second = run_script("--table", "5.3", "--rows", "5", "--cache-dir", str(cache), "--out", str(tmp_path / "r2"),
                         *TOY)
@@ -151,6 +169,11 @@ def test_torchrun_two_cpu_processes(tmp_path):
     (["--loss-scale", "moonshine"], ["--loss-scale", "no distilled student"]),
     (["--backbone", "resnet50", "--loss-scale", "moonshine"], ["--loss-scale", "--method"]),
     (["--profile-only", "--table", "5.4", "--loss-scale", "printed"], ["--loss-scale", "--profile-only"]),
+    (["--strides", "8"], ["--strides", "16, 32"]),
+    (["--strides", "16", "--rows", "1"], ["--rows", "--strides"]),
+    (["--backbone", "resnet50", "--strides", "16"], ["--strides", "one model"]),
+    (["--rate-divisor", "4"], ["--rate-divisor", "1, 2, 3, 6"]),
+    (["--backbone-init", "scratch", "--pretrain-crop", "64"], ["--pretrain-crop", "--backbone-init synthetic"]),
 ])
 def test_bad_flags_are_user_errors_before_any_work(args, needles, tmp_path):
     with pytest.raises(UserError) as caught:
@@ -260,7 +283,8 @@ def test_help_names_the_tables_and_flags_with_their_defaults(capsys, monkeypatch
                  "--resume", "--sync-bn"):
         assert flag in text, flag
     # the defaults are read from Config and PRESETS, not typed into the help
-    assert "training iterations of each model (default 250; paper preset 30,000)" in text
+    assert f"training iterations of each model (default {script.Config.iterations}; paper preset 30,000)" in text
+    assert "(default 2; paper preset 1)" in text and "(default 16; paper preset 16,32)" in text
     assert "iterations between checkpoints (default 200; paper preset 1,000)" in text
     assert "KD weight alpha of Eq. 4.6, in [0, 1] (default 0.9)" in text
 
@@ -370,3 +394,70 @@ def test_aspp_share_matches_figure_4_3():
     params_share, macs_share = script.aspp_share(model, cost)
     assert round(100 * params_share, 3) == 56.326 and round(100 * macs_share, 3) == 39.789
     assert model.training   # the count leaves the model's mode as it found it
+
+
+# ------------------------------------------------------------------------------------------ mechanism checks (issue 16)
+def test_rates_are_the_thesis_s_divided_and_change_no_count():
+    row = script.Row("mobilenet_v2", 16, "BTN", True)
+    halved, thesis = script.build(row, 2), script.build(row, 1)
+    assert halved.atrous_rates == (3, 6, 9) and thesis.atrous_rates == (6, 12, 18)
+    assert script.run_rates(32, 2) == (3, 6, 9) and script.run_rates(8, 3) == (4, 8, 12)
+    assert halved.config()["atrous_rates"] == [3, 6, 9] and "atrous_rates" not in thesis.config()
+    assert sum(p.numel() for p in halved.parameters()) == sum(p.numel() for p in thesis.parameters())
+
+
+def test_atrous_checks_by_hand_on_16x16_maps():
+    """(f + f^2) / 2 of the off-centre taps read features on an s x s map, f = (s - r) / s: on 16x16 maps rate 3
+    gives f = 13/16, rate 6 f = 10/16, rate 9 f = 7/16; the thesis's rate 12 f = 4/16 and rate 18 nothing."""
+    rows = [script.Row("mobilenet_v2", 16, "DS", False)]
+    share = lambda f: (f + f * f) / 2  # noqa: E731
+    ours = script.atrous_checks(rows, 256, 2, "table5_1")
+    assert [c.value for c in ours] == pytest.approx([share(13 / 16), share(10 / 16), share(7 / 16)])
+    assert [c.passed for c in ours] == [True, True, True] and [c.required for c in ours] == [">= 0.5"] * 2 + ["> 0"]
+    assert "OS16 rate-12 branch (rate 6, 16x16 training maps)" in ours[1].check
+    thesis = script.atrous_checks(rows, 256, 1, "table5_1")
+    assert [c.value for c in thesis] == pytest.approx([share(10 / 16), share(4 / 16), 0.0])
+    assert [c.passed for c in thesis] == [True, False, False]
+    assert len(script.failed_lines(thesis, "table5_1")) == 2 and not script.failed_lines(thesis, "table5_4")
+    assert "rate 12 0.16" in script.thesis_geometry_note() and "rate 18 0.00" in script.thesis_geometry_note()
+
+
+def test_teacher_checks_per_student_row_in_points():
+    row = script.Row("resnet50", 16, "DS", False)
+    trained = lambda miou: Trained("x", "x", None, {"miou": miou}, info={"row": row})  # noqa: E731
+    checks = script.teacher_checks(trained(0.60), [trained(0.50), trained(0.58)], "table5_2")
+    assert [c.value for c in checks] == pytest.approx([10.0, 2.0]) and [c.passed for c in checks] == [True, False]
+    assert all("teacher" in c.check and "R50 OS16 DS" in c.check for c in checks)
+
+
+def test_strides_select_the_table_rows():
+    cfg = script.Config(strides="16")
+    assert [n for n, _ in script.selected(script.TABLES["5.1"], cfg)] == [1, 2, 3, 4, 5, 6]
+    assert [n for n, _ in script.selected(script.TABLES["5.4"], script.Config(strides="32"))] == list(range(11, 21))
+    assert [n for n, _ in script.selected(script.TABLES["5.1"], script.Config(rows=(2, 9)))] == [2, 9]
+
+
+def test_frozen_features_are_the_eval_backbone_s_computed_once_and_restored():
+    torch.manual_seed(0)
+    model = build_deeplabv3plus("mobilenet_v2", 21, 32, "DS").train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, expected_other = model.backbone.eval()(x), model.backbone(x + 1)
+    model.train()
+    memo = script.FrozenBackboneFeatures(torch.device("cpu"), amp=False)
+    with memo.serve(model):
+        first, again = model.backbone(x), model.backbone(x.clone())
+        other = model.backbone(x + 1)
+    assert (memo.misses, memo.hits) == (2, 1) and model.backbone.training   # its mode is left as it was
+    for a, b, c in zip(first, again, expected):
+        assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-6)
+    assert all(torch.allclose(a, c, atol=1e-6) for a, c in zip(other, expected_other))
+    assert "forward" not in vars(model.backbone)                            # the class's forward again
+    with memo.serve(build_deeplabv3plus("mobilenet_v2", 21, 32, "DS")):   # other weights: not the same key
+        pass
+    assert len(memo.kept) == 2
+    # kept in bf16 where the CPU has it, handed out as float32: the figures call the model outside autocast
+    bf16 = script.FrozenBackboneFeatures(torch.device("cpu"), amp=True)
+    with bf16.serve(model.eval()), torch.no_grad():
+        logits, again = model(x), model(x)
+    assert logits.dtype == torch.float32 and torch.equal(logits, again)
