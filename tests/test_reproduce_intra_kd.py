@@ -126,6 +126,8 @@ def test_the_presets_and_their_help(capsys) -> None:
     assert (paper.background_weight, paper.crop_height, paper.crop_width) == (0.05, 496, 1488)   # IntRA-KD's code
     assert paper.student_checkpoint is None             # no pretrained ERFNet ships: random unless given
     assert (cfg.paint, cfg.road_classes, paper.paint, paper.road_classes) == (4.0, "lines", 1.0, "all")
+    # the talk's ResNet-101 teacher in the paper preset; the default's ResNet-50 leads ERFNet in CPU minutes
+    assert (cfg.teacher_arch, paper.teacher_arch) == ("deeplabv3_resnet50", "deeplabv3_resnet101")
     assert (cfg.teacher_iterations, cfg.height, cfg.width) == (350, 64, 128)
     assert script.parse_methods("intra, alone") == ("intra", "alone")
     with pytest.raises(SystemExit):
@@ -199,6 +201,7 @@ def test_synthetic_scenes_with_wider_paint_and_lines_only() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- end to end
+TEACHER_LABEL = "DeepLabV3-ResNet50 (teacher; the talk's is ResNet-101)"   # the default preset's teacher
 SMALL = ["--height", "16", "--width", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
          "--iterations", "2", "--eval-every", "1", "--teacher-iterations", "1"]
 REAL_DATA = without(SMALL, "--train-images", "--val-images")   # the synthetic data's sizes
@@ -208,7 +211,7 @@ def test_end_to_end_every_row(tmp_path) -> None:
     script.main(tiny(tmp_path, *SMALL))
     run = tmp_path / "run"
     rows = read_results(run)
-    assert [r["model"] for r in rows] == ["DeepLabV3-ResNet101 (teacher)", "ERFNet", "ERFNet + KD", "ERFNet + AT",
+    assert [r["model"] for r in rows] == [TEACHER_LABEL, "ERFNet", "ERFNet + KD", "ERFNet + AT",
                                           "ERFNet + SAD", "ERFNet + IntRA-KD", "ERFNet + IntRA-KD + KD"]
     assert all(0 <= float(r["iou"]) <= 1 for r in rows)
     assert rows[1]["params"] == str(2_064_256 - 16 * 16 * 4 - 16)      # ERFNet with 4 classes (lines), not 20
@@ -275,7 +278,7 @@ def test_apollo_scape_files_in_the_published_layout(tmp_path, apollo_writer) -> 
     script.main(tiny(tmp_path, *REAL_DATA, "--data-root", str(tmp_path / "apollo"), "--height", "16", "--width", "24",
                      "--methods", "alone,intra"))
     rows = read_results(tmp_path / "run")
-    assert [r["model"] for r in rows] == ["DeepLabV3-ResNet101 (teacher)", "ERFNet", "ERFNet + IntRA-KD"]
+    assert [r["model"] for r in rows] == [TEACHER_LABEL, "ERFNet", "ERFNet + IntRA-KD"]
     assert "ApolloScape" in (tmp_path / "run" / "table_intra_kd.md").read_text()
     assert "c_wy_z" in (tmp_path / "run" / "table_intra_kd_per_class.md").read_text()
 
@@ -326,3 +329,19 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path) -> None:
     assert "fcn_resnet101" in str(error.value) and "deeplabv3_resnet101" in str(error.value)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_teacher_checkpoint_of_the_other_depth_names_teacher_arch(tmp_path) -> None:
+    """A ResNet-101 teacher file read as the default ResNet-50 one: the error names --teacher-arch; with it, it
+    loads."""
+    path = tmp_path / "deeplabv3_resnet101.pt"
+    save_weights(path, build_segmenter("deeplabv3_resnet101", 4))
+    args = [*without(SMALL, "--teacher-iterations"), "--teacher-checkpoint", str(path), "--methods", "alone"]
+    with pytest.raises(UserError) as error:
+        script.main(tiny(tmp_path, *args))
+    assert "--teacher-arch" in str(error.value) and "deeplabv3_resnet50" in str(error.value)
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+    script.main(tiny(tmp_path, *args, "--teacher-arch", "deeplabv3_resnet101"))
+    rows = read_results(tmp_path / "run")
+    assert rows[0]["model"] == "DeepLabV3-ResNet101 (teacher)"
