@@ -113,8 +113,10 @@ def test_one_model_on_the_command_line_resumes_without_retraining(tmp_path):
 @pytest.mark.slow
 def test_distillation_table_trains_teacher_and_every_method(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
-    result = run_script("--table", "5.3", "--rows", "5", "--cache-dir", str(cache), "--out", str(out), *TOY)
+    result = run_script("--table", "5.3", "--rows", "5", "--cache-dir", str(cache), "--out", str(out),
+                        "--teacher-iterations", "4", *TOY)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "training the teacher R50 OS16 KSAC ST, 4 iterations" in result.stdout   # not the students' 3
     models = [r["model"] for r in read_results(out)]
     assert models == [f"MNv2 OS16 KSAC BTN {m}" for m in ("None", "AT Output", "AT Atrous", "AT All", "KD")]
     # beta * L_A is over 1000 by construction (Eq. 4.8-4.9): a large loss is not a divergence
@@ -135,7 +137,7 @@ def test_distillation_table_trains_teacher_and_every_method(tmp_path):
     assert (margin["passed"] == "yes") == ("CHECK FAILED: teacher" not in table)
     # the cached teacher is reused by the next run (no teacher job in its log)
     second = run_script("--table", "5.3", "--rows", "5", "--cache-dir", str(cache), "--out", str(tmp_path / "r2"),
-                        *TOY)
+                        "--teacher-iterations", "4", *TOY)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "teacher_" not in (tmp_path / "r2" / "metrics.jsonl").read_text()
 
@@ -164,6 +166,10 @@ def test_torchrun_two_cpu_processes(tmp_path):
     (["--backbone", "resnet50", "--table", "5.4"], ["one model"]),
     (["--data-root", "/no/such/voc"], ["--data-root", "no such"]),
     (["--teacher-checkpoint", "x.pt"], ["--teacher-checkpoint"]),
+    (["--teacher-iterations", "5"], ["--teacher-iterations", "--table 5.2/5.3"]),
+    (["--table", "5.3", "--teacher-checkpoint", "x.pt", "--teacher-iterations", "5"],
+     ["--teacher-iterations", "--teacher-checkpoint"]),
+    (["--table", "5.3", "--teacher-iterations", "0"], ["--teacher-iterations", ">= 1"]),
     (["--batch-size", "1"], ["--batch-size"]),
     (["--backbone-lr", "-1"], ["--backbone-lr"]),
     (["--loss-scale", "moonshine"], ["--loss-scale", "no distilled student"]),
