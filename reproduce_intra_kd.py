@@ -96,13 +96,14 @@ How the default miniature is scaled from the paper, and why (issue 16: a miniatu
     iterations here (1.5x the students'), bf16 autocast on CPUs that have it natively (about 1.7x as fast), from
     random weights (no ImageNet offline), cached. The paper's teacher is far ahead of its student by pretraining and
     schedule; ours only by capacity and a longer schedule. The ResNet-101 did not get there in CPU minutes: at 350
-    iterations it ended 2.4 points above ERFNet alone (34.6 against 32.1 mIoU, README, 2026-12-05) and below it on the
-    solid line, while the ResNet-50, at about the same cost per iteration on this CPU, was 8.9 points above it after
-    300 iterations of a 600-iteration schedule and above it on every class (86.8 / 24.2 / 15.5 / 37.2 IoU against 84.4
-    / 16.7 / 0.2 / 27.0). Whether the default teacher suffices is measured, not assumed: the run checks that the
-    teacher's mIoU is at least 5 points above ERFNet alone's and its IoU above ERFNet alone's on every line class, and
-    that the median region has at least 9 cells (checks.csv / checks.md; a failed check is printed atop both tables).
-  * Timing (README): the whole default run, teacher included, is meant to take at most 15 minutes on a 2-core CPU.
+    iterations it ended 2.4 points above ERFNet alone (34.5 against 32.1 mIoU, README, 2026-12-05) and below it on the
+    solid line, while the ResNet-50, at about two thirds of its cost per iteration on this CPU (the whole default run:
+    11.0 against 13.6 min alone), ended 8.5 points above ERFNet alone and above it on every line class (40.6 mIoU; IoU
+    85.6 / 22.5 / 20.5 / 33.5 against 84.4 / 16.7 / 0.2 / 27.0). Whether the default teacher suffices is measured, not
+    assumed: the run checks that the teacher's mIoU is at least 5 points above ERFNet alone's and its IoU above ERFNet
+    alone's on every line class, and that the median region has at least 9 cells (checks.csv / checks.md; a failed
+    check is printed atop both tables).
+  * Timing (README): the whole default run, teacher included, took 11.0 minutes alone on a 2-core CPU (2026-12-05).
 
 Run: python reproduce_intra_kd.py [--preset paper] [--data-root DIR --dataset apolloscape|culane]  (see --help)
 """
@@ -743,7 +744,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                     "distillation (IntRA-KD), compared with logit KD, attention transfer and self-attention "
                     "distillation (SAD). Without --data-root it runs on built-in synthetic road scenes; everything "
                     "goes to a run folder.",
-        epilog="examples:\n  python reproduce_intra_kd.py                          # reduced, CPU, ~13 min\n"
+        epilog="examples:\n  python reproduce_intra_kd.py                          # reduced, CPU, ~11 min\n"
                "  python reproduce_intra_kd.py --methods alone,intra --iterations 400\n"
                "  python reproduce_intra_kd.py --preset paper --data-root data/apolloscape --dataset apolloscape\n"
                "  python reproduce_intra_kd.py --resume runs/reproduce_intra_kd/20261121-120000",
