@@ -1020,8 +1020,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                    help="teacher weights (ResNet-50, OS16, KSAC, ST; a file this script cached) instead of training "
                         "(default: train one, or reuse the cached one)")
     d.add_argument("--teacher-iterations", type=int, metavar="N",
-                   help="iterations of a teacher trained here (the thesis trains it as a Table 5.1 row: the paper "
-                        "preset's 30,000; the default preset gives it 4x the students' 60 so that it leads them)")
+                   help="iterations of a teacher trained here: 4x a student's in the reduced preset, so that it "
+                        "leads them; the thesis trains it as a Table 5.1 row")
     t = p.add_argument_group("training")
     t.add_argument("--preset", choices=sorted(PRESETS),
                    help="default (the default): reduced, for a CPU; paper: the thesis's")

@@ -786,8 +786,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                         "synthetic scenes' marking regions)")
     t = p.add_argument_group("the teacher (the talk's: ResNet-101)")
     t.add_argument("--teacher-arch", choices=TEACHER_ARCHS,
-                   help="the teacher network: the talk's deeplabv3_resnet101 (paper preset), or the ResNet-50, which "
-                        "leads ERFNet after the default run's few CPU minutes of training (see the docstring)")
+                   help="the teacher network: the talk's deeplabv3_resnet101, or the ResNet-50, which leads ERFNet "
+                        "after a few CPU minutes of training (see the docstring)")
     t.add_argument("--teacher-checkpoint", metavar="FILE",
                    help="--teacher-arch's weights with the task's classes: a file this script cached, or a "
                         "torchvision state dict (default: train one here, once, and cache it)")

@@ -149,7 +149,7 @@ def test_a_user_error_after_the_run_folder_exists_removes_it(tmp_path, capsys, m
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     fails_cleanly("intra", ["--teacher-backbone", "imagenet"], tmp_path, capsys, monkeypatch,
-                  "resnet101-63fe2227.pth", "--teacher-backbone PATH")
+                  "resnet50-0676ba61.pth", "--teacher-backbone PATH")   # the default teacher's backbone
 
 
 # ------------------------------------------------------------------------------- data, through the scripts

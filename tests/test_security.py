@@ -135,7 +135,7 @@ def hub_cases():
         (reproduce_qkd, segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
          ["--teacher-weights", "coco", "--no-int8", "--image-size", "32", "--crop", "32", "--train-images", "8",
           "--val-images", "1"]),
-        (reproduce_intra_kd, torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
+        (reproduce_intra_kd, torchvision.models.ResNet50_Weights.IMAGENET1K_V1,   # the default teacher's backbone
          ["--teacher-backbone", "imagenet", "--height", "32", "--width", "64", "--train-images", "4",
           "--val-images", "1", "--batch-size", "2"]),
     ]
