@@ -349,9 +349,8 @@ PRESETS = {
     # ImageNet ResNet-101 under the teacher are our choices.
     "paper": dict(optimizer="sgd", lr=0.01, batch_size=8, iterations=60_000, eval_every=5_000,
                   teacher_arch=TEACHER_ARCH, teacher_iterations=60_000, teacher_lr=0.01, teacher_backbone="imagenet",
-                  height=1352, width=1688,
-                  crop_height=496, crop_width=1488, latency_repeats=20, checkpoint_every=2_000, workers=8,
-                  paint=1.0, road_classes="all"),
+                  height=1352, width=1688, crop_height=496, crop_width=1488, paint=1.0, road_classes="all",
+                  latency_repeats=20, checkpoint_every=2_000, workers=8),
 }
 
 
@@ -623,9 +622,8 @@ def write_tables(exp: Experiment, teacher: Trained, rows: dict, costs: dict, che
         f"the IntRA-KD repository's column: the ApolloScape test mIoU its README gives for its trained "
         f"PSPNet-ResNet-101 teacher and ERFNet (37 classes, multi-scale test, ApolloScape's server); the talk "
         f"(source 003) shows figures only. Ours: {exp.data_name}, a DeepLabV3 {teacher_name(cfg)} teacher, measured "
-        f"by this "
-        f"run on our validation split, single scale, whole images, final model, one seed, mIoU over the classes "
-        f"present: not comparable.",
+        f"by this run on our validation split, single scale, whole images, final model, one seed, mIoU over the "
+        f"classes present: not comparable.",
         f"teacher: {teacher.metrics['source']}.",
         f"students: ERFNet (Romera et al. 2017) from "
         f"{cfg.student_checkpoint or 'random weights (the IntRA-KD repository starts from pretrained ones)'}, "
@@ -740,10 +738,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p = argparse.ArgumentParser(
         description="Reproduce Hou, 'Improving Deep Network Performance via Model Compression': an ERFNet student "
                     "learns road-marking segmentation from a DeepLabV3 teacher (the talk's: ResNet-101) by "
-                    "inter-region affinity "
-                    "distillation (IntRA-KD), compared with logit KD, attention transfer and self-attention "
-                    "distillation (SAD). Without --data-root it runs on built-in synthetic road scenes; everything "
-                    "goes to a run folder.",
+                    "inter-region affinity distillation (IntRA-KD), compared with logit KD, attention transfer and "
+                    "self-attention distillation (SAD). Without --data-root it runs on built-in synthetic road "
+                    "scenes; everything goes to a run folder.",
         epilog="examples:\n  python reproduce_intra_kd.py                          # reduced, CPU, ~11 min\n"
                "  python reproduce_intra_kd.py --methods alone,intra --iterations 400\n"
                "  python reproduce_intra_kd.py --preset paper --data-root data/apolloscape --dataset apolloscape\n"
@@ -793,8 +790,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                         "torchvision state dict (default: train one here, once, and cache it)")
     t.add_argument("--teacher-backbone", metavar="imagenet|FILE",
                    help=f"ImageNet ResNet weights (of --teacher-arch's depth) under a teacher trained here (default: "
-                        f"none, random; paper "
-                        f"preset {PRESETS['paper']['teacher_backbone']})")
+                        f"none, random; paper preset {PRESETS['paper']['teacher_backbone']})")
     t.add_argument("--teacher-iterations", type=int, metavar="N", help="iterations of a teacher trained here")
     t.add_argument("--teacher-lr", type=float, metavar="LR", help="its learning rate")
     g = p.add_argument_group("data")
