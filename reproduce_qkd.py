@@ -128,7 +128,8 @@ from common.devices import autocast, cpu_supports_bf16, pick_device
 from common.errors import UserError, check_flags, refuse_ignored
 from common.filecheck import VERDICTS_FILE
 from common.images import IGNORE_INDEX
-from common.int8 import convert_reference, count_int8_convolutions, int8_weight_bytes, lower_int8, prepare_int8_qat
+from common.int8 import (CompiledInt8, convert_reference, count_int8_convolutions, int8_weight_bytes, lower_int8,
+                         prepare_int8_qat)
 from common.losses import kd_kl_div, pairwise_similarity_loss, weighted_cross_entropy
 from common.metrics import evaluate_segmentation, predict_segmentation
 from common.profiler import measure_latency, profile
@@ -288,7 +289,7 @@ class Config(RunOptions):
     profile_size: int = 256             # the cost columns at 1x3xSxS
     # ----- costs and rows
     latency_repeats: int = 5
-    compile: bool = True                # time the fp32 student compiled (torch.compile), as the int8 one is lowered
+    compile: bool = True                # time the fp32 and int8 students compiled (torch.compile; int8: CompiledInt8)
     int8: bool = True                   # the int8 row (x86 CPUs, torchao)
     panel_images: int = 3
 
@@ -340,9 +341,10 @@ def student_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def teacher_outputs(teacher: nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A frozen teacher's (logits, pair-wise feature: its DeepLab head after ASPP and the 3x3 conv), in float32 (a
-    weak teacher's logits overflow float16)."""
-    with torch.no_grad(), autocast(x.device, amp):
+    """A frozen teacher's (logits, pair-wise feature: its DeepLab head after ASPP and the 3x3 conv), computed in the
+    fastest precision (bf16 autocast on CPUs with native bf16, AMP on GPUs; --no-amp: float32) and returned in
+    float32 (a weak teacher's logits overflow float16)."""
+    with torch.no_grad(), autocast(x.device, amp, cpu_bf16=True):
         logits, features = teacher(x, return_features=True)
     return logits.float(), features["head"].float()
 
@@ -676,6 +678,7 @@ class Experiment:
         converted = lower_int8(reference, torch.randn(1, 3, self.eval_side, self.eval_side))
         trained.info["profile_graph"] = (converted if cfg.profile_size == self.eval_side else
                                          lower_int8(reference, torch.randn(1, 3, cfg.profile_size, cfg.profile_size)))
+        trained.info["reference"] = reference    # compiled for the latency column (costs)
         trained.model = converted
         trained.metrics.update(self.validate(converted, device=cpu))        # the int8 model's own score
         trained.label = f"U-Net int8 (x86 oneDNN), from {rows[source].label}"
@@ -688,7 +691,8 @@ class Experiment:
     # ------------------------------------------------------------------ cost columns (common/profiler.py)
     def costs(self, teacher: nn.Module, rows: dict) -> dict:
         """Parameters, MAdds and CPU latency at 1x3xSxS, S = --profile-size, all on the CPU with this process's
-        threads: the float student compiled (torch.compile) and the int8 model lowered to oneDNN, so the two are
+        threads: the float student compiled (torch.compile) and the int8 model compiled (Inductor with freezing,
+        ``CompiledInt8``; with --no-compile or without a C++ compiler, the graph lowered to oneDNN), so the two are
         compared as deployed; the teacher eager. Fake-quantized rows have no latency of their own: they run in
         float."""
         cfg = self.cfg
@@ -711,10 +715,23 @@ class Experiment:
                 self.session.say(f"  torch.compile failed ({type(e).__name__}: {str(e)[:80]}); the fp32 latency is "
                                  f"eager")
         if "int8" in rows:
-            out["int8_latency"] = measure_latency(rows["int8"].info["profile_graph"], shape, "cpu", warmup=2,
-                                                  repeats=cfg.latency_repeats)
-            out["int8_bytes"] = int8_weight_bytes(rows["int8"].model)
+            int8, out["int8_compiled"] = rows["int8"], False
+            if cfg.compile:
+                try:   # as the fp32 student: compiled (Inductor with freezing, common.int8.CompiledInt8)
+                    out["int8_latency"] = measure_latency(CompiledInt8(int8.info["reference"]), shape, "cpu",
+                                                          warmup=2, repeats=cfg.latency_repeats)
+                    out["int8_compiled"] = True
+                except Exception as e:   # as above: say so, time the lowered graph instead
+                    self.session.say(f"  torch.compile of the int8 model failed ({type(e).__name__}: "
+                                     f"{str(e)[:80]}); its latency is the lowered graph's")
+            if not out["int8_compiled"]:
+                out["int8_latency"] = measure_latency(int8.info["profile_graph"], shape, "cpu", warmup=2,
+                                                      repeats=cfg.latency_repeats)
+            out["int8_bytes"] = int8_weight_bytes(int8.model)
         return out
+
+
+INT8_COMPILED = "compiled (Inductor with freezing: dequantize/quantize fused into the oneDNN int8 kernels)"
 
 
 def check_eval_size(images: list[Path], side: int) -> None:
@@ -796,7 +813,8 @@ def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: di
     table.warnings = failed_lines(checks, TABLE)      # a teacher not above its student: said atop the table
     teacher_cost, student_cost = costs["teacher"], costs["student"]
     latency = {"fp32": f"{1000 * costs['student_latency']:.1f}" + ("" if costs["compiled"] else " (eager)"),
-               "int8": f"{1000 * costs.get('int8_latency', math.nan):.1f}"}
+               "int8": f"{1000 * costs.get('int8_latency', math.nan):.1f}"
+                       + ("" if costs.get("int8_compiled", True) else " (lowered, not compiled)")}
     student_macs = f"{student_cost['macs'] / 1e9:.2f}G"
 
     def add(trained: Trained, bits: str, params: int, size: int, macs: str, lat: str, says: str) -> None:
@@ -852,7 +870,9 @@ def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: di
         f"{cfg.profile_size} (the same multiply-adds in int8). Latency: median of {cfg.latency_repeats} passes on the "
         f"CPU, {costs['threads']} threads, batch 1 at that size; fp32 "
         f"{'compiled with torch.compile' if costs['compiled'] else 'eager (--no-compile, or compilation failed)'}"
-        f" (eager: {1000 * student_cost['latency_s']:.1f} ms), int8 lowered to oneDNN, teacher eager."]
+        f" (eager: {1000 * student_cost['latency_s']:.1f} ms), int8 "
+        f"{INT8_COMPILED if costs.get('int8_compiled') else 'lowered to oneDNN, op by op'}"
+        f", teacher eager."]
     table.write(exp.run.path, TABLE)
     print("\n" + table.markdown(), flush=True)
 
@@ -998,7 +1018,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     c.add_argument("--no-int8", dest="int8", action="store_const", const=False,
                    help="skip the int8 row (it needs an x86 CPU and torchao)")
     c.add_argument("--no-compile", dest="compile", action="store_const", const=False,
-                   help="time the fp32 student eager, not compiled (saves about 30 s of torch.compile)")
+                   help="time the fp32 student eager and the int8 one as a lowered graph, not compiled (saves "
+                        "about 45 s of torch.compile)")
     add_run_arguments(p, "reproduce_qkd",
                       device_help="auto, cpu or cuda (auto takes the GPU when there is one); the int8 model always "
                                   "runs on the CPU")

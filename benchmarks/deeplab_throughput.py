@@ -26,14 +26,14 @@ from unet_kd_throughput import cpu_name, time_steps  # noqa: E402
 
 
 def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, method: str = "none",
-              teacher=None):
+              teacher=None, cpu_bf16: bool = False):
     """One training step of the script: its objective (``caspp_objective``, with the default alpha, beta, T) and
-    its SGD settings."""
+    its SGD settings; ``cpu_bf16``: bf16 autocast on CPUs with native bf16, as the script trains."""
     cfg = Config()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def step() -> None:
-        with autocast(device, amp):
+        with autocast(device, amp, cpu_bf16):
             logits, feats = model(x, return_features=True) if method.startswith("at") else (model(x), None)
             t_logits = t_feats = None
             if teacher is not None:

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.devices import autocast, pick_device
 from common.images import IGNORE_INDEX
-from common.int8 import convert_reference, count_int8_convolutions, lower_int8, prepare_int8_qat
+from common.int8 import CompiledInt8, convert_reference, count_int8_convolutions, lower_int8, prepare_int8_qat
 from common.losses import weighted_cross_entropy
 from common.profiler import measure_latency
 from common.quantization import fake_quantize_model
@@ -95,8 +95,11 @@ def inference_latencies(args) -> list:
     rows.append(("U-Net fake-quant W8A8 (runs in float)", time_it(fake_quantize_model(student, 8))))
     prepared = prepare_int8_qat(LogitsAndFeature(new_student(cfg)), torch.randn(2, 3, 64, 64), multiple=16)
     prepared(torch.randn(2, 3, 64, 64))          # the observers see one batch
-    int8 = lower_int8(convert_reference(prepared), torch.randn(shape))
+    reference = convert_reference(prepared)
+    int8 = lower_int8(reference, torch.randn(shape))
     rows.append((f"U-Net int8, oneDNN ({count_int8_convolutions(int8)} int8 convs)", time_it(int8)))
+    if args.compile:
+        rows.append(("U-Net int8, Inductor with freezing", time_it(CompiledInt8(reference))))
     return rows
 
 

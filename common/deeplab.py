@@ -424,13 +424,21 @@ class DeepLabV3Plus(nn.Module):
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, dict]:
         """Logits (N, num_classes, H, W) at the input size; with ``return_features`` also, from the same pass,
         {"atrous": the three atrous branches' outputs, "aspp": the ASPP output} (attention transfer, Section 5.2.1)."""
+        small, features = self.decode(x)
+        logits = upsample_logits(small, x.shape[-2:])
+        return (logits, features) if return_features else logits
+
+    def decode(self, x: Tensor) -> tuple[Tensor, dict]:
+        """The decoder's logits at a quarter of the input size (before the final upsampling; ``upsample_logits``
+        gives ``forward``'s) and the ``return_features`` dict: a sixteenth of the memory, for memoising a teacher."""
         low, high = self.backbone(x)
         aspp_out, atrous = self.aspp(high)
-        logits = F.interpolate(self.decoder(low, aspp_out), size=x.shape[-2:], mode="bilinear",
-                               align_corners=False)
-        if return_features:
-            return logits, {"atrous": atrous, "aspp": aspp_out}
-        return logits
+        return self.decoder(low, aspp_out), {"atrous": atrous, "aspp": aspp_out}
+
+
+def upsample_logits(logits: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
+    """The decoder's logits bilinearly resized to the input's ``size`` (DeepLabV3+'s final x4 upsampling)."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 # ---------------------------------------------------------------------------------------------- backbone weights

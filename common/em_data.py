@@ -131,7 +131,8 @@ def random_crops(volume: Volume, batch_size: int, crop: int, seed: int, step: in
     masks = torch.stack([take(volume.masks, b) for b in range(batch_size)])
     out = (normalize(images)[:, None], masks.long())
     if extra is not None:
-        out += (torch.stack([take(extra, b) for b in range(batch_size)]).float(),)
+        # each crop in float32 before stacking: CPU autocast cannot stack float16 (its 'promote' list refuses it)
+        out += (torch.stack([take(extra, b).float() for b in range(batch_size)]),)
     return out
 
 

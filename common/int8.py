@@ -10,6 +10,8 @@ actually run in int8 (oneDNN kernels):
                        convs), then lower_int8: lower_pt2e_quantized_to_x86: every Conv2d becomes a
                        torch.ops.onednn.qconv_pointwise int8 op; transposed convolutions stay float (the X86
                        quantizer does not annotate them).
+    CompiledInt8       the reference compiled by Inductor with freezing instead: the same outputs, the dequantize /
+                       quantize pairs fused into the int8 kernels (the fast path for latency).
 
 The lowered model has the example's shape baked in, batch size included (lowering re-exports it without dynamic
 shapes; another shape fails a guard): evaluate it on inputs of exactly that shape, padding if needed.
@@ -163,6 +165,32 @@ def lower_int8(reference: torch.fx.GraphModule, example: torch.Tensor) -> torch.
 
 def _inference_only(self: torch.fx.GraphModule, mode: bool = False) -> torch.fx.GraphModule:
     return self
+
+
+class CompiledInt8(nn.Module):
+    """``convert_reference``'s model compiled by Inductor with freezing: the deployment path X86InductorQuantizer
+    is made for, and the int8 counterpart of a compiled fp32 model.
+
+    Freezing makes the weights constants, so Inductor packs them for oneDNN once and fuses each dequantize ->
+    convolution -> quantize chain, with the ReLU and additions around it, into one int8 kernel; ``lower_int8``'s
+    graph instead runs its float dequantize/quantize ops one by one between the kernels. Its outputs equal
+    ``lower_int8``'s (tested). Compiles on the first call (seconds) and again for each new input shape; inference
+    only (call it under torch.no_grad() or torch.inference_mode()); needs a C++ compiler, as torch.compile does.
+    """
+
+    def __init__(self, reference: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.compiled = torch.compile(reference, dynamic=False)
+
+    def forward(self, x: torch.Tensor):
+        import torch._inductor.config as inductor_config
+
+        # freezing is a global Inductor setting: on for this model's (re)compilations only
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
+
+    def train(self, mode: bool = True) -> "CompiledInt8":
+        return self   # inference only; the exported reference refuses train()/eval()
 
 
 def _drop_unused_tensors(gm: torch.fx.GraphModule) -> None:

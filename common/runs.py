@@ -148,7 +148,7 @@ class RunOptions:
     seed: int = 0                       # data, initialisation, batches
     seeds: int = 1                      # --seeds N: N whole runs, seed, seed + 1, ... (common/seeds.py)
     device: str = "auto"                # auto: the GPU when there is one
-    amp: bool = True                    # mixed precision on GPUs (see common.devices.autocast)
+    amp: bool = True                    # mixed precision: GPUs, CPUs with native bf16 (common.devices)
     workers: int = 0                    # DataLoader worker processes that prepare batches ahead
     cache_dir: str = "runs/teacher_cache"   # trained teachers and stand-in backbones, shared by runs
     out: str | None = None              # the run folder (default runs/<script>/<time>)
@@ -170,7 +170,9 @@ def add_run_arguments(parser, script: str, *, workers: bool = True,
                             "results_over_seeds.md/.csv (mean ± std, which differences exceed the spread) and "
                             "checks_over_seeds.md/.csv")
     group.add_argument("--device", help=device_help)
-    group.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on GPU")
+    group.add_argument("--no-amp", dest="amp", action="store_const", const=False,
+                       help="float32 throughout: no bf16 autocast on CPUs that compute bf16 natively (AVX512-BF16, "
+                            "AMX), no mixed precision on GPUs")
     if workers:
         group.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes")
     group.add_argument("--cache-dir", metavar="FOLDER",

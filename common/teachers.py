@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Hashable, TypeVar
 
 import torch
 from torch import nn
@@ -59,13 +59,14 @@ class OutputMemo:
 
     ``memo(step, compute, device)``: the tensors ``compute()`` returned for ``step``, on ``device``; computed now the
     first time (and kept while the memo has room). ``step`` None: computed, never kept (a teacher still training).
+    Any hashable key serves as ``step``, e.g. a digest of the input where steps alone do not name the batch.
     """
 
     def __init__(self, max_bytes: int = MEMO_BYTES) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
-        self._kept: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._kept: dict[Hashable, tuple[torch.Tensor, ...]] = {}
 
-    def __call__(self, step: int | None, compute: Callable[[], tuple[torch.Tensor, ...]],
+    def __call__(self, step: Hashable | None, compute: Callable[[], tuple[torch.Tensor, ...]],
                  device: torch.device) -> tuple[torch.Tensor, ...]:
         if step is not None and step in self._kept:
             return tuple(t.to(device) for t in self._kept[step])

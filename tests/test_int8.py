@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from common import int8
-from common.int8 import (convert_int8, convert_reference, count_int8_convolutions, int8_weight_bytes, lower_int8,
-                         prepare_int8_qat, set_int8_qat_mode)
+from common.int8 import (CompiledInt8, convert_int8, convert_reference, count_int8_convolutions, int8_weight_bytes,
+                         lower_int8, prepare_int8_qat, set_int8_qat_mode)
 from common.unet import UNet
 
 # find_spec, not importorskip: importing torchao here would bypass common.int8's silencing of its import warning
@@ -55,7 +55,7 @@ def pipeline() -> SimpleNamespace:
     return SimpleNamespace(model=model, before=before, example=example, prepared=prepared, converted=converted,
                            trained_in_train_mode=trained_in_train_mode, fake_quant_out=fake_quant_out,
                            int8_out=int8_out, fake_quant_larger=fake_quant_larger, int8_larger=int8_larger,
-                           converted_larger=converted_larger)
+                           converted_larger=converted_larger, reference=reference, larger=larger)
 
 
 @pytest.mark.slow
@@ -181,3 +181,14 @@ def test_missing_torchao_gives_a_clear_error(monkeypatch):
             prepare_int8_qat(nn.Conv2d(1, 1, 1), torch.randn(2, 1, 4, 4))
     finally:
         int8._torchao.cache_clear()
+
+
+@pytest.mark.slow
+def test_inductor_compiled_int8_computes_what_the_lowered_graph_computes(pipeline):
+    compiled = CompiledInt8(pipeline.reference)
+    assert compiled.eval() is compiled and compiled.train() is compiled   # inference only, as measure_latency asks
+    with torch.inference_mode():
+        out, out_larger = compiled(pipeline.example), compiled(pipeline.larger)   # a new shape compiles again
+    for got, lowered in ((out, pipeline.int8_out), (out_larger, pipeline.int8_larger)):
+        assert got.shape == lowered.shape
+        assert (got - lowered).abs().max() <= 1e-4 * lowered.abs().max()

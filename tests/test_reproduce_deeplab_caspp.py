@@ -22,6 +22,7 @@ from common.checks import read_checks
 from common.errors import UserError
 from common.training import Trained
 from common.runs import run_main, save_weights
+from common.teachers import OutputMemo
 from script_runs import read_results, without
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -467,3 +468,22 @@ def test_frozen_features_are_the_eval_backbone_s_computed_once_and_restored():
     with bf16.serve(model.eval()), torch.no_grad():
         logits, again = model(x), model(x)
     assert logits.dtype == torch.float32 and torch.equal(logits, again)
+
+
+def test_teacher_outputs_are_computed_once_per_input_and_equal_the_teacher_s_forward():
+    torch.manual_seed(0)
+    teacher = build_deeplabv3plus("mobilenet_v2", 21, 16, "DS").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, expected_feats = teacher(x, return_features=True)
+    memo, calls = OutputMemo(), []
+    decode = teacher.decode
+    teacher.decode = lambda inputs: calls.append(1) or decode(inputs)
+    first, feats = script.teacher_outputs(teacher, x, memo)
+    again, feats_again = script.teacher_outputs(teacher, x.clone(), memo)   # the same bytes: reused
+    other, _ = script.teacher_outputs(teacher, x + 1, memo)
+    assert len(calls) == 2 and not first.requires_grad
+    assert torch.equal(first, expected) and torch.equal(again, expected) and not torch.equal(other, expected)
+    for a, b, c in zip(feats["atrous"] + [feats["aspp"]], feats_again["atrous"] + [feats_again["aspp"]],
+                       expected_feats["atrous"] + [expected_feats["aspp"]]):
+        assert torch.equal(a, c) and torch.equal(b, c)

@@ -186,6 +186,36 @@ def test_pick_device(monkeypatch):
         pick_device("gpu0")
 
 
+def test_autocast_takes_bf16_only_on_cpus_that_have_it_and_only_when_asked(monkeypatch):
+    import common.devices as devices
+
+    conv, x, cpu = torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), torch.device("cpu")
+
+    def output_dtype(enabled: bool, cpu_bf16: bool) -> torch.dtype:
+        with devices.autocast(cpu, enabled, cpu_bf16):
+            return conv(x).dtype
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)    # AVX512-BF16 / AMX
+    assert output_dtype(True, True) == torch.bfloat16
+    assert output_dtype(False, True) == output_dtype(True, False) == torch.float32   # --no-amp; a part kept fp32
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)   # the fallback: emulated bf16 would be slower
+    assert output_dtype(True, True) == torch.float32
+
+
+def test_cpu_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    import common.devices as devices
+
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(devices, "Path", lambda _: info)
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert devices.cpu_supports_bf16()
+    info.write_text("flags\t\t: fpu sse2 avx2 amx_tile amx_bf16\n")
+    assert devices.cpu_supports_bf16()
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not devices.cpu_supports_bf16()
+    info.unlink()                                                     # not Linux: no /proc/cpuinfo
+    assert not devices.cpu_supports_bf16()
+
+
 # ---- RunDir ---------------------------------------------------------------------------------------------------
 
 def test_rundir_create_refuses_a_used_folder(tmp_path):

@@ -1,0 +1,385 @@
+#!/usr/bin/env python
+"""Side by side, in one process: our models against the implementations users would pick instead, our training
+step in each precision and memory format, and what this machine can attain.
+
+Every candidate is timed interleaved with the others of its table (round r times candidate 1, 2, 3, ... once each),
+so that a machine that speeds up or slows down during the run moves every candidate alike; a figure is the median
+over the rounds. Speeds are measurements, not tests: run this alone on the machine.
+
+What is compared (training step = forward, cross-entropy, backward, SGD with momentum; batch 2 x 3 x 256 x 256 by
+default, the thesis's crop, source 004 Section 4.1.1):
+
+- attainable: a large 3x3 convolution (forward + backward), the machine's attainable multiply-adds per second in
+  fp32 and in bf16, in both memory formats (the best of each precision is its "attainable").
+- DeepLabV3+ ResNet-50 OS16 (common/deeplab.py; ST and DS ASPP) against segmentation-models-pytorch's
+  ``DeepLabV3Plus`` (ResNet-50 encoder, no pretrained weights) as its users run it (fp32, eager, contiguous), with
+  its defaults (separable ASPP, rates 12/24/36) and configured as our ST row (standard convolutions, rates 6/12/18).
+- FCN and DeepLabV3 on ResNet-50 / 101 (common/segmentation_models.py) against torchvision's own models.
+- Each of ours in fp32, bf16 autocast (where the CPU computes bf16 natively, or any GPU), channels-last, and both.
+- distillation (source 004, Section 5.2): a DeepLabV3+ R50 OS16 DS student's plain step, the R50 KSAC ST teacher's
+  forward pass (frozen, no_grad) and the student's KD and AT-all steps with that forward inside, all in the scripts'
+  precision (bf16 where native): the budget is plain + teacher forward + 10%.
+- int8 (x86 CPUs): reproduce_qkd.py's U-Net student at batch 1, fp32 eager and compiled (torch.compile) against
+  its int8 model (common/int8.py) lowered to oneDNN and compiled by Inductor with freezing (``CompiledInt8``).
+
+MAC/s: 3 x the forward pass's multiply-adds (forward, gradient of the input, gradient of the weights) per second,
+forward MACs counted by ptflops (common/profiler.py, source 004's convention). "of attainable" divides by the
+attainable rate of the precision the step runs in.
+
+    pip install -r benchmarks/requirements.txt      # segmentation-models-pytorch, for the comparison only
+    python benchmarks/compare.py                    # everything (about 10 minutes on a 2-core CPU)
+    python benchmarks/compare.py --only deeplab --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the per-script benchmarks' steps
+from common.deeplab import DeepLabV3Plus  # noqa: E402
+from common.devices import cpu_supports_bf16, pick_device  # noqa: E402
+from common.profiler import count_macs  # noqa: E402
+from common.segmentation_models import TorchvisionSegmenter  # noqa: E402
+
+NUM_CLASSES = 21
+TABLES = ("attainable", "deeplab", "distill", "torchvision", "int8")
+
+
+# ----------------------------------------------------------------------------------------------- one candidate
+@dataclass
+class Candidate:
+    label: str
+    step: Callable[[], None]
+    precision: str          # "fp32" or "bf16"/"fp16": the attainable rate it is measured against
+    macs: int | None        # multiply-adds of one call (None: not counted)
+    seconds: list[float]
+
+
+def precision_context(device: torch.device, precision: str):
+    """fp32: nothing; bf16 / fp16: autocast on ``device``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def low_precision(device: torch.device) -> str | None:
+    """The reduced precision this device computes natively (None: none, e.g. a CPU without AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else None
+
+
+def train_step(model: nn.Module, batch: int, size: int, device: torch.device, precision: str,
+               channels_last: bool, logits_of: Callable = lambda out: out) -> Callable[[], None]:
+    """One SGD step of ``model`` on a random batch; ``logits_of`` picks the logits from the model's output."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).train()
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, NUM_CLASSES, (batch, size, size), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+
+    def step() -> None:
+        with precision_context(device, precision):
+            loss = F.cross_entropy(logits_of(model(x)).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return step
+
+
+def inference_step(model: nn.Module, batch: int, size: int, device: torch.device, precision: str,
+                   channels_last: bool) -> Callable[[], None]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).eval()
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+
+    def step() -> None:
+        with torch.inference_mode(), precision_context(device, precision):
+            model(x)
+    return step
+
+
+def interleaved(candidates: list[Candidate], device: torch.device, warmup: int, repeats: int) -> None:
+    """Fill each candidate's ``seconds``: ``warmup`` untimed calls each, then ``repeats`` rounds of one call each."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for c in candidates:
+        for _ in range(warmup):
+            c.step()
+    for _ in range(repeats):
+        for c in candidates:
+            sync()
+            start = time.perf_counter()
+            c.step()
+            sync()
+            c.seconds.append(time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------- the tables
+def attainable_candidates(device: torch.device, precisions: list[str], size: int) -> list[Candidate]:
+    """A 256 -> 256 channel 3x3 convolution on 8 x 256 x ``size/4`` x ``size/4`` (a ResNet stage-3-sized map),
+    forward and backward: large enough that the library runs it at the machine's attainable rate."""
+    side = max(size // 4, 16)
+    conv_macs = 8 * side * side * 256 * 256 * 9
+    out = []
+    for precision in precisions:
+        for channels_last in (False, True):
+            memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, memory_format=memory_format)
+            x = torch.randn(8, 256, side, side, device=device, requires_grad=True)
+            x = x.detach().contiguous(memory_format=memory_format).requires_grad_()
+
+            def step(conv=conv, x=x, precision=precision) -> None:
+                with precision_context(device, precision):
+                    y = conv(x)
+                y.float().sum().backward()
+            fmt = "channels-last" if channels_last else "contiguous"
+            out.append(Candidate(f"conv 3x3 256->256, {precision}, {fmt}", step, precision, 3 * conv_macs, []))
+    return out
+
+
+def our_variants(label: str, build: Callable[[], nn.Module], macs: int, args, device: torch.device,
+                 precisions: list[str], logits_of: Callable = lambda out: out) -> list[Candidate]:
+    """Our model in every precision x memory format this device offers."""
+    out = []
+    for precision in precisions:
+        for channels_last in (False, True):
+            fmt = ", channels-last" if channels_last else ""
+            step = train_step(build(), args.batch_size, args.size, device, precision, channels_last, logits_of)
+            out.append(Candidate(f"{label}, ours, {precision}{fmt}", step, precision, 3 * macs * args.batch_size, []))
+    return out
+
+
+def forward_macs(model: nn.Module, size: int) -> int:
+    return count_macs(model.cpu(), (1, 3, size, size))
+
+
+def deeplab_candidates(args, device: torch.device, precisions: list[str]
+                       ) -> tuple[list[Candidate], list[Candidate]]:
+    """(training steps, inference steps)."""
+    import segmentation_models_pytorch as smp   # benchmarks/requirements.txt
+
+    out = []
+    for aspp in ("ST", "DS"):
+        def build(aspp=aspp) -> nn.Module:
+            return DeepLabV3Plus("resnet50", NUM_CLASSES, 16, aspp)
+        out += our_variants(f"DeepLabV3+ R50 OS16 {aspp}", build, forward_macs(build(), args.size), args, device,
+                            precisions)
+    peers = {"smp DeepLabV3Plus R50 (its defaults: separable ASPP, rates 12/24/36)": {},
+             "smp DeepLabV3Plus R50 (as our ST: standard ASPP, rates 6/12/18)":
+                 dict(decoder_aspp_separable=False, decoder_atrous_rates=(6, 12, 18))}
+    for label, options in peers.items():
+        def build_peer(options=options) -> nn.Module:
+            return smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=NUM_CLASSES, **options)
+        macs = forward_macs(build_peer(), args.size)
+        step = train_step(build_peer(), args.batch_size, args.size, device, "fp32", False)
+        out.append(Candidate(f"{label}, fp32", step, "fp32", 3 * macs * args.batch_size, []))
+    inference = []
+    for precision in precisions:
+        for channels_last in (False, True):
+            fmt = ", channels-last" if channels_last else ""
+            step = inference_step(DeepLabV3Plus("resnet50", NUM_CLASSES, 16, "ST"), args.batch_size, args.size,
+                                  device, precision, channels_last)
+            inference.append(Candidate(f"DeepLabV3+ R50 OS16 ST inference, ours, {precision}{fmt}", step, precision,
+                                       None, []))
+    step = inference_step(smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=NUM_CLASSES), args.batch_size,
+                          args.size, device, "fp32", False)
+    inference.append(Candidate("smp DeepLabV3Plus R50 inference (its defaults), fp32", step, "fp32", None, []))
+    return out, inference
+
+
+def torchvision_candidates(args, device: torch.device, precisions: list[str]) -> list[Candidate]:
+    """Ours (common/segmentation_models.py wraps torchvision's networks; the difference is how we run them) against
+    torchvision's model run as its reference scripts' users do (fp32, contiguous)."""
+    builders = {"fcn_resnet50": torchvision.models.segmentation.fcn_resnet50,
+                "fcn_resnet101": torchvision.models.segmentation.fcn_resnet101,
+                "deeplabv3_resnet50": torchvision.models.segmentation.deeplabv3_resnet50,
+                "deeplabv3_resnet101": torchvision.models.segmentation.deeplabv3_resnet101}
+    out = []
+    for arch in args.archs:
+        def build(arch=arch) -> nn.Module:
+            return TorchvisionSegmenter(arch, NUM_CLASSES)
+        macs = forward_macs(build(), args.size)
+        ours = our_variants(arch, build, macs, args, device, precisions)
+        peer = builders[arch](weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False)
+        step = train_step(peer, args.batch_size, args.size, device, "fp32", False, logits_of=lambda out: out["out"])
+        out += [*ours, Candidate(f"{arch}, torchvision, fp32", step, "fp32", 3 * macs * args.batch_size, [])]
+    return out
+
+
+def distill_candidates(args, device: torch.device, precision: str) -> list[Candidate]:
+    """reproduce_deeplab_caspp.py's distillation steps (its objective and SGD settings, benchmarks/
+    deeplab_throughput.make_step) beside their parts: the plain student step and the teacher's forward pass."""
+    from deeplab_throughput import make_step
+    from reproduce_deeplab_caspp import TEACHER, Row, build
+    from common.teachers import freeze
+
+    x = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
+    y = torch.randint(0, NUM_CLASSES, (args.batch_size, args.size, args.size), device=device)
+    teacher = freeze(build(TEACHER).to(device))
+    student = Row("resnet50", 16, "DS", False)
+    amp = precision != "fp32"
+
+    def teacher_forward() -> None:
+        with torch.no_grad(), precision_context(device, precision):
+            teacher(x, return_features=True)
+    steps = [Candidate(f"{student.label} student, plain step", make_step(build(student).to(device), x, y, device,
+                                                                       amp, cpu_bf16=True), precision, None, []),
+             Candidate(f"{TEACHER.label} teacher, forward (no_grad)", teacher_forward, precision, None, [])]
+    for method in ("kd", "at-all"):
+        step = make_step(build(student).to(device), x, y, device, amp, method, teacher, cpu_bf16=True)
+        steps.append(Candidate(f"{student.label} student, {method} step (teacher forward inside)", step, precision,
+                               None, []))
+    return steps
+
+
+def print_distillation_budget(steps: list[Candidate]) -> None:
+    plain, teacher, *distilled = (median_ms(c) for c in steps)
+    budget = 1.1 * (plain + teacher)
+    print(f"\nbudget (plain + teacher forward + 10%): {budget:.1f} ms; " + ", ".join(
+        f"{c.label.split(', ')[1].split(' step')[0]} {ms:.1f} ms ({'within' if ms <= budget else 'OVER'})"
+        for c, ms in zip(steps[2:], distilled)))
+
+
+def int8_candidates(args) -> list[Candidate]:
+    """Inference latency, batch 1, on the CPU: the fp32 student as users deploy it (compiled) against its int8
+    model, QAT-prepared (observers fed one batch; the weights' values do not change the speed) and converted."""
+    from common.int8 import CompiledInt8, convert_reference, lower_int8, prepare_int8_qat
+    from reproduce_qkd import Config, LogitsAndFeature, new_student
+
+    x = torch.randn(1, 3, args.size, args.size)
+    student = new_student(Config()).eval()
+    prepared = prepare_int8_qat(LogitsAndFeature(new_student(Config())), torch.randn(2, 3, 64, 64), multiple=16)
+    prepared(torch.randn(2, 3, 64, 64))
+    reference = convert_reference(prepared)
+    models = {"U-Net fp32, eager": student, "U-Net fp32, torch.compile": torch.compile(student),
+              "U-Net int8, lowered to oneDNN (lower_int8)": lower_int8(reference, x),
+              "U-Net int8, Inductor with freezing (CompiledInt8)": CompiledInt8(reference)}
+
+    def forward(model: nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            with torch.inference_mode():
+                model(x)
+        return step
+    return [Candidate(label, forward(model), "int8" if "int8" in label else "fp32", None, [])
+            for label, model in models.items()]
+
+
+# ----------------------------------------------------------------------------------------------- printing
+def median_ms(c: Candidate) -> float:
+    return 1e3 * statistics.median(c.seconds)
+
+
+def print_table(title: str, candidates: list[Candidate], attainable: dict[str, float], reference: str | None) -> None:
+    """``reference``: the label whose time the "vs" column divides by (the peer as its users run it)."""
+    ref = next((c for c in candidates if c.label == reference), None)
+    print(f"\n### {title}\n")
+    print("| step | ms (median) | spread (IQR) | vs " + (reference or "-") + " | GMAC/s | of attainable |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for c in candidates:
+        ms = median_ms(c)
+        q = statistics.quantiles(c.seconds, n=4) if len(c.seconds) > 1 else [c.seconds[0]] * 3
+        rate = c.macs / (ms / 1e3) / 1e9 if c.macs else None
+        share = f"{100 * rate / attainable[c.precision]:.0f}%" if rate and c.precision in attainable else "-"
+        vs = f"{ms / median_ms(ref):.2f}" if ref else "-"
+        print(f"| {c.label} | {ms:.1f} | {1e3 * (q[2] - q[0]):.1f} | {vs} | "
+              f"{f'{rate:.1f}' if rate else '-'} | {share} |")
+
+
+def machine_line(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return (f"{datetime.date.today()}, {name}, {torch.get_num_threads()} threads of {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, commit {commit}")
+
+
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "CPU"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=TABLES, nargs="+", default=list(TABLES), help="tables to run (default: all)")
+    p.add_argument("--size", type=int, default=256, help="crop side in pixels (default: 256, the thesis's)")
+    p.add_argument("--batch-size", type=int, default=2, help="images per step (default: 2)")
+    p.add_argument("--archs", nargs="+", default=["fcn_resnet50", "deeplabv3_resnet50", "fcn_resnet101",
+                                                   "deeplabv3_resnet101"],
+                   help="torchvision networks for the torchvision table (default: all four)")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default: 7)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate first (default: 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument("--fp32-only", action="store_true", help="leave out the reduced precision (as on a CPU without "
+                   "native bf16)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    reduced = None if args.fp32_only else low_precision(device)
+    precisions = ["fp32", *([reduced] if reduced else [])]
+    torch.manual_seed(0)
+    print(f"# benchmarks/compare.py: {machine_line(device)}")
+    print(f"training steps on {args.batch_size} x 3 x {args.size} x {args.size}; medians of {args.repeats} "
+          f"interleaved rounds; precisions {', '.join(precisions)}")
+
+    attainable_set = attainable_candidates(device, precisions, args.size)
+    interleaved(attainable_set, device, args.warmup, args.repeats)
+    attainable: dict[str, float] = {}
+    for c in attainable_set:
+        rate = c.macs / statistics.median(c.seconds) / 1e9
+        attainable[c.precision] = max(attainable.get(c.precision, 0.0), rate)
+    if "attainable" in args.only:
+        print_table("attainable: a large convolution", attainable_set, attainable, None)
+        print("\nattainable GMAC/s: " + ", ".join(f"{k} {v:.1f}" for k, v in attainable.items()))
+    if "deeplab" in args.only:
+        training, inference = deeplab_candidates(args, device, precisions)
+        interleaved(training + inference, device, args.warmup, args.repeats)
+        print_table("DeepLabV3+ R50, training", training, attainable,
+                    "smp DeepLabV3Plus R50 (its defaults: separable ASPP, rates 12/24/36), fp32")
+        print_table("DeepLabV3+ R50, inference", inference, attainable,
+                    "smp DeepLabV3Plus R50 inference (its defaults), fp32")
+    if "distill" in args.only:
+        candidates = distill_candidates(args, device, precisions[-1])
+        interleaved(candidates, device, args.warmup, args.repeats)
+        print_table(f"DeepLabV3+ distillation, {precisions[-1]}", candidates, attainable, None)
+        print_distillation_budget(candidates)
+    if "torchvision" in args.only:
+        for arch in args.archs:
+            candidates = torchvision_candidates(argparse.Namespace(**{**vars(args), "archs": [arch]}), device,
+                                                precisions)
+            interleaved(candidates, device, args.warmup, args.repeats)
+            print_table(f"{arch}, training", candidates, attainable, f"{arch}, torchvision, fp32")
+    if "int8" in args.only and device.type == "cpu":
+        candidates = int8_candidates(args)
+        interleaved(candidates, device, args.warmup, args.repeats)
+        print_table(f"int8 inference, 1 x 3 x {args.size} x {args.size}", candidates, attainable,
+                    "U-Net fp32, torch.compile")
+
+
+if __name__ == "__main__":
+    main()
