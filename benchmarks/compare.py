@@ -16,9 +16,11 @@ default, the thesis's crop, source 004 Section 4.1.1):
   its defaults (separable ASPP, rates 12/24/36) and configured as our ST row (standard convolutions, rates 6/12/18).
 - FCN and DeepLabV3 on ResNet-50 / 101 (common/segmentation_models.py) against torchvision's own models.
 - Each of ours in fp32, bf16 autocast (where the CPU computes bf16 natively, or any GPU), channels-last, and both.
-- distillation (source 004, Section 5.2): a DeepLabV3+ R50 OS16 DS student's plain step, the R50 KSAC ST teacher's
-  forward pass (frozen, no_grad) and the student's KD and AT-all steps with that forward inside, all in the scripts'
-  precision (bf16 where native): the budget is plain + teacher forward + 10%.
+- small: the scripts' small networks (source 000's U-Nets, reproduce_qkd.py's U-Net, ERFNet) at their default
+  presets' batch and crop, in the same four forms.
+- distillation, for every script at its default preset's shapes (DeepLabV3+ at the size above): the student's plain
+  step, the frozen teacher's forward pass (no_grad) and the student's distillation step with that forward inside,
+  in the scripts' precision (bf16 where native): the budget is plain + teacher forward + 10%.
 - int8 (x86 CPUs): reproduce_qkd.py's U-Net student at batch 1, fp32 eager and compiled (torch.compile) against
   its int8 model (common/int8.py) lowered to oneDNN and compiled by Inductor with freezing (``CompiledInt8``).
 
@@ -58,7 +60,7 @@ from common.profiler import count_macs  # noqa: E402
 from common.segmentation_models import TorchvisionSegmenter  # noqa: E402
 
 NUM_CLASSES = 21
-TABLES = ("attainable", "deeplab", "distill", "torchvision", "int8")
+TABLES = ("attainable", "deeplab", "distill", "torchvision", "small", "int8")
 
 
 # ----------------------------------------------------------------------------------------------- one candidate
@@ -85,13 +87,15 @@ def low_precision(device: torch.device) -> str | None:
     return "bf16" if cpu_supports_bf16() else None
 
 
-def train_step(model: nn.Module, batch: int, size: int, device: torch.device, precision: str,
-               channels_last: bool, logits_of: Callable = lambda out: out) -> Callable[[], None]:
-    """One SGD step of ``model`` on a random batch; ``logits_of`` picks the logits from the model's output."""
+def train_step(model: nn.Module, shape: tuple[int, int, int, int], device: torch.device, precision: str,
+               channels_last: bool, logits_of: Callable = lambda out: out, classes: int = NUM_CLASSES
+               ) -> Callable[[], None]:
+    """One SGD step of ``model`` on a random batch of ``shape`` (N, C, H, W) with labels of ``classes`` classes;
+    ``logits_of`` picks the logits from the model's output."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
-    y = torch.randint(0, NUM_CLASSES, (batch, size, size), device=device)
+    x = torch.randn(*shape, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, classes, (shape[0], *shape[2:]), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
@@ -162,13 +166,53 @@ def our_variants(label: str, build: Callable[[], nn.Module], macs: int, args, de
     for precision in precisions:
         for channels_last in (False, True):
             fmt = ", channels-last" if channels_last else ""
-            step = train_step(build(), args.batch_size, args.size, device, precision, channels_last, logits_of)
+            step = train_step(build(), square(args), device, precision, channels_last, logits_of)
             out.append(Candidate(f"{label}, ours, {precision}{fmt}", step, precision, 3 * macs * args.batch_size, []))
     return out
 
 
-def forward_macs(model: nn.Module, size: int) -> int:
-    return count_macs(model.cpu(), (1, 3, size, size))
+def square(args) -> tuple[int, int, int, int]:
+    """The benchmark's batch: ``args.batch_size`` RGB images of ``args.size`` squared."""
+    return args.batch_size, 3, args.size, args.size
+
+
+def forward_macs(model: nn.Module, size: int | tuple[int, int, int]) -> int:
+    """Multiply-adds of one forward pass on one image of ``size`` (side of an RGB square, or (C, H, W))."""
+    return count_macs(model.cpu(), (1, *size) if isinstance(size, tuple) else (1, 3, size, size))
+
+
+def small_candidates(device: torch.device, precisions: list[str]) -> list[Candidate]:
+    """The scripts' own small students (and source 000's teacher) at their default presets' batch and crop, in
+    every precision x memory format: where channels-last and bf16 pay for a small network on small crops."""
+    from common.erfnet import ERFNet
+    from common.unet import UNet
+    from reproduce_intra_kd import Config as IntraConfig
+    from reproduce_qkd import Config as QkdConfig
+    from reproduce_unet_kd import Config as UNetConfig
+    from common.synthetic_roads import SyntheticRoads
+
+    unet, qkd, intra = UNetConfig(), QkdConfig(), IntraConfig()
+    models = {   # label: (build, (N, C, H, W), classes)
+        f"{unet.k}-UNet (reproduce_unet_kd.py)": (lambda: UNet(unet.k, batch_norm=True),
+                                                  (unet.batch_size, 1, unet.crop, unet.crop), 2),
+        f"{unet.teacher}-UNet teacher (reproduce_unet_kd.py)": (lambda: UNet(unet.teacher,
+                                                                             batch_norm=unet.teacher_bn),
+                                                                (unet.batch_size, 1, unet.crop, unet.crop), 2),
+        f"U-Net k={qkd.student_width} (reproduce_qkd.py)": (
+            lambda: UNet(k=qkd.student_width, in_channels=3, num_classes=NUM_CLASSES, batch_norm=True,
+                         conv_bias=False), (qkd.batch_size, 3, qkd.crop, qkd.crop), NUM_CLASSES),
+        "ERFNet (reproduce_intra_kd.py)": (lambda: ERFNet(SyntheticRoads.num_classes),
+                                           (intra.batch_size, 3, intra.height, intra.width),
+                                           SyntheticRoads.num_classes)}
+    out = []
+    for label, (build, shape, classes) in models.items():
+        macs = forward_macs(build(), tuple(shape[1:]))
+        for precision in precisions:
+            for channels_last in (False, True):
+                fmt = ", channels-last" if channels_last else ""
+                step = train_step(build(), shape, device, precision, channels_last, classes=classes)
+                out.append(Candidate(f"{label}, {precision}{fmt}", step, precision, 3 * macs * shape[0], []))
+    return out
 
 
 def deeplab_candidates(args, device: torch.device, precisions: list[str]
@@ -189,7 +233,7 @@ def deeplab_candidates(args, device: torch.device, precisions: list[str]
         def build_peer(options=options) -> nn.Module:
             return smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=NUM_CLASSES, **options)
         macs = forward_macs(build_peer(), args.size)
-        step = train_step(build_peer(), args.batch_size, args.size, device, "fp32", False)
+        step = train_step(build_peer(), square(args), device, "fp32", False)
         out.append(Candidate(f"{label}, fp32", step, "fp32", 3 * macs * args.batch_size, []))
     inference = []
     for precision in precisions:
@@ -219,14 +263,76 @@ def torchvision_candidates(args, device: torch.device, precisions: list[str]) ->
         macs = forward_macs(build(), args.size)
         ours = our_variants(arch, build, macs, args, device, precisions)
         peer = builders[arch](weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False)
-        step = train_step(peer, args.batch_size, args.size, device, "fp32", False, logits_of=lambda out: out["out"])
+        step = train_step(peer, square(args), device, "fp32", False, logits_of=lambda out: out["out"])
         out += [*ours, Candidate(f"{arch}, torchvision, fp32", step, "fp32", 3 * macs * args.batch_size, [])]
     return out
 
 
-def distill_candidates(args, device: torch.device, precision: str) -> list[Candidate]:
-    """reproduce_deeplab_caspp.py's distillation steps (its objective and SGD settings, benchmarks/
-    deeplab_throughput.make_step) beside their parts: the plain student step and the teacher's forward pass."""
+def distill_groups(args, device: torch.device, precision: str) -> dict[str, list[Candidate]]:
+    """Per script, in the script's precision: the plain student step, the frozen teacher's forward pass as the
+    script computes it (no_grad, eval mode) and the student's distillation step(s) with that forward inside, each
+    with the script's objective and optimizer (the per-script benchmarks' ``make_step``). The scripts themselves
+    compute the teacher's outputs once per batch and share or memoise them, so this is a distillation step's worst
+    case. Shapes: the default presets' batch and crop, DeepLabV3+ at ``args.size`` (the thesis's 256 px)."""
+    amp = precision != "fp32"
+    return {"reproduce_unet_kd.py": unet_budget(device, amp, precision),
+            "reproduce_fcn_kd.py (experiment B)": fcn_budget(device, amp, precision),
+            "reproduce_deeplab_caspp.py (Table 5.2)": deeplab_budget(args, device, amp, precision),
+            "reproduce_qkd.py": qkd_budget(device, amp, precision),
+            "reproduce_intra_kd.py": intra_budget(device, amp, precision)}
+
+
+def frozen_forward(teacher: nn.Module, x: torch.Tensor, amp: bool) -> Callable[[], None]:
+    from common.devices import autocast
+
+    def step() -> None:
+        with torch.no_grad(), autocast(x.device, amp, cpu_bf16=True):
+            teacher(x)
+    return step
+
+
+def unet_budget(device: torch.device, amp: bool, precision: str) -> list[Candidate]:
+    """Source 000: the 2-UNet student's hard and soft steps, the 64-UNet teacher's forward (channels-last, as the
+    script holds them; the script itself computes the teacher's logits once per training slice)."""
+    from common.teachers import freeze
+    from common.unet import UNet
+    from unet_kd_throughput import DEFAULTS, make_step
+
+    x = torch.randn(DEFAULTS.batch_size, 1, DEFAULTS.crop, DEFAULTS.crop, device=device)
+    y = torch.randint(0, 2, (DEFAULTS.batch_size, DEFAULTS.crop, DEFAULTS.crop), device=device)
+    new = lambda k, bn: UNet(k, batch_norm=bn).to(device, memory_format=torch.channels_last)  # noqa: E731
+    teacher = freeze(new(DEFAULTS.teacher, DEFAULTS.teacher_bn))
+    return [Candidate("2-UNet, plain (hard) step", make_step(new(DEFAULTS.k, True), x, y, device, amp,
+                                                             cpu_bf16=True), precision, None, []),
+            Candidate("64-UNet teacher, forward", frozen_forward(teacher, x, amp), precision, None, []),
+            Candidate("2-UNet, soft step (teacher forward inside)",
+                      make_step(new(DEFAULTS.k, True), x, y, device, amp, teacher=teacher, cpu_bf16=True),
+                      precision, None, [])]
+
+
+def fcn_budget(device: torch.device, amp: bool, precision: str) -> list[Candidate]:
+    """Source 001, experiment B: FCN-ResNet50 with the default preset's fixed backbone, FCN-ResNet101 teacher."""
+    from common.segmentation_models import build_segmenter
+    from common.teachers import freeze
+    from fcn_kd_throughput import DEFAULT, make_step
+    from reproduce_fcn_kd import student_optimizer
+
+    x = torch.randn(DEFAULT.batch_size, 3, DEFAULT.crop, DEFAULT.crop, device=device)
+    y = torch.randint(0, NUM_CLASSES, (DEFAULT.batch_size, DEFAULT.crop, DEFAULT.crop), device=device)
+    teacher = freeze(build_segmenter("fcn_resnet101", NUM_CLASSES).to(device))
+
+    def student_step(with_teacher: bool) -> Callable[[], None]:
+        student = build_segmenter("fcn_resnet50", NUM_CLASSES).to(device)
+        return make_step(student, student_optimizer(student, DEFAULT), x, y, device, amp,
+                         teacher if with_teacher else None, cpu_bf16=True)
+    return [Candidate("FCN-ResNet50, plain step", student_step(False), precision, None, []),
+            Candidate("FCN-ResNet101 teacher, forward", frozen_forward(teacher, x, amp), precision, None, []),
+            Candidate("FCN-ResNet50, KD step (teacher forward inside)", student_step(True), precision, None, [])]
+
+
+def deeplab_budget(args, device: torch.device, amp: bool, precision: str) -> list[Candidate]:
+    """Source 004, Table 5.2: an R50 OS16 DS student, the R50 OS16 KSAC ST teacher, KD (Eq. 4.6) and AT on all
+    layers (Eq. 4.9)."""
     from deeplab_throughput import make_step
     from reproduce_deeplab_caspp import TEACHER, Row, build
     from common.teachers import freeze
@@ -235,14 +341,13 @@ def distill_candidates(args, device: torch.device, precision: str) -> list[Candi
     y = torch.randint(0, NUM_CLASSES, (args.batch_size, args.size, args.size), device=device)
     teacher = freeze(build(TEACHER).to(device))
     student = Row("resnet50", 16, "DS", False)
-    amp = precision != "fp32"
 
     def teacher_forward() -> None:
         with torch.no_grad(), precision_context(device, precision):
             teacher(x, return_features=True)
     steps = [Candidate(f"{student.label} student, plain step", make_step(build(student).to(device), x, y, device,
                                                                        amp, cpu_bf16=True), precision, None, []),
-             Candidate(f"{TEACHER.label} teacher, forward (no_grad)", teacher_forward, precision, None, [])]
+             Candidate(f"{TEACHER.label} teacher, forward", teacher_forward, precision, None, [])]
     for method in ("kd", "at-all"):
         step = make_step(build(student).to(device), x, y, device, amp, method, teacher, cpu_bf16=True)
         steps.append(Candidate(f"{student.label} student, {method} step (teacher forward inside)", step, precision,
@@ -250,12 +355,51 @@ def distill_candidates(args, device: torch.device, precision: str) -> list[Candi
     return steps
 
 
+def qkd_budget(device: torch.device, amp: bool, precision: str) -> list[Candidate]:
+    """Source 003, Section 3.1: the float32 U-Net student (the script keeps students in float32), the frozen
+    DeepLabV3-ResNet50 teacher's logits and head features (``teacher_outputs``, bf16 where native)."""
+    from qkd_throughput import make_step
+    from reproduce_qkd import TEACHER_ARCH, Config, new_student, teacher_outputs
+    from common.segmentation_models import build_segmenter
+    from common.teachers import freeze
+
+    cfg = Config()
+    x = torch.randn(cfg.batch_size, 3, cfg.crop, cfg.crop, device=device)
+    y = torch.randint(0, NUM_CLASSES, (cfg.batch_size, cfg.crop, cfg.crop), device=device)
+    teacher = freeze(build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(device))
+    return [Candidate("U-Net fp32, plain step", make_step(new_student(cfg).to(device), x, y, device, amp),
+                      precision, None, []),
+            Candidate(f"{TEACHER_ARCH} teacher, forward", lambda: teacher_outputs(teacher, x, amp), precision, None,
+                      []),
+            Candidate("U-Net fp32, pixel + pair KD step (teacher forward inside)",
+                      make_step(new_student(cfg).to(device), x, y, device, amp, teacher), precision, None, [])]
+
+
+def intra_budget(device: torch.device, amp: bool, precision: str) -> list[Candidate]:
+    """Source 002: ERFNet, the DeepLabV3 teacher's head features (``teacher_outputs``), IntRA-KD + KD."""
+    from intra_kd_throughput import CFG, CLASSES, make_step
+    from reproduce_intra_kd import METHODS, TEACHER_ARCH, teacher_outputs
+    from common.segmentation_models import build_segmenter
+    from common.teachers import OutputMemo, freeze
+
+    x = torch.randn(CFG.batch_size, 3, CFG.height, CFG.width, device=device)
+    y = torch.randint(0, CLASSES, (CFG.batch_size, CFG.height, CFG.width), device=device)
+    teacher = freeze(build_segmenter(TEACHER_ARCH, CLASSES).to(device))
+    return [Candidate("ERFNet, plain step", make_step(x, y, device, amp, METHODS["alone"][1], cpu_bf16=True),
+                      precision, None, []),
+            Candidate(f"{TEACHER_ARCH} teacher, forward", lambda: teacher_outputs(teacher, x, OutputMemo(), None, amp),
+                      precision, None, []),
+            Candidate("ERFNet, IntRA-KD + KD step (teacher forward inside)",
+                      make_step(x, y, device, amp, METHODS["intra_kd"][1], teacher, online=True, cpu_bf16=True),
+                      precision, None, [])]
+
+
 def print_distillation_budget(steps: list[Candidate]) -> None:
     plain, teacher, *distilled = (median_ms(c) for c in steps)
     budget = 1.1 * (plain + teacher)
     print(f"\nbudget (plain + teacher forward + 10%): {budget:.1f} ms; " + ", ".join(
-        f"{c.label.split(', ')[1].split(' step')[0]} {ms:.1f} ms ({'within' if ms <= budget else 'OVER'})"
-        for c, ms in zip(steps[2:], distilled)))
+        f"{c.label.split(', ', 1)[1].split(' step')[0]} {ms:.1f} ms ({ms / budget:.2f} of it: "
+        f"{'within' if ms <= budget else 'OVER'})" for c, ms in zip(steps[2:], distilled)))
 
 
 def int8_candidates(args) -> list[Candidate]:
@@ -364,16 +508,20 @@ def main() -> None:
         print_table("DeepLabV3+ R50, inference", inference, attainable,
                     "smp DeepLabV3Plus R50 inference (its defaults), fp32")
     if "distill" in args.only:
-        candidates = distill_candidates(args, device, precisions[-1])
-        interleaved(candidates, device, args.warmup, args.repeats)
-        print_table(f"DeepLabV3+ distillation, {precisions[-1]}", candidates, attainable, None)
-        print_distillation_budget(candidates)
+        for script, candidates in distill_groups(args, device, precisions[-1]).items():
+            interleaved(candidates, device, args.warmup, args.repeats)
+            print_table(f"{script}: distillation, {precisions[-1]}", candidates, attainable, None)
+            print_distillation_budget(candidates)
     if "torchvision" in args.only:
         for arch in args.archs:
             candidates = torchvision_candidates(argparse.Namespace(**{**vars(args), "archs": [arch]}), device,
                                                 precisions)
             interleaved(candidates, device, args.warmup, args.repeats)
             print_table(f"{arch}, training", candidates, attainable, f"{arch}, torchvision, fp32")
+    if "small" in args.only:
+        candidates = small_candidates(device, precisions)
+        interleaved(candidates, device, args.warmup, args.repeats)
+        print_table("the scripts' small networks at their default shapes, training", candidates, attainable, None)
     if "int8" in args.only and device.type == "cpu":
         candidates = int8_candidates(args)
         interleaved(candidates, device, args.warmup, args.repeats)

@@ -31,13 +31,15 @@ from unet_kd_throughput import cpu_name, time_steps  # noqa: E402
 DEFAULT, PAPER = Config(), Config(**PRESETS["paper"])   # the script's settings: T, alpha, rates, crop, batch sizes
 
 
-def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, teacher=None):
+def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, teacher=None,
+              cpu_bf16: bool = False):
     """One training step of the script's objective (``job_loss``): Section II's loss with the teacher's forward
-    pass on every batch, or the cross-entropy alone without a teacher."""
+    pass on every batch, or the cross-entropy alone without a teacher; ``cpu_bf16``: bf16 autocast on CPUs with
+    native bf16, as the script trains."""
     loss_fn = job_loss(model, teacher, lambda step: (x, y), DEFAULT)
 
     def step() -> None:
-        with autocast(device, amp):
+        with autocast(device, amp, cpu_bf16):
             loss, _ = loss_fn(0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

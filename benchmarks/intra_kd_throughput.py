@@ -43,30 +43,41 @@ CLASSES = SyntheticRoads.num_classes
 CFG = Config()   # the default preset's recipe and loss weights
 
 
+def make_step(x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, terms: tuple,
+              teacher: torch.nn.Module | None = None, memo: OutputMemo | None = None, online: bool = True,
+              cpu_bf16: bool = False):
+    """One step of a new ERFNet student with the script's loss terms ``terms`` (``student_loss``) and optimizer.
+    The teacher's head features come from ``memo``'s "step 0" (the script shares them across students), or, when
+    ``online``, from a teacher forward inside the step. ``cpu_bf16``: bf16 autocast on CPUs with native bf16, as the
+    script trains."""
+    class_weights = class_weights_for(CLASSES, CFG.background_weight).to(device)
+    weights = distillation_weights(CFG)
+    memo = memo if memo is not None else OutputMemo()
+    student = new_student(CFG, CLASSES).to(device)
+    optimizer, _ = optimizer_for(CFG, student.parameters(), CFG.lr, CFG.iterations)
+
+    def step() -> None:
+        with autocast(device, amp, cpu_bf16):
+            logits, feats = student(x, return_features=True)
+            t_logits = t_feat = None
+            if set(TEACHER_TERMS) & set(terms):   # online: step None, the memo keeps nothing
+                t_logits, t_feat = teacher_outputs(teacher, x, memo, None if online else 0, amp)
+            loss, _ = student_loss(terms, logits.float(), feats, y, class_weights, CLASSES, t_logits, t_feat,
+                                   weights, sad_on=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
 def student_steps(args, device: torch.device, teacher: torch.nn.Module) -> list:
     x = torch.randn(args.batch_size, 3, args.height, args.width, device=device)
     y = torch.randint(0, CLASSES, (args.batch_size, args.height, args.width), device=device)
-    class_weights = class_weights_for(CLASSES, CFG.background_weight).to(device)
-    weights = distillation_weights(CFG)
     memo = OutputMemo()
     teacher_outputs(teacher, x, memo, 0, args.amp)   # the head features of "step 0", kept for every student
 
     def step_of(terms: tuple, online: bool):
-        student = new_student(CFG, CLASSES).to(device)
-        optimizer, _ = optimizer_for(CFG, student.parameters(), CFG.lr, CFG.iterations)
-
-        def step() -> None:
-            with autocast(device, args.amp):
-                logits, feats = student(x, return_features=True)
-                t_logits = t_feat = None
-                if set(TEACHER_TERMS) & set(terms):   # online: step None, the memo keeps nothing
-                    t_logits, t_feat = teacher_outputs(teacher, x, memo, None if online else 0, args.amp)
-                loss, _ = student_loss(terms, logits.float(), feats, y, class_weights, CLASSES, t_logits, t_feat,
-                                       weights, sad_on=True)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return step
+        return make_step(x, y, device, args.amp, terms, teacher, memo, online)
 
     rows = [(label if terms else "ERFNet, cross-entropy", step_of(terms, online=False))
             for label, terms in METHODS.values()]

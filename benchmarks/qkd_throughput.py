@@ -36,6 +36,38 @@ from reproduce_qkd import (PRESETS, TEACHER_ARCH, Config, LogitsAndFeature, adam
 from unet_kd_throughput import cpu_name, time_steps  # noqa: E402
 
 
+def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, teacher=None,
+              co_study: bool = False, cfg: Config | None = None):
+    """One step of ``model`` with the script's objective and optimizer (Adam, Section 4): cross-entropy without a
+    teacher, else Section 3.1's pixel + pair loss against the frozen teacher's outputs computed now
+    (``teacher_outputs``: bf16 on CPUs with native bf16 when ``amp``); with ``co_study`` the teacher's head trains
+    too (QKD's co-studying, ``co_study_loss``). The student's own forward stays float32 on the CPU, as in the
+    script. ``cfg``: the script's settings (default: its default preset)."""
+    cfg = cfg or Config()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if co_study:
+        params += [p.requires_grad_(True) for p in teacher.head_parameters()]
+    optimizer, _ = adam(params, cfg)
+
+    def step() -> None:
+        with autocast(device, amp):
+            logits, feat = student_outputs(model, x)
+            if teacher is None:
+                loss = weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+            elif co_study:
+                t_logits, t_feats = teacher(x, return_features=True)
+                loss, _ = co_study_loss(logits.float(), feat.float(), t_logits.float(), t_feats["head"].float(),
+                                        y, cfg)
+            else:
+                t_logits, t_feat = teacher_outputs(teacher, x, amp)
+                loss, _ = distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y, cfg.pixel_weight,
+                                            cfg.pair_weight, cfg.T, cfg.patch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
 def training_steps(args, device: torch.device) -> list:
     cfg = Config()       # the script's default settings: Section 4's optimizer, Section 3.1's weights
     x = torch.randn(args.batch_size, 3, args.crop, args.crop, device=device)
@@ -43,30 +75,7 @@ def training_steps(args, device: torch.device) -> list:
     teacher = freeze(build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(device))
 
     def step_of(model, teacher=None, amp=args.amp, co_study=False):
-        """One step of ``model`` with the script's objective and optimizer (Adam, Section 4); with ``co_study`` the
-        teacher's head trains too (QKD's co-studying, ``co_study_loss``)."""
-        params = [p for p in model.parameters() if p.requires_grad]
-        if co_study:
-            params += [p.requires_grad_(True) for p in teacher.head_parameters()]
-        optimizer, _ = adam(params, cfg)
-
-        def step() -> None:
-            with autocast(device, amp):
-                logits, feat = student_outputs(model, x)
-                if teacher is None:
-                    loss = weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
-                elif co_study:
-                    t_logits, t_feats = teacher(x, return_features=True)
-                    loss, _ = co_study_loss(logits.float(), feat.float(), t_logits.float(), t_feats["head"].float(),
-                                            y, cfg)
-                else:
-                    t_logits, t_feat = teacher_outputs(teacher, x, amp)
-                    loss, _ = distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y, cfg.pixel_weight,
-                                                cfg.pair_weight, cfg.T, cfg.patch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return step
+        return make_step(model, x, y, device, amp, teacher, co_study, cfg)
 
     steps = [("U-Net fp32, cross-entropy", step_of(new_student(cfg).to(device))),
              ("U-Net fp32, pixel + pair KD (teacher fwd)", step_of(new_student(cfg).to(device), teacher))]

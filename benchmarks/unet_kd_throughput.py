@@ -56,12 +56,14 @@ def cpu_name() -> str:
 
 
 def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool,
-              teacher: UNet | None = None, cached: torch.Tensor | None = None, T: float = DEFAULTS.T):
-    """One training step of the script: "hard" without a teacher, else "soft" (teacher run now, or ``cached``)."""
+              teacher: UNet | None = None, cached: torch.Tensor | None = None, T: float = DEFAULTS.T,
+              cpu_bf16: bool = False):
+    """One training step of the script: "hard" without a teacher, else "soft" (teacher run now, or ``cached``);
+    ``cpu_bf16``: bf16 autocast on CPUs with native bf16, as the script trains."""
     opt = torch.optim.Adam(student.parameters(), lr=learning_rate(DEFAULTS, student.k))
 
     def step() -> None:
-        with autocast(device, amp):
+        with autocast(device, amp, cpu_bf16):
             s = student(x)
             if teacher is not None:
                 with torch.no_grad():
