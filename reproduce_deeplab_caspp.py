@@ -572,7 +572,8 @@ class Lab:
             groups.append({"params": model.backbone.parameters(), "lr": backbone_lr})
         else:  # lr 0: a frozen backbone, its features computed once per input for every row (FrozenBackboneFeatures)
             model.backbone.requires_grad_(False)
-        optimizer = torch.optim.SGD(groups, lr=head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    fused=True)
         scheduler = make_scheduler(optimizer, "poly", iterations)         # Eq. 4.1, every iteration
         frozen = self.frozen.serve(model) if backbone_lr == 0 else contextlib.nullcontext()
         with frozen:

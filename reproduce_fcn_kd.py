@@ -368,7 +368,7 @@ class ClassificationExperiment:
             iterations = cfg.a_teacher_epochs * per_epoch
             batches = training_batches(self.sample, len(self.train_set), iterations,
                                        batch_size=cfg.a_teacher_batch_size, session=session)
-            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.a_lr)
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.a_lr, fused=True)
             trained = train(model, optimizer, job_loss(model, None, batches, cfg), iterations, session=session,
                             name="A_teacher", label=self.TEACHER, evaluate=lambda: self.evaluate(model),
                             eval_every=per_epoch, scheduler=make_scheduler(optimizer, "poly", iterations))
@@ -393,7 +393,7 @@ class ClassificationExperiment:
         iterations = cfg.a_epochs * per_epoch
         batches = training_batches(self.sample, len(self.train_set), iterations, batch_size=cfg.a_batch_size,
                                    session=session)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.a_lr)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.a_lr, fused=True)
         trained = train(model, optimizer, job_loss(model, teacher, batches, cfg), iterations, session=session,
                         name=name, label=label, evaluate=lambda: self.evaluate(model), eval_every=per_epoch)
         trained.info["steps_per_epoch"] = per_epoch
@@ -433,7 +433,7 @@ def student_optimizer(model: TorchvisionSegmenter, cfg: Config, variant: str = "
     else:
         model.backbone.requires_grad_(False)
     return torch.optim.SGD(groups, lr=cfg.head_lr, momentum=0.0 if variant == "no-momentum" else cfg.momentum,
-                           weight_decay=0.0 if variant == "no-weight-decay" else cfg.weight_decay)
+                           weight_decay=0.0 if variant == "no-weight-decay" else cfg.weight_decay, fused=True)
 
 
 class SegmentationExperiment:
@@ -600,7 +600,8 @@ class SegmentationExperiment:
         """Cross-entropy training of all layers on the teacher's images (the teacher, and the stand-in
         pre-training): SGD with the students' momentum and weight decay, poly schedule (FastFCN's)."""
         cfg = self.cfg
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    fused=True)
         batches = training_batches(functools.partial(augmented_item, self.teacher_set, cfg.crop, cfg.scale),
                                    len(self.teacher_set), iterations, batch_size=cfg.batch_size, session=self.session)
         return train(model, optimizer, job_loss(model, None, batches, cfg), iterations, session=self.session,

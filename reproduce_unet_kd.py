@@ -413,7 +413,7 @@ class Lab:
                         teacher_logits = teacher(x).float()
             return kd_objective(objective, student, y, teacher_logits, T, lam, w, tau_squared=cfg.tau_squared)
 
-        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(cfg, k))
+        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(cfg, k), fused=True)
         images, masks = self.test_crops
         return train(model, optimizer, loss_fn, iterations, session=self.session, name=name,
                      scheduler=make_scheduler(optimizer, cfg.schedule, iterations),

@@ -356,8 +356,8 @@ def deeplab_budget(args, device: torch.device, amp: bool, precision: str) -> lis
 
 
 def qkd_budget(device: torch.device, amp: bool, precision: str) -> list[Candidate]:
-    """Source 003, Section 3.1: the float32 U-Net student (the script keeps students in float32), the frozen
-    DeepLabV3-ResNet50 teacher's logits and head features (``teacher_outputs``, bf16 where native)."""
+    """Source 003, Section 3.1: the fp32-row U-Net student (bf16 autocast where native, channels-last, as the script
+    trains it), the frozen DeepLabV3-ResNet50 teacher's logits and head features (``teacher_outputs``)."""
     from qkd_throughput import make_step
     from reproduce_qkd import TEACHER_ARCH, Config, new_student, teacher_outputs
     from common.segmentation_models import build_segmenter
@@ -367,12 +367,14 @@ def qkd_budget(device: torch.device, amp: bool, precision: str) -> list[Candidat
     x = torch.randn(cfg.batch_size, 3, cfg.crop, cfg.crop, device=device)
     y = torch.randint(0, NUM_CLASSES, (cfg.batch_size, cfg.crop, cfg.crop), device=device)
     teacher = freeze(build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(device))
-    return [Candidate("U-Net fp32, plain step", make_step(new_student(cfg).to(device), x, y, device, amp),
+    return [Candidate("U-Net fp32 row, plain step", make_step(new_student(cfg).to(device), x, y, device, amp,
+                                                              cpu_bf16=True),
                       precision, None, []),
             Candidate(f"{TEACHER_ARCH} teacher, forward", lambda: teacher_outputs(teacher, x, amp), precision, None,
                       []),
-            Candidate("U-Net fp32, pixel + pair KD step (teacher forward inside)",
-                      make_step(new_student(cfg).to(device), x, y, device, amp, teacher), precision, None, [])]
+            Candidate("U-Net fp32 row, pixel + pair KD step (teacher forward inside)",
+                      make_step(new_student(cfg).to(device), x, y, device, amp, teacher, cpu_bf16=True), precision,
+                      None, [])]
 
 
 def intra_budget(device: torch.device, amp: bool, precision: str) -> list[Candidate]:

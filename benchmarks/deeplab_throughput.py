@@ -30,7 +30,8 @@ def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp
     """One training step of the script: its objective (``caspp_objective``, with the default alpha, beta, T) and
     its SGD settings; ``cpu_bf16``: bf16 autocast on CPUs with native bf16, as the script trains."""
     cfg = Config()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          fused=True)
 
     def step() -> None:
         with autocast(device, amp, cpu_bf16):

@@ -67,7 +67,7 @@ def steps_a(args, device: torch.device) -> list:
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     teacher, student = CifarResNet18().to(device), FiveLayerCNN().to(device)
     frozen = freeze(CifarResNet18().to(device))
-    adam = lambda m: torch.optim.Adam(m.parameters(), lr=DEFAULT.a_lr)  # noqa: E731
+    adam = lambda m: torch.optim.Adam(m.parameters(), lr=DEFAULT.a_lr, fused=True)  # noqa: E731
     return [("ResNet-18 teacher, cross-entropy", make_step(teacher, adam(teacher), x, y, device, args.amp)),
             ("5-layer CNN, cross-entropy", make_step(student, adam(student), x, y, device, args.amp)),
             ("5-layer CNN, KD (teacher fwd)", make_step(student, adam(student), x, y, device, args.amp, frozen))]

@@ -37,12 +37,14 @@ from unet_kd_throughput import cpu_name, time_steps  # noqa: E402
 
 
 def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, teacher=None,
-              co_study: bool = False, cfg: Config | None = None):
+              co_study: bool = False, cfg: Config | None = None, cpu_bf16: bool = False):
     """One step of ``model`` with the script's objective and optimizer (Adam, Section 4): cross-entropy without a
     teacher, else Section 3.1's pixel + pair loss against the frozen teacher's outputs computed now
     (``teacher_outputs``: bf16 on CPUs with native bf16 when ``amp``); with ``co_study`` the teacher's head trains
-    too (QKD's co-studying, ``co_study_loss``). The student's own forward stays float32 on the CPU, as in the
-    script. ``cfg``: the script's settings (default: its default preset)."""
+    too (QKD's co-studying, ``co_study_loss``; the teacher in bf16 where native when ``amp``, the student in
+    float32). ``cpu_bf16``: the student's forward in bf16 autocast on CPUs with native bf16, as the script trains its
+    fp32 rows (its fake-quantized ones stay float32: pass False). ``cfg``: the script's settings (default: its
+    default preset)."""
     cfg = cfg or Config()
     params = [p for p in model.parameters() if p.requires_grad]
     if co_study:
@@ -50,12 +52,13 @@ def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp
     optimizer, _ = adam(params, cfg)
 
     def step() -> None:
-        with autocast(device, amp):
+        with autocast(device, amp, cpu_bf16):
             logits, feat = student_outputs(model, x)
             if teacher is None:
                 loss = weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
             elif co_study:
-                t_logits, t_feats = teacher(x, return_features=True)
+                with autocast(device, amp, cpu_bf16=True):
+                    t_logits, t_feats = teacher(x, return_features=True)
                 loss, _ = co_study_loss(logits.float(), feat.float(), t_logits.float(), t_feats["head"].float(),
                                         y, cfg)
             else:
@@ -74,21 +77,25 @@ def training_steps(args, device: torch.device) -> list:
     y = torch.randint(0, NUM_CLASSES, (args.batch_size, args.crop, args.crop), device=device)
     teacher = freeze(build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(device))
 
-    def step_of(model, teacher=None, amp=args.amp, co_study=False):
-        return make_step(model, x, y, device, amp, teacher, co_study, cfg)
+    def step_of(model, teacher=None, float_row=False, co_study=False):
+        return make_step(model, x, y, device, args.amp, teacher, co_study, cfg, cpu_bf16=float_row)
 
-    steps = [("U-Net fp32, cross-entropy", step_of(new_student(cfg).to(device))),
-             ("U-Net fp32, pixel + pair KD (teacher fwd)", step_of(new_student(cfg).to(device), teacher))]
+    def quantized(bits: int, **how) -> torch.nn.Module:   # contiguous, as the script's fake-quantized copies
+        return fake_quantize_model(new_student(cfg), bits, **how).to(device, memory_format=torch.contiguous_format)
+
+    steps = [("U-Net fp32, cross-entropy", step_of(new_student(cfg).to(device), float_row=True)),
+             ("U-Net fp32, pixel + pair KD (teacher fwd)", step_of(new_student(cfg).to(device), teacher, True))]
     for bits in (8, 4):
-        quantized = fake_quantize_model(new_student(cfg), bits, quantizer="qkd").to(device)
-        steps.append((f"U-Net fake-quant W{bits}A{bits} (qkd quantizer), CE", step_of(quantized, amp=False)))
-    quantized = fake_quantize_model(new_student(cfg), 4, quantizer="polino", bucket_size=cfg.bucket_size).to(device)
-    steps.append(("U-Net fake-quant W4 (Polino, buckets of 256), CE", step_of(quantized, amp=False)))
-    quantized = fake_quantize_model(new_student(cfg), 4, quantizer="qkd").to(device)
-    steps.append(("QKD co-study W4A4 (teacher head trains)", step_of(quantized, teacher, amp=False, co_study=True)))
+        steps.append((f"U-Net fake-quant W{bits}A{bits} (qkd quantizer), CE",
+                      step_of(quantized(bits, quantizer="qkd"))))
+    steps.append(("U-Net fake-quant W4 (Polino, buckets of 256), CE",
+                  step_of(quantized(4, quantizer="polino", bucket_size=cfg.bucket_size))))
+    steps.append(("QKD co-study W4A4 (teacher head trains)", step_of(quantized(4, quantizer="qkd"), teacher,
+                                                                     co_study=True)))
     if device.type == "cpu":
-        prepared = prepare_int8_qat(LogitsAndFeature(new_student(cfg)), x, multiple=16)
-        steps.append(("U-Net int8 QAT (PT2E, x86 quantizer), CE", step_of(prepared, amp=False)))
+        student = new_student(cfg).to(memory_format=torch.contiguous_format)
+        prepared = prepare_int8_qat(LogitsAndFeature(student), x, multiple=16)
+        steps.append(("U-Net int8 QAT (PT2E, x86 quantizer), CE", step_of(prepared)))
     return steps
 
 
@@ -131,7 +138,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    args.amp = args.amp and device.type == "cuda"
     torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"device: {device} ({name}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores, torch "

@@ -60,7 +60,7 @@ def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.dev
               cpu_bf16: bool = False):
     """One training step of the script: "hard" without a teacher, else "soft" (teacher run now, or ``cached``);
     ``cpu_bf16``: bf16 autocast on CPUs with native bf16, as the script trains."""
-    opt = torch.optim.Adam(student.parameters(), lr=learning_rate(DEFAULTS, student.k))
+    opt = torch.optim.Adam(student.parameters(), lr=learning_rate(DEFAULTS, student.k), fused=True)
 
     def step() -> None:
         with autocast(device, amp, cpu_bf16):

@@ -226,7 +226,9 @@ def pairwise_similarity_loss(student_feat: torch.Tensor, teacher_feat: torch.Ten
         nodes = F.normalize(nodes, p=2, dim=1)
         return nodes.transpose(1, 2) @ nodes
 
-    return (affinity(student_feat.float()) - affinity(teacher_feat.float())).pow(2).mean()
+    # in float32 even inside bf16/fp16 autocast, which would round the cosines (and their differences) to 3 digits
+    with torch.autocast(student_feat.device.type, enabled=False):
+        return (affinity(student_feat.float()) - affinity(teacher_feat.float())).pow(2).mean()
 
 
 def intra_affinity_graphs(feat: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255,

@@ -213,10 +213,11 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[
     """Train one job, the way every script trains: the entry point to ``fit`` (the loop).
 
     Seeded (``seed``, default the run's; ``reseed`` False: the random stream goes on from where the caller, which
-    seeded it before building the model, left it, so dropout draws what it drew before this entry point), resumable from ``run/checkpoints/<name>.pt``, logged to metrics.jsonl,
-    evaluated every ``eval_every`` iterations (default: at the end only) and at the end. A non-finite loss (or
-    one above ``diverge_above``) stops the job and marks its row diverged. ``best_key``: keep the state with the
-    lowest such evaluation and load it at the end (source 002's minimum test loss); None keeps the final state.
+    seeded it before building the model, left it, so dropout draws what it drew before this entry point), resumable
+    from ``run/checkpoints/<name>.pt``, logged to metrics.jsonl, evaluated every ``eval_every`` iterations (default:
+    at the end only) and at the end. A non-finite loss (or one above ``diverge_above``) stops the job and marks its
+    row diverged. ``best_key``: keep the state with the lowest such evaluation and load it at the end (source 002's
+    minimum test loss); None keeps the final state.
 
     The row's metrics are ``report(history)``, by default the final evaluation, logged once as the job's "final"
     event (a resumed run finds it there). ``evaluated``: the network the row reports, where ``model`` holds more

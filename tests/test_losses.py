@@ -288,6 +288,17 @@ def test_pairwise_identical_structure_gives_zero_and_gradient_reaches_the_studen
     assert teacher.grad is None
 
 
+def test_pairwise_computes_in_float32_inside_bf16_autocast():
+    # autocast would run the affinity matmul in bf16 (3 significant digits); the loss switches it off
+    torch.manual_seed(4)
+    s, t_ = torch.rand(2, 8, 6, 6), torch.rand(2, 5, 6, 6)
+    plain = pairwise_similarity_loss(s, t_)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = pairwise_similarity_loss(s, t_)
+    assert cast.dtype == torch.float32
+    assert cast.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
 def test_pairwise_partial_patches_and_resized_teacher():
     # 5x5 maps, patch 2: ceil mode gives 3x3 = 9 nodes; a teacher at 10x10 is resized to 5x5 first
     torch.manual_seed(3)

@@ -75,6 +75,7 @@ def test_the_student_is_buda_et_als_unet_with_21_classes() -> None:
     student = script.new_student(cfg)
     assert sum(p.numel() for p in student.parameters()) == 7_763_041 + 20 * 33   # Buda's 3-in/1-out count + 20 classes
     logits, feat = script.student_outputs(student.eval(), torch.randn(1, 3, 64, 64))
+    assert student.down[1][0].weight.is_contiguous(memory_format=torch.channels_last)   # trains faster so
     assert logits.shape == (1, 21, 64, 64) and feat.shape == (1, 256, 8, 8)    # the teacher head's stride and width
 
 
@@ -208,6 +209,8 @@ def test_the_continuation_goes_on_with_the_pretrainings_optimizer_and_scheduler(
         assert row.info["scheduler"].last_epoch == scheduler.last_epoch + 2        # one plateau check per eval
         assert row.info["optimizer"].param_groups[0]["lr"] <= pretrained.info["optimizer"].param_groups[0]["lr"]
     assert all(torch.equal(saved[k], handoff["optimizer"]["state"][0][k]) for k in saved)   # not trained in place
+    quantized = exp.quantized_copy(pretrained.model, 4)    # fake-quantized rows compute as before: contiguous
+    assert all(p.is_contiguous() for p in quantized.parameters())
     fresh = exp.train_fp32("fresh", "", copy.deepcopy(pretrained.model), 3, 2, None, False, False)
     assert float(fresh.info["optimizer"].state_dict()["state"][0]["step"]) == 2
     reread = exp.pretraining_end(pretrained)                                   # a resumed run: from the file
