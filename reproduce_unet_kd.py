@@ -419,7 +419,9 @@ class Lab:
                      scheduler=make_scheduler(optimizer, cfg.schedule, iterations),
                      evaluate=lambda: {"test_loss": crops_loss(model, images, masks, device)},
                      eval_every=cfg.eval_every, seed=seed, best_key="test_loss", diverge_above=1e3,
-                     cpu_bf16=True,   # bf16 autocast on CPUs with native bf16 (--no-amp: float32); evaluation float32
+                     # bf16 autocast on CPUs with native bf16 (--no-amp: float32). Evaluation stays float32: its
+                     # test losses are the numbers source 000 tabulates and pick the kept state (best_key)
+                     cpu_bf16=True,
                      report=lambda history: {**evaluate_slices(model, self.test, cfg, device),
                                              **averaged_losses(history, cfg, self.barrier)})
 

@@ -282,12 +282,14 @@ def distill_groups(args, device: torch.device, precision: str) -> dict[str, list
             "reproduce_intra_kd.py": intra_budget(device, amp, precision)}
 
 
-def frozen_forward(teacher: nn.Module, x: torch.Tensor, amp: bool) -> Callable[[], None]:
+def frozen_forward(teacher: nn.Module, x: torch.Tensor, amp: bool, **call) -> Callable[[], None]:
+    """A frozen teacher's forward pass as the scripts run it: no_grad, bf16 where native when ``amp``; ``call``:
+    keyword arguments of the call (e.g. ``return_features=True``)."""
     from common.devices import autocast
 
     def step() -> None:
         with torch.no_grad(), autocast(x.device, amp, cpu_bf16=True):
-            teacher(x)
+            teacher(x, **call)
     return step
 
 
@@ -341,13 +343,10 @@ def deeplab_budget(args, device: torch.device, amp: bool, precision: str) -> lis
     y = torch.randint(0, NUM_CLASSES, (args.batch_size, args.size, args.size), device=device)
     teacher = freeze(build(TEACHER).to(device))
     student = Row("resnet50", 16, "DS", False)
-
-    def teacher_forward() -> None:
-        with torch.no_grad(), precision_context(device, precision):
-            teacher(x, return_features=True)
     steps = [Candidate(f"{student.label} student, plain step", make_step(build(student).to(device), x, y, device,
                                                                        amp, cpu_bf16=True), precision, None, []),
-             Candidate(f"{TEACHER.label} teacher, forward", teacher_forward, precision, None, [])]
+             Candidate(f"{TEACHER.label} teacher, forward", frozen_forward(teacher, x, amp, return_features=True),
+                       precision, None, [])]
     for method in ("kd", "at-all"):
         step = make_step(build(student).to(device), x, y, device, amp, method, teacher, cpu_bf16=True)
         steps.append(Candidate(f"{student.label} student, {method} step (teacher forward inside)", step, precision,

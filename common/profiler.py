@@ -29,6 +29,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     in eval mode; the model's training mode is restored afterwards.
     """
     from ptflops import get_model_complexity_info
+    from ptflops.pytorch_ops import MODULES_MAPPING
 
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) < 2 or input_shape[0] != 1:
@@ -40,7 +41,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         with torch.no_grad(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             macs, _ = get_model_complexity_info(model, input_shape[1:], as_strings=False,
                                                 print_per_layer_stat=False, ost=sink, backend="pytorch",
-                                                backend_specific_config={"count_functional": False})
+                                                backend_specific_config={"count_functional": False},
+                                                custom_modules_hooks=subclass_hooks(model, MODULES_MAPPING))
     finally:
         model.train(was_training)
         for name in ("start_flops_count", "stop_flops_count", "reset_flops_count",
@@ -49,6 +51,17 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     if macs is None:
         raise RuntimeError(f"ptflops could not count the model:\n{sink.getvalue()}")
     return int(macs)
+
+
+def subclass_hooks(model: nn.Module, mapping: dict) -> dict:
+    """ptflops counts a module by its exact type: a subclass of a counted layer (e.g.
+    common.segmentation_models.AtrousConv2d, an nn.Conv2d) gets its nearest base class's hook."""
+    hooks = {}
+    for kind in {type(m) for m in model.modules()} - set(mapping):
+        base = next((b for b in kind.__mro__[1:] if b in mapping), None)
+        if base is not None:
+            hooks[kind] = mapping[base]
+    return hooks
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device,

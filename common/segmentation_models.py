@@ -78,6 +78,42 @@ def _check_arguments(arch: str, num_classes: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------ model
+class AtrousConv2d(nn.Conv2d):
+    """An ASPP branch's atrous convolution (3x3, stride 1, padding = dilation, as torchvision's ``ASPPConv``) that
+    leaves out the kernel taps which read only zero padding.
+
+    Where the dilation is at least the feature map's height, the taps above and below the centre fall outside the
+    map for every output pixel, so they multiply zeros: the convolution equals the one with the kernel's centre row
+    only (width: centre column). The outputs are the full convolution's up to float rounding and the gradients are
+    its gradients (the left-out weights get zero gradient either way). It matters in the default miniatures: at
+    output stride 8 their 64x64 and 64x128 inputs give 8x8 and 8x16 maps, on which DeepLabV3's rates 12 / 24 / 36
+    leave 1x1 or 1x3 of each 3x3 kernel; the full kernels made the ASPP's three branches about half of a
+    DeepLabV3-ResNet50 training step in bf16 (0.25 of 0.47 s for 8 x 3 x 64 x 64 on a 2-core Xeon with AMX,
+    2026-12-06). ``common.profiler.count_macs`` still counts the whole 3x3 kernel, the count papers give.
+    """
+
+    @classmethod
+    def like(cls, conv: nn.Conv2d) -> AtrousConv2d:
+        """The same convolution, sharing ``conv``'s weight (built on the meta device: no random draws)."""
+        same_padding = conv.padding == tuple(d * (k // 2) for d, k in zip(conv.dilation, conv.kernel_size))
+        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or not same_padding or conv.padding_mode != "zeros":
+            raise ValueError(f"AtrousConv2d needs a 3x3, stride-1 convolution padded by its dilation, got {conv}")
+        with torch.device("meta"):
+            atrous = cls(conv.in_channels, conv.out_channels, 3, padding=conv.padding, dilation=conv.dilation,
+                         groups=conv.groups, bias=conv.bias is not None)
+        atrous.weight, atrous.bias = conv.weight, conv.bias
+        return atrous
+
+    def forward(self, x: Tensor) -> Tensor:
+        (dh, dw), (h, w) = self.dilation, x.shape[-2:]
+        rows, cols = dh < h, dw < w          # whether the taps off the centre row / column can see the map
+        if rows and cols:
+            return super().forward(x)
+        weight = self.weight[:, :, slice(None) if rows else slice(1, 2), slice(None) if cols else slice(1, 2)]
+        padding = (self.padding[0] if rows else 0, self.padding[1] if cols else 0)
+        return F.conv2d(x, weight, self.bias, 1, padding, self.dilation, self.groups)
+
+
 class TorchvisionSegmenter(nn.Module):
     """One of torchvision's FCN / DeepLabV3 networks (``.net``) without its auxiliary head, with the interface the
     scripts share with common.deeplab: ``backbone``, ``head_parameters()``, ``config()`` and features from the
@@ -89,6 +125,9 @@ class TorchvisionSegmenter(nn.Module):
         self.arch, self.num_classes = arch, num_classes
         # aux_loss=False: no auxiliary FCN head on layer3, since the scripts' losses have no auxiliary term.
         self.net = _BUILDERS[arch](weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+        if arch.startswith("deeplabv3"):   # ASPP: [1x1 conv, three atrous branches, image pooling]
+            for branch in self.net.classifier[0].convs[1:-1]:
+                branch[0] = AtrousConv2d.like(branch[0])     # the same parameters and state-dict keys
         # channels-last weights: the convolutions run in NHWC (the inputs follow), which trained FCN-ResNet50/101
         # and DeepLabV3-ResNet50/101 at 0.95-0.78x the time in fp32 and 0.94-0.84x in bf16 (benchmarks/compare.py,
         # 2-core AMD EPYC, 2026-12-05); the numbers are a contiguous network's up to float rounding.

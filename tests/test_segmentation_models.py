@@ -297,3 +297,30 @@ def test_coco_weights_already_in_the_hub_folder_load(offline_hub, real_files, mo
     monkeypatch.setattr("common.weight_files.published_hash_prefix", lambda name: digest[:8])
     model = build_segmenter("fcn_resnet50", weights="coco")
     assert_holds(model, torch.load(real_files["fcn_resnet50_coco-1167a1af.pth"], weights_only=True))
+
+
+@pytest.mark.parametrize("size", [(8, 8), (8, 16), (16, 8), (32, 32)])   # taps off: both ways, rows, columns, none
+def test_atrous_conv_leaving_out_padding_taps_is_the_full_convolution(size):
+    from common.segmentation_models import AtrousConv2d
+
+    torch.manual_seed(0)
+    full = torch.nn.Conv2d(6, 5, 3, padding=12, dilation=12, bias=False)
+    atrous = AtrousConv2d.like(full)
+    assert atrous.weight is full.weight                       # shared, not copied
+    x = torch.randn(2, 6, *size, requires_grad=True)
+    out_full, out_atrous = full(x), atrous(x)
+    assert torch.allclose(out_atrous, out_full, atol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), (x, full.weight)) for out in (out_full, out_atrous)]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))
+    if size[0] <= 12:                                         # the taps above and below read padding only
+        assert grads[1][1][:, :, [0, 2]].abs().max() == 0
+
+
+def test_atrous_conv_keeps_the_nominal_madds_and_refuses_other_convolutions():
+    from common.segmentation_models import AtrousConv2d
+
+    full = torch.nn.Conv2d(4, 4, 3, padding=6, dilation=6)
+    assert count_macs(torch.nn.Sequential(AtrousConv2d.like(full)), (1, 4, 8, 8)) == \
+        count_macs(torch.nn.Sequential(full), (1, 4, 8, 8)) == 4 * 4 * 9 * 64 + 4 * 64
+    with pytest.raises(ValueError, match="padded by its dilation"):
+        AtrousConv2d.like(torch.nn.Conv2d(4, 4, 3, padding=1, dilation=6))
