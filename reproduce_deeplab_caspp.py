@@ -622,7 +622,7 @@ class Lab:
         cfg = self.cfg
         key = {"what": "synthetic backbone", "backbone": backbone, "iterations": cfg.pretrain_iterations,
                "data": self.data_name, "crop": cfg.pretrain_crop, "batch": cfg.batch_size, "lr": cfg.lr,
-               "seed": cfg.seed, "rates": run_rates(16, cfg.rate_divisor)}
+               "seed": cfg.seed, "rates": run_rates(16, cfg.rate_divisor), "amp": cfg.amp}
         path = cache_path(cfg.cache_dir, f"deeplab_backbone_{backbone}", key)
         row = Row(backbone, 16, "DS", False)
 

@@ -965,7 +965,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                     "quantization-aware distillation (Section 3.2 as written, and QKD [6]) with Polino et al.'s "
                     "quantizer (Section 2.3) at several bit widths, and a real int8 model. "
                     "Without --data-root it runs on built-in synthetic scenes; everything goes to a run folder.",
-        epilog="examples:\n  python reproduce_qkd.py                                   # reduced, CPU, ~10 min\n"
+        epilog="examples:\n  python reproduce_qkd.py                                   # reduced, CPU, ~8-14 min\n"
                "  python reproduce_qkd.py --bits 8,4,2 --quantizer qkd --ranges tracked\n"
                "  python reproduce_qkd.py --preset paper --data-root data --teacher-weights coco\n"
                "  python reproduce_qkd.py --resume runs/reproduce_qkd/20261121-120000",

@@ -438,7 +438,8 @@ class Lab:
             return Trained(f"teacher_k{k}", "", model, evaluate_slices(model, self.test, cfg, self.device))
         key = {"k": k, "bn": bn, "iterations": iterations, "lr": learning_rate(cfg, k), "schedule": cfg.schedule,
                "batch": cfg.batch_size, "crop": cfg.crop, "seed": cfg.seed, "data": self.train.name,
-               "data_root": str(Path(cfg.data_root).resolve()) if cfg.data_root else None}
+               "data_root": str(Path(cfg.data_root).resolve()) if cfg.data_root else None,
+               "amp": cfg.amp}   # bf16 / AMP or float32: a --no-amp run trains its own teacher
         path = cache_path(cfg.cache_dir, f"unet_k{k}_{'bn' if bn else 'nobn'}", key)
         if path in self._teachers:
             return self._teachers[path]

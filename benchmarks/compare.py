@@ -358,19 +358,19 @@ def qkd_budget(device: torch.device, amp: bool, precision: str) -> list[Candidat
     """Source 003, Section 3.1: the fp32-row U-Net student (bf16 autocast where native, channels-last, as the script
     trains it), the frozen DeepLabV3-ResNet50 teacher's logits and head features (``teacher_outputs``)."""
     from qkd_throughput import make_step
-    from reproduce_qkd import TEACHER_ARCH, Config, new_student, teacher_outputs
+    from reproduce_qkd import Config, new_student, teacher_outputs
     from common.segmentation_models import build_segmenter
     from common.teachers import freeze
 
     cfg = Config()
     x = torch.randn(cfg.batch_size, 3, cfg.crop, cfg.crop, device=device)
     y = torch.randint(0, NUM_CLASSES, (cfg.batch_size, cfg.crop, cfg.crop), device=device)
-    teacher = freeze(build_segmenter(TEACHER_ARCH, NUM_CLASSES).to(device))
+    teacher = freeze(build_segmenter(cfg.teacher_arch, NUM_CLASSES).to(device))   # the default preset's
     return [Candidate("U-Net fp32 row, plain step", make_step(new_student(cfg).to(device), x, y, device, amp,
                                                               cpu_bf16=True),
                       precision, None, []),
-            Candidate(f"{TEACHER_ARCH} teacher, forward", lambda: teacher_outputs(teacher, x, amp), precision, None,
-                      []),
+            Candidate(f"{cfg.teacher_arch} teacher, forward", lambda: teacher_outputs(teacher, x, amp), precision,
+                      None, []),
             Candidate("U-Net fp32 row, pixel + pair KD step (teacher forward inside)",
                       make_step(new_student(cfg).to(device), x, y, device, amp, teacher, cpu_bf16=True), precision,
                       None, [])]
@@ -379,16 +379,17 @@ def qkd_budget(device: torch.device, amp: bool, precision: str) -> list[Candidat
 def intra_budget(device: torch.device, amp: bool, precision: str) -> list[Candidate]:
     """Source 002: ERFNet, the DeepLabV3 teacher's head features (``teacher_outputs``), IntRA-KD + KD."""
     from intra_kd_throughput import CFG, CLASSES, make_step
-    from reproduce_intra_kd import METHODS, TEACHER_ARCH, teacher_outputs
+    from reproduce_intra_kd import METHODS, teacher_outputs
     from common.segmentation_models import build_segmenter
     from common.teachers import OutputMemo, freeze
 
     x = torch.randn(CFG.batch_size, 3, CFG.height, CFG.width, device=device)
     y = torch.randint(0, CLASSES, (CFG.batch_size, CFG.height, CFG.width), device=device)
-    teacher = freeze(build_segmenter(TEACHER_ARCH, CLASSES).to(device))
+    teacher = freeze(build_segmenter(CFG.teacher_arch, CLASSES).to(device))   # the default preset's
     return [Candidate("ERFNet, plain step", make_step(x, y, device, amp, METHODS["alone"][1], cpu_bf16=True),
                       precision, None, []),
-            Candidate(f"{TEACHER_ARCH} teacher, forward", lambda: teacher_outputs(teacher, x, OutputMemo(), None, amp),
+            Candidate(f"{CFG.teacher_arch} teacher, forward",
+                      lambda: teacher_outputs(teacher, x, OutputMemo(), None, amp),
                       precision, None, []),
             Candidate("ERFNet, IntRA-KD + KD step (teacher forward inside)",
                       make_step(x, y, device, amp, METHODS["intra_kd"][1], teacher, online=True, cpu_bf16=True),
