@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed of reproduce_intra_kd.py's training steps (images/s): the ERFNet student with each row's loss, and the
 DeepLabV3-ResNet101 teacher, in fp32 and (on CPUs with native bfloat16) in bf16. The students train as the script
-trains them: bf16 autocast on CPUs with native bf16 (--no-amp: float32), channels-last.
+trains them: bf16 autocast on CPUs with native bf16 (--no-amp: float32; the AT row always), channels-last.
 
 Each student step is forward + backward + Adam of ERFNet with the script's ``student_loss``, optimizer and loss
 weights (its default preset's ``Config``); the teacher's head features (the script's ``teacher_outputs``) are either
@@ -78,7 +78,7 @@ def student_steps(args, device: torch.device, teacher: torch.nn.Module) -> list:
     teacher_outputs(teacher, x, memo, 0, args.amp)   # the head features of "step 0", kept for every student
 
     def step_of(terms: tuple, online: bool):
-        return make_step(x, y, device, args.amp, terms, teacher, memo, online, cpu_bf16=True)
+        return make_step(x, y, device, args.amp, terms, teacher, memo, online, cpu_bf16="at" not in terms)
 
     rows = [(label if terms else "ERFNet, cross-entropy", step_of(terms, online=False))
             for label, terms in METHODS.values()]
