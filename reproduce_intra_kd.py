@@ -245,7 +245,7 @@ def student_loss(terms: tuple, logits: torch.Tensor, feats: dict, target: torch.
     L_seg is the class-weighted cross-entropy. The teacher's tensors are not differentiated. Returns the loss and
     its terms for the log.
     """
-    logits, feats = logits.float(), {name: f.float() for name, f in feats.items()}   # bf16 under autocast
+    logits = logits.float()      # bf16 under autocast; each feature map is cast where a term uses it
     seg = weighted_cross_entropy(logits, target, class_weights, ignore_index=IGNORE_INDEX)
     loss, logs = seg, {"train_seg": seg.detach()}
     if "kd" in terms:
@@ -253,16 +253,16 @@ def student_loss(terms: tuple, logits: torch.Tensor, feats: dict, target: torch.
         loss = loss + weights["kd"] * weights["T"] ** 2 * kl
         logs["train_kd"] = kl.detach()
     if "at" in terms:
-        at = attention_transfer_loss([feats["block4"]], [teacher_feat])
+        at = attention_transfer_loss([feats["block4"].float()], [teacher_feat])
         loss = loss + weights["at"] * at
         logs["train_at"] = at.detach()
     if "sad" in terms and sad_on:
         size = tuple(logits.shape[-2:]) if weights.get("sad_size", "input") == "input" else None
-        sad = self_attention_distillation_loss([feats[name] for name in SAD_BLOCKS], size)
+        sad = self_attention_distillation_loss([feats[name].float() for name in SAD_BLOCKS], size)
         loss = loss + weights["sad"] * sad
         logs["train_sad"] = sad.detach()
     if "intra" in terms:
-        intra = intra_affinity_loss(feats["block4"], teacher_feat, target, num_classes, IGNORE_INDEX,
+        intra = intra_affinity_loss(feats["block4"].float(), teacher_feat, target, num_classes, IGNORE_INDEX,
                                     weights["intra"], masks=weights.get("intra_masks", "area"))
         loss = loss + intra
         logs["train_intra"] = intra.detach()

@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from common.checks import Check, failed_lines, teacher_margin, write_checks
-from common.devices import pick_device
+from common.devices import autocast, pick_device
 from common.em_data import EPFLMitochondria, Volume, fixed_crops, normalize, random_crops
 from common.errors import UserError, check_flags, refuse_ignored
 from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weighted_cross_entropy
@@ -175,7 +175,10 @@ class Config(RunOptions):
     batch_size: int = 4
     crop: int = 64
     schedule: str = "poly"            # learning-rate decay: poly (our choice for short runs) or constant
-    teacher_iterations: int = 400     # headline teacher
+    # headline teacher. 800, not 400: at 400 the 64-UNet's test loss was still falling and on a 2-core Xeon
+    # (2026-12-06, commit 20fe40e) it ended 1.0 points below the 2-UNet alone in bf16 (teacher check failed);
+    # at 800 it reached IoU 0.924, 7.7 points above it (README, "Default runs in both precisions").
+    teacher_iterations: int = 800
     iterations: int = 3000            # headline students
     small_teacher_iterations: int = 1500   # the 4-UNet teacher of Tables 2, 3, 5, 6
     sweep_iterations: int = 800            # each student of Tables 2-6
@@ -197,7 +200,8 @@ class Config(RunOptions):
 
 
 PRESETS = {
-    # Fits a 2-core CPU: the default command (headline) in under 10 minutes, --experiment all in under an hour.
+    # Fits a 2-core CPU: the default command (headline) in 7.4 min with native bf16, 10.7 in float32 (AMD EPYC,
+    # 2026-12-06); --experiment all in under an hour (40 min on 2026-11-21, before the teacher's 800 iterations).
     "default": {},
     # The source's settings where it gives them (alpha_t, beta_t, n_t, iteration counts); our choices elsewhere.
     "paper": dict(train_slices=165, test_slices=165, slice_size=512, lr=1e-4, teacher_lr=1e-4, batch_size=4, crop=256,
@@ -257,14 +261,21 @@ def class_weights(train: Volume, power: float) -> torch.Tensor:
 # =============================================================================================== evaluation
 @torch.no_grad()
 def predict_tiled(model: torch.nn.Module, images: np.ndarray, device: torch.device, tile: int,
-                  margin: int = 16) -> torch.Tensor:
+                  margin: int = 16, amp: bool = False) -> torch.Tensor:
     """Logits (N, C, H, W) for whole slices, in overlapping windows of at most ``tile`` pixels a side.
 
     Each side is cut into equal cores (multiples of 16, the U-Net's granularity); each window adds ``margin``
     pixels of context around its core, and only the core is kept. Slices are reflect-padded, so any slice size
     works and no kept pixel sees an artificial border. A slice that fits one window is predicted in one pass.
+    ``amp``: bf16 autocast where the CPU has it natively (AMP on a GPU); the logits come back in float32.
     """
     model.eval()
+    with autocast(device, amp, cpu_bf16=True):
+        return _predict_tiled(model, images, device, tile, margin)
+
+
+def _predict_tiled(model: torch.nn.Module, images: np.ndarray, device: torch.device, tile: int,
+                   margin: int) -> torch.Tensor:
     outputs = []
     for image in images:
         (ch, ph), (cw, pw) = (_cores(n, tile - 2 * margin) for n in image.shape)
@@ -317,6 +328,15 @@ def evaluate_slices(model: torch.nn.Module, volume: Volume, cfg: Config, device:
 
 
 # =============================================================================================== training
+def trains_in_bf16(k: int) -> bool:
+    """Whether a k-UNet trains in bf16 autocast on a CPU with native bf16 (with --amp, the default): the wide ones
+    (k >= 16, as ``learning_rate`` draws the line). Measured per model (benchmarks/compare.py --only small, training
+    step in bf16 and channels-last against float32): the 64-UNet takes 0.66x the time on a 2-core AMD EPYC and 0.61x
+    on a 2-core Xeon with AMX (2026-12-06); the 2-UNet's 2-32 channels leave bf16 nothing to gain: 1.00x on the AMD,
+    1.24x (slower) on the Xeon, against channels-last float32. k = 4-32 were not timed."""
+    return k >= 16
+
+
 def learning_rate(cfg: Config, k: int) -> float:
     """Adam's rate for a k-UNet. Our choice: the 2- and 1-UNets only leave the class-prior plateau in a short run
     at a higher rate (default preset: lr 1e-3 left every distilled 2-UNet at IoU 0 after 3,000 iterations; 3e-3
@@ -375,9 +395,9 @@ class Lab:
 
     # ------------------------------------------------------------------ one model
     def new_unet(self, k: int, bn: bool, seed: int | None = None) -> UNet:
-        """A k-UNet initialised from ``seed`` (default the run's), its weights in channels-last memory format: with
-        bf16 autocast (``train_model``) a training step of the default crops takes 0.89x (k = 2) to 0.61x (k = 64)
-        the time of a contiguous fp32 one on the 2-core AMD EPYC (AVX512-BF16), 2026-12-05 (README, Benchmarks)."""
+        """A k-UNet initialised from ``seed`` (default the run's), its weights in channels-last memory format, which
+        trains the 2-UNet at 0.79x the time of a contiguous one in float32 (2-core AMD EPYC, 2026-12-06; README,
+        Benchmarks); ``trains_in_bf16`` says in which precision."""
         seed_everything(self.cfg.seed if seed is None else seed)
         return UNet(k, batch_norm=bn).to(self.device, memory_format=torch.channels_last)
 
@@ -408,8 +428,8 @@ class Lab:
             if objective != "hard":
                 if t:
                     teacher_logits = t[0].to(device)
-                else:
-                    with torch.no_grad():
+                else:   # --online-teacher: in bf16 where the CPU has it, whatever the student's precision
+                    with torch.no_grad(), autocast(device, cfg.amp, cpu_bf16=True):
                         teacher_logits = teacher(x).float()
             return kd_objective(objective, student, y, teacher_logits, T, lam, w, tau_squared=cfg.tau_squared)
 
@@ -419,9 +439,10 @@ class Lab:
                      scheduler=make_scheduler(optimizer, cfg.schedule, iterations),
                      evaluate=lambda: {"test_loss": crops_loss(model, images, masks, device)},
                      eval_every=cfg.eval_every, seed=seed, best_key="test_loss", diverge_above=1e3,
-                     # bf16 autocast on CPUs with native bf16 (--no-amp: float32). Evaluation stays float32: its
-                     # test losses are the numbers source 000 tabulates and pick the kept state (best_key)
-                     cpu_bf16=True,
+                     # bf16 autocast for the wide U-Nets on CPUs with native bf16 (--no-amp: float32; GPUs: AMP
+                     # for every k). Evaluation stays float32: its test losses are the numbers source 000
+                     # tabulates and pick the kept state (best_key)
+                     cpu_bf16=trains_in_bf16(k),
                      report=lambda history: {**evaluate_slices(model, self.test, cfg, device),
                                              **averaged_losses(history, cfg, self.barrier)})
 
@@ -472,8 +493,10 @@ class Lab:
         prediction has more context; --online-teacher runs the teacher on every batch instead.
         """
         if id(teacher) not in self._soft_targets:
+            # the frozen teacher in its fastest precision (bf16 where native): stored in fp16 anyway, which holds
+            # bf16's 8-bit mantissas exactly
             self._soft_targets[id(teacher)] = predict_tiled(teacher, self.train.images, self.device,
-                                                            self.cfg.eval_tile).half()
+                                                            self.cfg.eval_tile, amp=self.cfg.amp).half()
         return self._soft_targets[id(teacher)]
 
     def record(self, experiment: str, trained: Trained, label: str) -> dict:

@@ -377,14 +377,20 @@ def qkd_budget(device: torch.device, amp: bool, precision: str) -> list[Candidat
 
 
 def intra_budget(device: torch.device, amp: bool, precision: str) -> list[Candidate]:
-    """Source 002: ERFNet, the DeepLabV3 teacher's head features (``teacher_outputs``), IntRA-KD + KD."""
+    """Source 002: ERFNet, the DeepLabV3 teacher's head features (``teacher_outputs``), IntRA-KD + KD, on the first
+    batch of the default run's synthetic road scenes: IntRA-KD's moments cost the size of each class region, so
+    random labels (every class in every cell) would time a case that no road scene is."""
     from intra_kd_throughput import CFG, CLASSES, make_step
-    from reproduce_intra_kd import METHODS, teacher_outputs
+    from reproduce_intra_kd import METHODS, road_sample, teacher_outputs
     from common.segmentation_models import build_segmenter
+    from common.synthetic_roads import SyntheticRoads
     from common.teachers import OutputMemo, freeze
 
-    x = torch.randn(CFG.batch_size, 3, CFG.height, CFG.width, device=device)
-    y = torch.randint(0, CLASSES, (CFG.batch_size, CFG.height, CFG.width), device=device)
+    scenes = SyntheticRoads("train", CFG.batch_size, (CFG.height, CFG.width), CFG.seed, paint=CFG.paint,
+                            lines_only=CFG.road_classes == "lines")
+    batch = [road_sample(scenes, None, i, torch.Generator()) for i in range(CFG.batch_size)]
+    x = torch.stack([image for image, _ in batch]).to(device)
+    y = torch.stack([torch.as_tensor(mask) for _, mask in batch]).long().to(device)
     teacher = freeze(build_segmenter(CFG.teacher_arch, CLASSES).to(device))   # the default preset's
     return [Candidate("ERFNet, plain step", make_step(x, y, device, amp, METHODS["alone"][1], cpu_bf16=True),
                       precision, None, []),

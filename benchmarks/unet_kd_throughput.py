@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.devices import autocast, pick_device
 from common.teachers import freeze
 from common.unet import UNet
-from reproduce_unet_kd import Config, kd_objective, learning_rate
+from reproduce_unet_kd import Config, kd_objective, learning_rate, trains_in_bf16
 
 DEFAULTS = Config()   # the script's default preset
 
@@ -59,15 +59,16 @@ def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.dev
               teacher: UNet | None = None, cached: torch.Tensor | None = None, T: float = DEFAULTS.T,
               cpu_bf16: bool = False):
     """One training step of the script: "hard" without a teacher, else "soft" (teacher run now, or ``cached``);
-    ``cpu_bf16``: bf16 autocast on CPUs with native bf16, as the script trains."""
+    ``cpu_bf16``: bf16 autocast on CPUs with native bf16 as the script trains (the wide U-Nets, ``trains_in_bf16``;
+    a teacher's forward always)."""
     opt = torch.optim.Adam(student.parameters(), lr=learning_rate(DEFAULTS, student.k), fused=True)
 
     def step() -> None:
-        with autocast(device, amp, cpu_bf16):
-            s = student(x)
+        with autocast(device, amp, cpu_bf16 and trains_in_bf16(student.k)):
+            s = student(x).float()
             if teacher is not None:
-                with torch.no_grad():
-                    t = teacher(x)
+                with torch.no_grad(), autocast(device, amp, cpu_bf16):
+                    t = teacher(x).float()
             else:
                 t = cached
             loss, _ = kd_objective("hard" if t is None else "soft", s, y, t, T, DEFAULTS.lam,

@@ -91,10 +91,8 @@ def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: flo
     per_pixel = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
     if valid_mask is None:
         return per_pixel.mean()
-    valid_mask = valid_mask.bool()
-    if not valid_mask.any():
-        return (per_pixel * 0).sum()
-    return per_pixel[valid_mask].mean()
+    valid_mask = valid_mask.bool()   # a mean over the valid pixels, 0 if there are none (no indexing: no sync)
+    return torch.where(valid_mask, per_pixel, 0).sum() / valid_mask.sum().clamp_min(1)
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None,
@@ -289,8 +287,13 @@ def intra_affinity_graphs(feat: torch.Tensor, labels: torch.Tensor, num_classes:
     ref = torch.gather(x, 2, ref_index).detach()                                     # (N, C, K)
     means, variances, skews = [], [], []
     for k in range(num_classes):     # one region at a time: never an (N, K, C, h*w) tensor
-        w, norm = weights[:, k, None, :], area[:, k, None].clamp_min(1e-300)        # (N, 1, h*w), (N, 1)
-        shifted = x - ref[:, :, k, None]
+        # only the cells the region covers in some image of the batch: a cell of weight 0 adds exactly 0 to every
+        # sum below, and a small region (a marking) then costs its own size, not the map's
+        cells = weights[:, k].gt(0).any(0).nonzero()[:, 0]
+        whole = len(cells) == weights.shape[-1]
+        w = weights[:, k, None, :] if whole else weights[:, k, None, cells]         # (N, 1, cells)
+        norm = area[:, k, None].clamp_min(1e-300)                                    # (N, 1)
+        shifted = (x if whole else x[..., cells]) - ref[:, :, k, None]               # (N, C, cells)
         offset = (w * shifted).sum(-1) / norm                                        # mean - ref, (N, C)
         dev = shifted - offset[..., None]                                            # F_j - mu_k(j)
         weighted_sq = w * dev * dev
@@ -299,7 +302,8 @@ def intra_affinity_graphs(feat: torch.Tensor, labels: torch.Tensor, num_classes:
         means.append(ref[:, :, k] + offset), variances.append(var), skews.append(skew)
     graphs = []
     for moment in (means, variances, skews):
-        unit = F.normalize(torch.stack(moment, dim=1), p=2, dim=-1)                   # (N, K, C)
+        moments = torch.stack(moment, dim=1) * present[..., None]                    # absent regions: 0
+        unit = F.normalize(moments, p=2, dim=-1)                                     # (N, K, C)
         graphs.append((unit @ unit.transpose(1, 2)).float())
     return present, graphs
 

@@ -138,3 +138,23 @@ def test_sad_at_a_given_size_resizes_both_maps_there():
     assert self_attention_distillation_loss([a, b], size=(1, 4)).item() == pytest.approx(expected, abs=1e-7)
     p = 1 / (1 + math.exp(8))                                                   # at the shallower size (1, 2)
     assert self_attention_distillation_loss([a, b]).item() == pytest.approx((p - 0.5) ** 2, abs=1e-7)
+
+
+@pytest.mark.parametrize("masks", ["nearest", "area"])
+def test_absent_regions_have_zero_rows_in_every_graph_and_small_regions_match_the_loop(masks):
+    # class 3 is absent from image 0 only, class 4 from both; class 2 covers three pixels: the moments of a region
+    # are computed on the cells it covers in the batch, which must give the plain loop's terms
+    torch.manual_seed(3)
+    labels = torch.zeros(2, 4, 6, dtype=torch.long)
+    labels[:, 0, 1:4] = 2
+    labels[1, 2:, :2] = 3
+    labels[0, 3, 5] = 1
+    labels[1, 1, 1] = 1
+    present, graphs = intra_affinity_graphs(torch.randn(2, 5, 4, 6, dtype=torch.float64), labels, 5, masks=masks)
+    assert present.tolist() == [[True, True, True, False, False], [True, True, True, True, False]]
+    for graph in graphs:
+        absent = ~present
+        assert graph[absent].abs().max().item() == 0.0 and graph.transpose(1, 2)[absent].abs().max().item() == 0.0
+    student, teacher = torch.randn(2, 5, 4, 6), torch.randn(2, 3, 4, 6)
+    expected = loop_reference(student, teacher, labels, 5)
+    assert intra_affinity_loss(student, teacher, labels, 5).item() == pytest.approx(sum(expected), abs=1e-6)

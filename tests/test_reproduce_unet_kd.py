@@ -321,3 +321,39 @@ def test_tau_squared_flags_are_exclusive_and_accepted_where_read():
     cfg, args = script.parse_args(["--experiment", "bncheck", "--bn-iterations", "10"])
     script.check_config(cfg, args)
     assert cfg.bn_iterations == 10 and script.parse_args(["--preset", "paper"])[0].bn_iterations == 3_600_000
+
+
+@pytest.mark.parametrize("k, bf16", [(2, False), (8, False), (16, True), (64, True)])
+def test_only_the_wide_unets_train_in_bf16(tmp_path, monkeypatch, k, bf16):
+    # trains_in_bf16: the 2-UNet gains nothing from bf16 (slower on a Xeon), the 64-UNet trains in 0.61-0.66x
+    from common.runs import RunDir
+
+    cfg = script.Config(**{**TINY_DATA, "crop": 32, "batch_size": 2, "device": "cpu"})
+    lab = script.Lab(cfg, RunDir(tmp_path / "run"), torch.device("cpu"), *script.load_data(cfg))
+    asked = {}
+    monkeypatch.setattr(script, "train", lambda *a, **kwargs: asked.update(kwargs))
+    monkeypatch.setattr(script, "UNet", lambda k, batch_norm: torch.nn.Conv2d(1, 2, 1))   # no 64-UNet to build
+    lab.train_model("job", k, "hard", bn=False, iterations=1)
+    assert asked["cpu_bf16"] is bf16 and script.trains_in_bf16(k) is bf16
+
+
+def test_soft_targets_come_from_the_teacher_in_its_fastest_precision(tmp_path, monkeypatch):
+    # the frozen teacher's logits for the soft targets: under bf16 autocast when the run's --amp is on and the CPU
+    # has bf16 natively (forced here), float32 with --no-amp
+    from common import devices
+    from common.runs import RunDir
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
+    seen = []
+
+    class Probe(torch.nn.Conv2d):
+        def forward(self, x):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return super().forward(x)
+
+    for amp in (True, False):
+        cfg = script.Config(**{**TINY_DATA, "device": "cpu", "amp": amp})
+        lab = script.Lab(cfg, RunDir(tmp_path / f"run{amp}"), torch.device("cpu"), *script.load_data(cfg))
+        seen.clear()
+        targets = lab.soft_targets(Probe(1, 2, 1))
+        assert targets.dtype == torch.float16 and seen and all(s is amp for s in seen)
