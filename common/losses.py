@@ -91,6 +91,8 @@ def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: flo
     per_pixel = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
     if valid_mask is None:
         return per_pixel.mean()
+    if valid_mask.shape != per_pixel.shape:
+        raise ValueError(f"valid_mask {tuple(valid_mask.shape)} must have the pixels' shape {tuple(per_pixel.shape)}")
     valid_mask = valid_mask.bool()   # a mean over the valid pixels, 0 if there are none (no indexing: no sync)
     return torch.where(valid_mask, per_pixel, 0).sum() / valid_mask.sum().clamp_min(1)
 

@@ -125,6 +125,16 @@ def test_kl_valid_mask():
     assert kl.item() == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-5)
 
 
+def test_kl_with_no_valid_pixel_is_zero_with_a_zero_gradient_and_a_mask_of_another_shape_is_refused():
+    student, teacher = _two_pixel_pair()
+    student = student.clone().requires_grad_()
+    kl = kd_kl_div(student, teacher, valid_mask=torch.zeros(1, 1, 2, dtype=torch.bool))
+    kl.backward()
+    assert kl.item() == 0.0 and student.grad.abs().max().item() == 0.0
+    with pytest.raises(ValueError, match="valid_mask"):
+        kd_kl_div(student, teacher, valid_mask=torch.ones(1, 2, dtype=torch.bool))
+
+
 # ---- weighted_cross_entropy -----------------------------------------------------------------------------------
 
 def _ce_example() -> tuple[torch.Tensor, torch.Tensor]:
