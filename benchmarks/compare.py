@@ -88,15 +88,17 @@ def low_precision(device: torch.device) -> str | None:
 
 
 def train_step(model: nn.Module, shape: tuple[int, int, int, int], device: torch.device, precision: str,
-               channels_last: bool, logits_of: Callable = lambda out: out, classes: int = NUM_CLASSES
-               ) -> Callable[[], None]:
+               channels_last: bool, logits_of: Callable = lambda out: out, classes: int = NUM_CLASSES,
+               fused: bool = False) -> Callable[[], None]:
     """One SGD step of ``model`` on a random batch of ``shape`` (N, C, H, W) with labels of ``classes`` classes;
-    ``logits_of`` picks the logits from the model's output."""
+    ``logits_of`` picks the logits from the model's output. ``fused``: SGD as the scripts build it (one kernel for
+    all parameters); False: torch.optim.SGD's defaults, as a peer library's users build it."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     x = torch.randn(*shape, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, classes, (shape[0], *shape[2:]), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4,
+                                fused=True if fused else None)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     def step() -> None:
@@ -166,7 +168,7 @@ def our_variants(label: str, build: Callable[[], nn.Module], macs: int, args, de
     for precision in precisions:
         for channels_last in (False, True):
             fmt = ", channels-last" if channels_last else ""
-            step = train_step(build(), square(args), device, precision, channels_last, logits_of)
+            step = train_step(build(), square(args), device, precision, channels_last, logits_of, fused=True)
             out.append(Candidate(f"{label}, ours, {precision}{fmt}", step, precision, 3 * macs * args.batch_size, []))
     return out
 
@@ -226,6 +228,11 @@ def deeplab_candidates(args, device: torch.device, precisions: list[str]
             return DeepLabV3Plus("resnet50", NUM_CLASSES, 16, aspp)
         out += our_variants(f"DeepLabV3+ R50 OS16 {aspp}", build, forward_macs(build(), args.size), args, device,
                             precisions)
+    # What the scripts' fused SGD is worth: our fastest ST form with torch.optim.SGD's defaults, as the peers run.
+    best = precisions[-1]
+    step = train_step(DeepLabV3Plus("resnet50", NUM_CLASSES, 16, "ST"), square(args), device, best, True)
+    out.append(Candidate(f"DeepLabV3+ R50 OS16 ST, ours, {best}, channels-last, SGD unfused (as the peers)", step,
+                         best, out[0].macs, []))
     peers = {"smp DeepLabV3Plus R50 (its defaults: separable ASPP, rates 12/24/36)": {},
              "smp DeepLabV3Plus R50 (as our ST: standard ASPP, rates 6/12/18)":
                  dict(decoder_aspp_separable=False, decoder_atrous_rates=(6, 12, 18))}

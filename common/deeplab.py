@@ -29,6 +29,7 @@ import torchvision
 from torch import Tensor, nn
 
 from common.errors import UserError
+from common.segmentation_models import AtrousConv2d
 from common.weight_files import fetch_torchvision_weights, published_file_name, read_weights_file
 
 BACKBONES = ("resnet50", "resnet101", "mobilenet_v2")
@@ -170,7 +171,9 @@ def _conv_at_rate(conv: nn.Conv2d, x: Tensor, rate: int) -> Tensor:
 
     KSAC (Section 2.2.5) applies one kernel at several rates. Calling the conv module itself, with its rate set for
     this call, rather than F.conv2d on its weight, lets a hook-based counter (ptflops) see one run per rate, so the
-    shared kernel's multiply-adds are counted three times, as in the thesis's tables.
+    shared kernel's multiply-adds are counted three times, as in the thesis's tables. The 3x3 convs are
+    ``AtrousConv2d``: at a rate as large as the map (the rate-18 branch on the 16x16 maps of the thesis's 256-px
+    crops) they leave out the taps that read only zero padding, exactly.
     """
     conv.dilation = conv.padding = (rate, rate)
     return conv(x)
@@ -181,7 +184,7 @@ class StandardConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, rate: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=rate, dilation=rate, bias=False)
+        self.conv = AtrousConv2d(in_channels, out_channels, 3, padding=rate, dilation=rate, bias=False)
 
     def forward(self, x: Tensor, rate: int, inner_norms: nn.ModuleList) -> Tensor:
         return _conv_at_rate(self.conv, x, rate)
@@ -193,8 +196,8 @@ class SeparableConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, rate: int = 1) -> None:
         super().__init__()
-        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=rate, dilation=rate, groups=in_channels,
-                                   bias=False)
+        self.depthwise = AtrousConv2d(in_channels, in_channels, 3, padding=rate, dilation=rate,
+                                      groups=in_channels, bias=False)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: Tensor, rate: int, inner_norms: nn.ModuleList) -> Tensor:
@@ -220,7 +223,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         width = out_channels // 4
         self.reduce = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.depthwise = nn.Conv2d(width, width, 3, padding=rate, dilation=rate, groups=width, bias=False)
+        self.depthwise = AtrousConv2d(width, width, 3, padding=rate, dilation=rate, groups=width, bias=False)
         self.expand = nn.Conv2d(width, out_channels, 1, bias=False)
 
     @staticmethod

@@ -79,8 +79,8 @@ def _check_arguments(arch: str, num_classes: int) -> None:
 
 # ------------------------------------------------------------------------------------------------------------ model
 class AtrousConv2d(nn.Conv2d):
-    """An ASPP branch's atrous convolution (3x3, stride 1, padding = dilation, as torchvision's ``ASPPConv``) that
-    leaves out the kernel taps which read only zero padding.
+    """An ASPP branch's atrous convolution (3x3, stride 1, padding = dilation, as torchvision's ``ASPPConv`` and
+    common.deeplab's ST / DS / BTN blocks) that leaves out the kernel taps which read only zero padding.
 
     Where the dilation is at least the feature map's height, the taps above and below the centre fall outside the
     map for every output pixel, so they multiply zeros: the convolution equals the one with the kernel's centre row
@@ -89,7 +89,11 @@ class AtrousConv2d(nn.Conv2d):
     output stride 8 their 64x64 and 64x128 inputs give 8x8 and 8x16 maps, on which DeepLabV3's rates 12 / 24 / 36
     leave 1x1 or 1x3 of each 3x3 kernel; the full kernels made the ASPP's three branches about half of a
     DeepLabV3-ResNet50 training step in bf16 (0.25 of 0.47 s for 8 x 3 x 64 x 64 on a 2-core Xeon with AMX,
-    2026-12-06). ``common.profiler.count_macs`` still counts the whole 3x3 kernel, the count papers give.
+    2026-12-06). In source 004's DeepLabV3+ it is the thesis's own geometry: its 256-px crops at output stride 16
+    give 16x16 maps, on which the rate-18 branch is a 1x1 convolution: the R50 ST training step (2 x 256 px,
+    channels-last) took 0.92x the time in bf16 and 0.91x in float32, DS 0.96x / 0.92x (2-core AMD EPYC, interleaved,
+    2026-12-06; oneDNN's backward of that 2048 -> 256 dilated 3x3 convolution took 37 ms, of the 1x1 3 ms).
+    ``common.profiler.count_macs`` still counts the whole 3x3 kernel, the count papers give.
     """
 
     @classmethod

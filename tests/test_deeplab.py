@@ -2,6 +2,7 @@
 the text of Section 5.1.2 and Figure 4.3; plus shapes, KSAC sharing and backbone-weight loading."""
 from __future__ import annotations
 
+import copy
 import functools
 import urllib.error
 
@@ -431,3 +432,32 @@ def test_ksac_saves_two_copies_of_the_first_caspp_block_on_mobilenet():
         unshared, shared = params("mobilenet_v2", 16, aspp, False), params("mobilenet_v2", 16, aspp, True)
         assert unshared - shared == 2 * first_block
     assert params("mobilenet_v2", 16, "CASPP-4", True) == 3_555_893
+
+
+@pytest.mark.parametrize("aspp, ksac", [("ST", False), ("ST", True), ("DS", False), ("BTN", True)])
+def test_atrous_taps_on_padding_only_are_left_out_exactly(aspp, ksac):
+    """The thesis's rates (6, 12, 18) on its 256-px crop at OS16 leave the rate-18 branch's off-centre taps on
+    zero padding (16x16 maps); on a 64-px input (4x4 maps) every branch's. AtrousConv2d skips them: the logits
+    and every gradient are those of the same network with plain nn.Conv2d convolutions."""
+    from common.segmentation_models import AtrousConv2d
+
+    torch.manual_seed(0)
+    model = build_deeplabv3plus("mobilenet_v2", num_classes=3, aspp=aspp, ksac=ksac).train()
+    plain = copy.deepcopy(model)
+    swapped = [m for m in plain.modules() if isinstance(m, AtrousConv2d)]
+    assert len(swapped) >= (2 if ksac else 4)              # the ASPP's atrous convs and the decoder's
+    for module in swapped:
+        module.__class__ = torch.nn.Conv2d                  # same weights, every tap computed
+    x = torch.randn(2, 3, 64, 64)
+    outputs = []
+    for net in (model, plain):
+        torch.manual_seed(1)                                # the same dropout mask
+        logits = net(x)
+        grads = torch.autograd.grad(logits.square().sum(), list(net.parameters()))
+        outputs.append((logits, grads))
+    (logits, grads), (plain_logits, plain_grads) = outputs
+    assert torch.allclose(logits, plain_logits, atol=1e-4)
+    # float32 sums in another order: compare the whole gradient (some entries are ~0 in both, e.g. the bias of a
+    # BatchNorm that a training-mode BatchNorm follows, so entry-wise relative errors mean nothing there)
+    grad, plain_grad = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in plain_grads])
+    assert (grad - plain_grad).norm() <= 1e-5 * plain_grad.norm()
