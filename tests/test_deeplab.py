@@ -434,25 +434,32 @@ def test_ksac_saves_two_copies_of_the_first_caspp_block_on_mobilenet():
     assert params("mobilenet_v2", 16, "CASPP-4", True) == 3_555_893
 
 
-@pytest.mark.parametrize("aspp, ksac", [("ST", False), ("ST", True), ("DS", False), ("BTN", True)])
-def test_atrous_taps_on_padding_only_are_left_out_exactly(aspp, ksac):
-    """The thesis's rates (6, 12, 18) on its 256-px crop at OS16 leave the rate-18 branch's off-centre taps on
-    zero padding (16x16 maps); on a 64-px input (4x4 maps) every branch's. AtrousConv2d skips them: the logits
-    and every gradient are those of the same network with plain nn.Conv2d convolutions."""
+@pytest.mark.parametrize("aspp, ksac", [("ST", False), ("ST", True), ("DS", False), ("DS", True), ("BTN", True)])
+@pytest.mark.parametrize("size, rates, channels_last", [(64, None, False), (128, (2, 3, 4), True)])
+def test_atrous_convolutions_are_the_plain_ones(aspp, ksac, size, rates, channels_last, monkeypatch):
+    """AtrousConv2d's two short cuts change no number: (1) the thesis's rates (6, 12, 18) on 64-px inputs (4x4
+    maps at OS16) read only zero padding off the centre, and those taps are left out; (2) rates 2 and 3 on 8x8 maps
+    in channels-last run the depthwise (DS, BTN) convolutions by sub-grids (space_to_batch_conv). The logits and
+    every gradient are those of the same network with plain nn.Conv2d convolutions."""
+    from common import segmentation_models
     from common.segmentation_models import AtrousConv2d
 
+    calls = []
+    real = segmentation_models.space_to_batch_conv
+    monkeypatch.setattr(segmentation_models, "space_to_batch_conv", lambda *a: calls.append(a[3]) or real(*a))
     torch.manual_seed(0)
-    model = build_deeplabv3plus("mobilenet_v2", num_classes=3, aspp=aspp, ksac=ksac).train()
+    model = build_deeplabv3plus("mobilenet_v2", num_classes=3, aspp=aspp, ksac=ksac, atrous_rates=rates).train()
     plain = copy.deepcopy(model)
     swapped = [m for m in plain.modules() if isinstance(m, AtrousConv2d)]
     assert len(swapped) >= (2 if ksac else 4)              # the ASPP's atrous convs and the decoder's
     for module in swapped:
         module.__class__ = torch.nn.Conv2d                  # same weights, every tap computed
-    x = torch.randn(2, 3, 64, 64)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, size, size).contiguous(memory_format=memory_format)
     outputs = []
     for net in (model, plain):
         torch.manual_seed(1)                                # the same dropout mask
-        logits = net(x)
+        logits = net.to(memory_format=memory_format)(x)
         grads = torch.autograd.grad(logits.square().sum(), list(net.parameters()))
         outputs.append((logits, grads))
     (logits, grads), (plain_logits, plain_grads) = outputs
@@ -461,3 +468,5 @@ def test_atrous_taps_on_padding_only_are_left_out_exactly(aspp, ksac):
     # BatchNorm that a training-mode BatchNorm follows, so entry-wise relative errors mean nothing there)
     grad, plain_grad = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in plain_grads])
     assert (grad - plain_grad).norm() <= 1e-5 * plain_grad.norm()
+    depthwise = aspp != "ST" and channels_last               # rate 4 on 8x8: 2x2 sub-grids, left to oneDNN
+    assert sorted(set(calls)) == ([(2, 2), (3, 3)] if depthwise else [])

@@ -6,6 +6,7 @@ import urllib.error
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torchvision.models import segmentation
 
@@ -314,6 +315,45 @@ def test_atrous_conv_leaving_out_padding_taps_is_the_full_convolution(size):
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))
     if size[0] <= 12:                                         # the taps above and below read padding only
         assert grads[1][1][:, :, [0, 2]].abs().max() == 0
+
+
+@pytest.mark.parametrize("channels, groups, out, size, dilation", [
+    (8, 8, 8, (16, 16), 3), (6, 6, 6, (13, 19), 4), (6, 6, 12, (20, 9), 3), (4, 1, 5, (17, 17), 2),
+    (3, 3, 3, (5, 5), 6)])
+def test_space_to_batch_is_the_dilated_convolution(channels, groups, out, size, dilation):
+    """Depthwise and full kernels, maps that are not a multiple of the dilation, a dilation beyond the map:
+    outputs and gradients (input, weight, bias) as F.conv2d's in float64, and channels-last kept."""
+    from common.segmentation_models import space_to_batch_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = torch.randn(out, channels // groups, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(out, dtype=torch.float64, requires_grad=True)
+    expected = F.conv2d(x, weight, bias, 1, dilation, dilation, groups)
+    got = space_to_batch_conv(x, weight, bias, (dilation, dilation), groups)
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got.square().sum(), (x, weight, bias)),
+                    torch.autograd.grad(expected.square().sum(), (x, weight, bias))):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-9)
+
+
+def test_atrous_conv_takes_sub_grids_only_for_channels_last_depthwise_on_cpu(monkeypatch):
+    from common import segmentation_models
+    from common.segmentation_models import AtrousConv2d
+
+    calls = []
+    monkeypatch.setattr(segmentation_models, "space_to_batch_conv", lambda *a: calls.append(a[3]) or torch.zeros(1))
+    depthwise = AtrousConv2d(8, 8, 3, padding=3, dilation=3, groups=8, bias=False)
+    full = AtrousConv2d(8, 8, 3, padding=3, dilation=3, bias=False)
+    nhwc = torch.randn(1, 8, 9, 12).contiguous(memory_format=torch.channels_last)
+    depthwise(nhwc)                                          # 3 x 4 sub-grids: taken
+    depthwise(nhwc.contiguous())                             # contiguous: oneDNN's own
+    full(nhwc)                                               # not depthwise
+    depthwise(nhwc[..., :8, :].contiguous(memory_format=torch.channels_last))   # 8 rows / 3: 3 x 4, taken
+    depthwise(nhwc[..., :6, :].contiguous(memory_format=torch.channels_last))   # 2 x 4 sub-grids: too small
+    assert calls == [(3, 3), (3, 3)]
 
 
 def test_atrous_conv_keeps_the_nominal_madds_and_refuses_other_convolutions():
