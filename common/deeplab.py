@@ -29,7 +29,7 @@ import torchvision
 from torch import Tensor, nn
 
 from common.errors import UserError
-from common.segmentation_models import AtrousConv2d
+from common.atrous import AtrousConv2d
 from common.weight_files import fetch_torchvision_weights, published_file_name, read_weights_file
 
 BACKBONES = ("resnet50", "resnet101", "mobilenet_v2")

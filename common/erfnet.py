@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.atrous import AtrousConv2d
+
 BN_EPS = 1e-3  # the authors' code
 
 
@@ -47,7 +49,11 @@ class DownsamplerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv(x)
-        pooled = self.pool(x)
+        # Under bf16 autocast the convolution gives bf16 and the pool keeps its input's float32 (the image, in
+        # layer 1); torch.cat would promote both to float32, and so would every residual sum after it, leaving the
+        # whole encoder's activations in float32 with a cast before each convolution. In the convolution's dtype
+        # they stay bf16 (a no-op in float32).
+        pooled = self.pool(x).to(conv.dtype)
         if pooled.shape[-2:] != conv.shape[-2:]:   # odd sides: the convolution rounds up, the pool down
             pooled = F.pad(pooled, (0, conv.shape[-1] - pooled.shape[-1], 0, conv.shape[-2] - pooled.shape[-2]))
         return F.relu(self.bn(torch.cat([conv, pooled], dim=1)))
@@ -55,17 +61,18 @@ class DownsamplerBlock(nn.Module):
 
 class NonBottleneck1D(nn.Module):
     """The paper's non-bottleneck-1D residual block (Fig. 2c): 3x1, ReLU, 1x3, BN, ReLU, then the same pair
-    dilated by ``dilation``, BN, dropout, and ReLU(output + input)."""
+    dilated by ``dilation``, BN, dropout, and ReLU(output + input). The dilated pair are ``AtrousConv2d``: where
+    the dilation reaches past the map (8 and 16 on the 8x16 maps of source 003's default 64x128 scenes) their
+    off-centre taps read only zero padding and are left out, exactly."""
 
     def __init__(self, channels: int, dropout: float, dilation: int) -> None:
         super().__init__()
         self.conv3x1_1 = nn.Conv2d(channels, channels, (3, 1), padding=(1, 0), bias=True)
         self.conv1x3_1 = nn.Conv2d(channels, channels, (1, 3), padding=(0, 1), bias=True)
         self.bn1 = nn.BatchNorm2d(channels, eps=BN_EPS)
-        self.conv3x1_2 = nn.Conv2d(channels, channels, (3, 1), padding=(dilation, 0), dilation=(dilation, 1),
-                                   bias=True)
-        self.conv1x3_2 = nn.Conv2d(channels, channels, (1, 3), padding=(0, dilation), dilation=(1, dilation),
-                                   bias=True)
+        dilated = AtrousConv2d if dilation > 1 else nn.Conv2d
+        self.conv3x1_2 = dilated(channels, channels, (3, 1), padding=(dilation, 0), dilation=(dilation, 1), bias=True)
+        self.conv1x3_2 = dilated(channels, channels, (1, 3), padding=(0, dilation), dilation=(1, dilation), bias=True)
         self.bn2 = nn.BatchNorm2d(channels, eps=BN_EPS)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
 

@@ -55,7 +55,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 def subclass_hooks(model: nn.Module, mapping: dict) -> dict:
     """ptflops counts a module by its exact type: a subclass of a counted layer (e.g.
-    common.segmentation_models.AtrousConv2d, an nn.Conv2d) gets its nearest base class's hook."""
+    common.atrous.AtrousConv2d, an nn.Conv2d) gets its nearest base class's hook."""
     hooks = {}
     for kind in {type(m) for m in model.modules()} - set(mapping):
         base = next((b for b in kind.__mro__[1:] if b in mapping), None)

@@ -26,6 +26,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import segmentation
 
+from common.atrous import AtrousConv2d
 from common.errors import UserError
 from common.runs import load_weights
 from common.weight_files import fetch_torchvision_weights, published_file_name, read_weights_file
@@ -78,87 +79,6 @@ def _check_arguments(arch: str, num_classes: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------ model
-class AtrousConv2d(nn.Conv2d):
-    """An ASPP branch's atrous convolution (3x3, stride 1, padding = dilation, as torchvision's ``ASPPConv`` and
-    common.deeplab's ST / DS / BTN blocks) that leaves out the kernel taps which read only zero padding.
-
-    Where the dilation is at least the feature map's height, the taps above and below the centre fall outside the
-    map for every output pixel, so they multiply zeros: the convolution equals the one with the kernel's centre row
-    only (width: centre column). The outputs are the full convolution's up to float rounding and the gradients are
-    its gradients (the left-out weights get zero gradient either way). It matters in the default miniatures: at
-    output stride 8 their 64x64 and 64x128 inputs give 8x8 and 8x16 maps, on which DeepLabV3's rates 12 / 24 / 36
-    leave 1x1 or 1x3 of each 3x3 kernel; the full kernels made the ASPP's three branches about half of a
-    DeepLabV3-ResNet50 training step in bf16 (0.25 of 0.47 s for 8 x 3 x 64 x 64 on a 2-core Xeon with AMX,
-    2026-12-06). In source 004's DeepLabV3+ it is the thesis's own geometry: its 256-px crops at output stride 16
-    give 16x16 maps, on which the rate-18 branch is a 1x1 convolution: the R50 ST training step (2 x 256 px,
-    channels-last) took 0.92x the time in bf16 and 0.91x in float32, DS 0.96x / 0.92x (2-core AMD EPYC, interleaved,
-    2026-12-06; oneDNN's backward of that 2048 -> 256 dilated 3x3 convolution took 37 ms, of the 1x1 3 ms).
-    ``common.profiler.count_macs`` still counts the whole 3x3 kernel, the count papers give.
-
-    Where every tap can see the map, a depthwise convolution in channels-last on the CPU runs by sub-grids
-    (``space_to_batch_conv``, see ``_space_to_batch_pays``): oneDNN's backward of a dilated depthwise convolution
-    was 7-9x slower than of the undilated one on the sub-grids, which made the DS rows of source 004's default run
-    gain only 1.1x from bf16 (R50 DS head step, batch 8, rates 3 / 6 / 9 on 16x16 maps: 394 -> 285 ms in bf16,
-    481 -> 473 ms in float32; 2-core AMD EPYC, family 26, 2026-12-06).
-    """
-
-    @classmethod
-    def like(cls, conv: nn.Conv2d) -> AtrousConv2d:
-        """The same convolution, sharing ``conv``'s weight (built on the meta device: no random draws)."""
-        same_padding = conv.padding == tuple(d * (k // 2) for d, k in zip(conv.dilation, conv.kernel_size))
-        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or not same_padding or conv.padding_mode != "zeros":
-            raise ValueError(f"AtrousConv2d needs a 3x3, stride-1 convolution padded by its dilation, got {conv}")
-        with torch.device("meta"):
-            atrous = cls(conv.in_channels, conv.out_channels, 3, padding=conv.padding, dilation=conv.dilation,
-                         groups=conv.groups, bias=conv.bias is not None)
-        atrous.weight, atrous.bias = conv.weight, conv.bias
-        return atrous
-
-    def forward(self, x: Tensor) -> Tensor:
-        (dh, dw), (h, w) = self.dilation, x.shape[-2:]
-        rows, cols = dh < h, dw < w          # whether the taps off the centre row / column can see the map
-        if not (rows and cols):
-            weight = self.weight[:, :, slice(None) if rows else slice(1, 2), slice(None) if cols else slice(1, 2)]
-            padding = (self.padding[0] if rows else 0, self.padding[1] if cols else 0)
-            return F.conv2d(x, weight, self.bias, 1, padding, self.dilation, self.groups)
-        if self._space_to_batch_pays(x):
-            return space_to_batch_conv(x, self.weight, self.bias, self.dilation, self.groups)
-        return super().forward(x)
-
-    def _space_to_batch_pays(self, x: Tensor) -> bool:
-        """Where oneDNN's backward of a dilated depthwise convolution is slow and its sub-grids are not tiny.
-
-        A depthwise (DS / BTN) 3x3 convolution with dilation >= 2 in channels-last memory format: its backward took
-        54-71 ms against 8 ms through ``space_to_batch_conv`` (8 x 2048 x 16 x 16, rates 3 and 6, bf16; float32 38
-        / 30 against 26 / 29 ms); on sub-grids smaller than 3 x 3 (rate 9 on 16x16 maps: 2 x 2) the undilated
-        convolution was slower instead (60 against 113 ms), and so was the contiguous format (2-core AMD EPYC,
-        family 26, 2026-12-06). The CPU only: that is where it was measured."""
-        (dh, dw), (h, w) = self.dilation, x.shape[-2:]
-        depthwise = self.groups > 1 and self.groups == self.in_channels
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return (x.device.type == "cpu" and depthwise and channels_last and max(dh, dw) > 1
-                and -(-h // dh) >= 3 and -(-w // dw) >= 3)
-
-
-def space_to_batch_conv(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: tuple[int, int],
-                        groups: int) -> Tensor:
-    """A 3x3 convolution with ``dilation`` (padding = dilation, stride 1) computed as an undilated one on the
-    map's sub-grids, as DeepLab's authors computed atrous convolution (Chen et al. 2018, DeepLab, Sec. 3.1; in
-    TensorFlow ``space_to_batch``): output pixel (i, j) reads only pixels of the same (i mod dh, j mod dw), so each of
-    those dh * dw sub-grids is convolved on its own by the undilated 3x3 kernel with padding 1. Extra zero rows /
-    columns at the bottom / right make the map a multiple of the dilation; they stand where the dilated
-    convolution reads its zero padding, so the result is the same up to float rounding. Keeps channels-last."""
-    (dh, dw), (n, c, h, w) = dilation, x.shape
-    ph, pw = -h % dh, -w % dw
-    hs, ws = (h + ph) // dh, (w + pw) // dw                                  # one sub-grid's size
-    nhwc = F.pad(x, (0, pw, 0, ph)).permute(0, 2, 3, 1)
-    grids = nhwc.reshape(n, hs, dh, ws, dw, c).permute(0, 2, 4, 1, 3, 5).reshape(n * dh * dw, hs, ws, c)
-    grids = grids.permute(0, 3, 1, 2)                                        # (n dh dw, c, hs, ws), channels-last
-    y = F.conv2d(grids, weight, bias, 1, 1, 1, groups).permute(0, 2, 3, 1)   # (n dh dw, hs, ws, k)
-    y = y.reshape(n, dh, dw, hs, ws, -1).permute(0, 3, 1, 4, 2, 5).reshape(n, hs * dh, ws * dw, -1)
-    return y[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-
-
 class TorchvisionSegmenter(nn.Module):
     """One of torchvision's FCN / DeepLabV3 networks (``.net``) without its auxiliary head, with the interface the
     scripts share with common.deeplab: ``backbone``, ``head_parameters()``, ``config()`` and features from the

@@ -441,12 +441,12 @@ def test_atrous_convolutions_are_the_plain_ones(aspp, ksac, size, rates, channel
     maps at OS16) read only zero padding off the centre, and those taps are left out; (2) rates 2 and 3 on 8x8 maps
     in channels-last run the depthwise (DS, BTN) convolutions by sub-grids (space_to_batch_conv). The logits and
     every gradient are those of the same network with plain nn.Conv2d convolutions."""
-    from common import segmentation_models
-    from common.segmentation_models import AtrousConv2d
+    from common import atrous
+    from common.atrous import AtrousConv2d
 
     calls = []
-    real = segmentation_models.space_to_batch_conv
-    monkeypatch.setattr(segmentation_models, "space_to_batch_conv", lambda *a: calls.append(a[3]) or real(*a))
+    real = atrous.space_to_batch_conv
+    monkeypatch.setattr(atrous, "space_to_batch_conv", lambda *a: calls.append(a[3]) or real(*a))
     torch.manual_seed(0)
     model = build_deeplabv3plus("mobilenet_v2", num_classes=3, aspp=aspp, ksac=ksac, atrous_rates=rates).train()
     plain = copy.deepcopy(model)

@@ -52,3 +52,46 @@ def test_config_names_the_architecture_and_bad_class_counts_fail():
     assert ERFNet(5).config() == {"arch": "erfnet", "num_classes": 5, "in_channels": 3}
     with pytest.raises(ValueError):
         ERFNet(1)
+
+
+def test_dilated_convolutions_leave_out_padding_taps_and_change_no_number():
+    """On 64x128 inputs the encoder's maps are 8x16: the dilation-8 3x1 and dilation-16 3x1 / 1x3 convolutions read
+    only zero padding off their centre tap, and AtrousConv2d leaves those taps out. The logits and every gradient
+    are those of the same network with plain nn.Conv2d convolutions."""
+    import copy
+
+    from common.atrous import AtrousConv2d
+
+    torch.manual_seed(0)
+    model = ERFNet(num_classes=4).double().train()    # float64: BatchNorm on a batch of 2 amplifies rounding
+    plain = copy.deepcopy(model)
+    swapped = [m for m in plain.modules() if isinstance(m, AtrousConv2d)]
+    assert len(swapped) == 16                               # the dilated pair of layers 9-16
+    for module in swapped:
+        module.__class__ = torch.nn.Conv2d                  # same weights, every tap computed
+    x = torch.randn(2, 3, 64, 128, dtype=torch.float64)
+    outputs = []
+    for net in (model, plain):
+        torch.manual_seed(1)                                # the same dropout masks
+        logits = net(x)
+        outputs.append((logits, torch.autograd.grad(logits.square().sum(), list(net.parameters()))))
+    (logits, grads), (plain_logits, plain_grads) = outputs
+    assert torch.allclose(logits, plain_logits, rtol=0, atol=1e-9)
+    grad, plain_grad = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in plain_grads])
+    assert (grad - plain_grad).norm() <= 1e-9 * plain_grad.norm()
+    dilation_16 = model.block4[3].conv3x1_2            # the padding-only taps got no gradient
+    grad_16 = dict(zip([n for n, _ in model.named_parameters()], grads))["block4.3.conv3x1_2.weight"]
+    assert dilation_16.dilation == (16, 1) and grad_16[:, :, [0, 2]].abs().max() == 0
+
+
+def test_bf16_autocast_keeps_the_encoder_in_bf16():
+    """The image enters layer 1 in float32: its max-pool branch is cast to the convolution's bf16, so that
+    torch.cat does not promote the encoder's activations back to float32. Without autocast all stays float32."""
+    model = ERFNet(num_classes=4).eval()
+    x = torch.randn(1, 3, 32, 64)
+    with torch.autocast("cpu", torch.bfloat16):
+        logits, feats = model(x, return_features=True)
+    assert {name: f.dtype for name, f in feats.items()} == dict.fromkeys(feats, torch.bfloat16)
+    assert logits.dtype == torch.bfloat16
+    logits, feats = model(x, return_features=True)
+    assert logits.dtype == torch.float32 and all(f.dtype == torch.float32 for f in feats.values())

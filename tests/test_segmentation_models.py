@@ -300,21 +300,28 @@ def test_coco_weights_already_in_the_hub_folder_load(offline_hub, real_files, mo
     assert_holds(model, torch.load(real_files["fcn_resnet50_coco-1167a1af.pth"], weights_only=True))
 
 
+@pytest.mark.parametrize("kernel", [(3, 3), (3, 1), (1, 3)])
 @pytest.mark.parametrize("size", [(8, 8), (8, 16), (16, 8), (32, 32)])   # taps off: both ways, rows, columns, none
-def test_atrous_conv_leaving_out_padding_taps_is_the_full_convolution(size):
-    from common.segmentation_models import AtrousConv2d
+def test_atrous_conv_leaving_out_padding_taps_is_the_full_convolution(size, kernel):
+    """3x3 (ASPP) and 3x1 / 1x3 (ERFNet) kernels at dilation 12: outputs and gradients as nn.Conv2d's."""
+    from common.atrous import AtrousConv2d
 
     torch.manual_seed(0)
-    full = torch.nn.Conv2d(6, 5, 3, padding=12, dilation=12, bias=False)
+    padding = tuple(12 * (k // 2) for k in kernel)
+    full = torch.nn.Conv2d(6, 5, kernel, padding=padding, dilation=12, bias=True)
     atrous = AtrousConv2d.like(full)
     assert atrous.weight is full.weight                       # shared, not copied
     x = torch.randn(2, 6, *size, requires_grad=True)
     out_full, out_atrous = full(x), atrous(x)
     assert torch.allclose(out_atrous, out_full, atol=1e-5)
-    grads = [torch.autograd.grad(out.square().sum(), (x, full.weight)) for out in (out_full, out_atrous)]
+    params = (x, full.weight, full.bias)
+    grads = [torch.autograd.grad(out.square().sum(), params) for out in (out_full, out_atrous)]
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))
-    if size[0] <= 12:                                         # the taps above and below read padding only
-        assert grads[1][1][:, :, [0, 2]].abs().max() == 0
+    weight_grad = grads[1][1]
+    if size[0] <= 12 and kernel[0] == 3:                      # the taps above and below read padding only
+        assert weight_grad[:, :, [0, 2]].abs().max() == 0
+    if size[1] <= 12 and kernel[1] == 3:                      # the taps left and right read padding only
+        assert weight_grad[:, :, :, [0, 2]].abs().max() == 0
 
 
 @pytest.mark.parametrize("channels, groups, out, size, dilation", [
@@ -323,7 +330,7 @@ def test_atrous_conv_leaving_out_padding_taps_is_the_full_convolution(size):
 def test_space_to_batch_is_the_dilated_convolution(channels, groups, out, size, dilation):
     """Depthwise and full kernels, maps that are not a multiple of the dilation, a dilation beyond the map:
     outputs and gradients (input, weight, bias) as F.conv2d's in float64, and channels-last kept."""
-    from common.segmentation_models import space_to_batch_conv
+    from common.atrous import space_to_batch_conv
 
     torch.manual_seed(0)
     x = torch.randn(2, channels, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
@@ -340,11 +347,11 @@ def test_space_to_batch_is_the_dilated_convolution(channels, groups, out, size, 
 
 
 def test_atrous_conv_takes_sub_grids_only_for_channels_last_depthwise_on_cpu(monkeypatch):
-    from common import segmentation_models
-    from common.segmentation_models import AtrousConv2d
+    from common import atrous
+    from common.atrous import AtrousConv2d
 
     calls = []
-    monkeypatch.setattr(segmentation_models, "space_to_batch_conv", lambda *a: calls.append(a[3]) or torch.zeros(1))
+    monkeypatch.setattr(atrous, "space_to_batch_conv", lambda *a: calls.append(a[3]) or torch.zeros(1))
     depthwise = AtrousConv2d(8, 8, 3, padding=3, dilation=3, groups=8, bias=False)
     full = AtrousConv2d(8, 8, 3, padding=3, dilation=3, bias=False)
     nhwc = torch.randn(1, 8, 9, 12).contiguous(memory_format=torch.channels_last)
@@ -357,10 +364,13 @@ def test_atrous_conv_takes_sub_grids_only_for_channels_last_depthwise_on_cpu(mon
 
 
 def test_atrous_conv_keeps_the_nominal_madds_and_refuses_other_convolutions():
-    from common.segmentation_models import AtrousConv2d
+    from common.atrous import AtrousConv2d
 
     full = torch.nn.Conv2d(4, 4, 3, padding=6, dilation=6)
     assert count_macs(torch.nn.Sequential(AtrousConv2d.like(full)), (1, 4, 8, 8)) == \
         count_macs(torch.nn.Sequential(full), (1, 4, 8, 8)) == 4 * 4 * 9 * 64 + 4 * 64
-    with pytest.raises(ValueError, match="padded by its dilation"):
-        AtrousConv2d.like(torch.nn.Conv2d(4, 4, 3, padding=1, dilation=6))
+    for wrong in (torch.nn.Conv2d(4, 4, 3, padding=1, dilation=6), torch.nn.Conv2d(4, 4, 5, padding=12, dilation=6),
+                  torch.nn.Conv2d(4, 4, 3, stride=2, padding=6, dilation=6),
+                  torch.nn.Conv2d(4, 4, 3, padding=6, dilation=6, padding_mode="reflect")):
+        with pytest.raises(ValueError, match="padded by its dilation"):
+            AtrousConv2d.like(wrong)
