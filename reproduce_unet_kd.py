@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from common.checks import Check, failed_lines, teacher_margin, write_checks
-from common.devices import autocast, pick_device
+from common.devices import autocast, cpu_supports_bf16, pick_device
 from common.em_data import EPFLMitochondria, Volume, fixed_crops, normalize, random_crops
 from common.errors import UserError, check_flags, refuse_ignored
 from common.losses import class_prior_loss, kd_kl_div, soft_cross_entropy, weighted_cross_entropy
@@ -337,6 +337,17 @@ def trains_in_bf16(k: int) -> bool:
     return k >= 16
 
 
+def unet_memory_format(k: int, device: torch.device, amp: bool) -> torch.memory_format:
+    """Channels-last, except for a wide U-Net (k >= 16) that trains in float32 on the CPU (--no-amp, or a CPU without
+    native bf16). Measured per model and precision (benchmarks/compare.py --only small): channels-last trains the
+    2-UNet at 0.79-0.96x the time of the contiguous format in float32 and the 64-UNet at 0.89-0.97x in bf16 (Xeon,
+    Zen 4, Zen 5; 0.92x to 1.13x in runs of 20 consecutive steps on the Zen 5, 2026-12-07: machine noise), but the
+    64-UNet at 1.03-1.05x in float32 on all three, and 1.06-1.17x in consecutive steps on the Zen 5: its
+    1024-channel 3x3 convolutions on 4x4 maps are bound by their weights, which oneDNN reorders."""
+    float32_on_cpu = device.type == "cpu" and not (amp and cpu_supports_bf16())
+    return torch.contiguous_format if k >= 16 and float32_on_cpu else torch.channels_last
+
+
 def learning_rate(cfg: Config, k: int) -> float:
     """Adam's rate for a k-UNet. Our choice: the 2- and 1-UNets only leave the class-prior plateau in a short run
     at a higher rate (default preset: lr 1e-3 left every distilled 2-UNet at IoU 0 after 3,000 iterations; 3e-3
@@ -395,11 +406,11 @@ class Lab:
 
     # ------------------------------------------------------------------ one model
     def new_unet(self, k: int, bn: bool, seed: int | None = None) -> UNet:
-        """A k-UNet initialised from ``seed`` (default the run's), its weights in channels-last memory format, which
-        trains the 2-UNet at 0.79x the time of a contiguous one in float32 (2-core AMD EPYC, 2026-12-06; README,
-        Benchmarks); ``trains_in_bf16`` says in which precision."""
+        """A k-UNet initialised from ``seed`` (default the run's), its weights in the memory format that trains it
+        fastest (``unet_memory_format``); ``trains_in_bf16`` says in which precision."""
         seed_everything(self.cfg.seed if seed is None else seed)
-        return UNet(k, batch_norm=bn).to(self.device, memory_format=torch.channels_last)
+        memory_format = unet_memory_format(k, self.device, self.cfg.amp)
+        return UNet(k, batch_norm=bn).to(self.device, memory_format=memory_format)
 
     def train_model(self, name: str, k: int, objective: str, *, bn: bool, iterations: int,
                     teacher: UNet | None = None, T: float = 1.0, lam: float = 0.0, seed: int | None = None,

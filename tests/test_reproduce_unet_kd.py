@@ -357,3 +357,17 @@ def test_soft_targets_come_from_the_teacher_in_its_fastest_precision(tmp_path, m
         seen.clear()
         targets = lab.soft_targets(Probe(1, 2, 1))
         assert targets.dtype == torch.float16 and seen and all(s is amp for s in seen)
+
+
+def test_unet_memory_format_is_channels_last_except_a_wide_unet_in_float32_on_the_cpu(monkeypatch):
+    """The --no-amp run, and a CPU without native bf16, train the 64-UNet in the contiguous format (faster there in
+    float32); every other case in channels-last."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native_bf16 in (True, False):
+        monkeypatch.setattr(script, "cpu_supports_bf16", lambda: native_bf16)
+        assert script.unet_memory_format(2, cpu, amp=True) == torch.channels_last
+        assert script.unet_memory_format(2, cpu, amp=False) == torch.channels_last
+        assert script.unet_memory_format(64, cpu, amp=False) == torch.contiguous_format
+        assert script.unet_memory_format(64, cpu, amp=True) == (torch.channels_last if native_bf16
+                                                                 else torch.contiguous_format)
+        assert script.unet_memory_format(64, cuda, amp=False) == torch.channels_last
