@@ -123,14 +123,20 @@ def inference_step(model: nn.Module, batch: int, size: int, device: torch.device
     return step
 
 
-def interleaved(candidates: list[Candidate], device: torch.device, warmup: int, repeats: int) -> None:
-    """Fill each candidate's ``seconds``: ``warmup`` untimed calls each, then ``repeats`` rounds of one call each."""
+def interleaved(candidates: list[Candidate], device: torch.device, warmup: int, repeats: int,
+                settle: int = 0) -> None:
+    """Fill each candidate's ``seconds``: ``warmup`` untimed calls each, then ``repeats`` rounds; in a round each
+    candidate makes ``settle`` untimed calls right before its one timed call. With ``settle`` a small network is timed
+    as a training run's consecutive steps run it: timed straight after the other candidates' steps (a 64-UNet's, an
+    ERFNet's), the 2-UNet's step took 34-45 ms against 11 ms in consecutive steps (2-core AMD EPYC, 2026-12-07)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for c in candidates:
         for _ in range(warmup):
             c.step()
     for _ in range(repeats):
         for c in candidates:
+            for _ in range(settle):
+                c.step()
             sync()
             start = time.perf_counter()
             c.step()
@@ -535,7 +541,7 @@ def main() -> None:
             print_table(f"{arch}, training", candidates, attainable, f"{arch}, torchvision, fp32")
     if "small" in args.only:
         candidates = small_candidates(device, precisions)
-        interleaved(candidates, device, args.warmup, args.repeats)
+        interleaved(candidates, device, args.warmup, args.repeats, settle=1)
         print_table("the scripts' small networks at their default shapes, training", candidates, attainable, None)
     if "int8" in args.only and device.type == "cpu":
         candidates = int8_candidates(args)
