@@ -339,11 +339,12 @@ def trains_in_bf16(k: int) -> bool:
 
 def unet_memory_format(k: int, device: torch.device, amp: bool) -> torch.memory_format:
     """Channels-last, except for a wide U-Net (k >= 16) that trains in float32 on the CPU (--no-amp, or a CPU without
-    native bf16). Measured per model and precision (benchmarks/compare.py --only small): channels-last trains the
-    2-UNet at 0.79-0.96x the time of the contiguous format in float32 and the 64-UNet at 0.89-0.97x in bf16 (Xeon,
-    Zen 4, Zen 5; 0.92x to 1.13x in runs of 20 consecutive steps on the Zen 5, 2026-12-07: machine noise), but the
-    64-UNet at 1.03-1.05x in float32 on all three, and 1.06-1.17x in consecutive steps on the Zen 5: its
-    1024-channel 3x3 convolutions on 4x4 maps are bound by their weights, which oneDNN reorders."""
+    native bf16). Measured per model and precision (benchmarks/compare.py --only small, 2-core AMD EPYC of family 26,
+    2026-12-07, each step timed right after an untimed one, as a training run's consecutive steps): channels-last
+    took 1.13x the time of the contiguous format for the 64-UNet in float32 (1.03-1.05x in the earlier round-robin
+    runs on a Xeon and two AMD EPYCs), 1.02x in bf16 (round-robin: 0.89-0.97x), 0.97x for the 2-UNet in float32.
+    The 64-UNet's 1024-channel 3x3 convolutions on 4x4 maps are bound by their weights, and in channels-last its
+    float32 step spent 44 ms copying tensors, against 1 ms contiguous (torch.profiler, batch 4 x 1 x 64 x 64)."""
     float32_on_cpu = device.type == "cpu" and not (amp and cpu_supports_bf16())
     return torch.contiguous_format if k >= 16 and float32_on_cpu else torch.channels_last
 
