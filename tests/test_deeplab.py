@@ -2,7 +2,6 @@
 the text of Section 5.1.2 and Figure 4.3; plus shapes, KSAC sharing and backbone-weight loading."""
 from __future__ import annotations
 
-import copy
 import functools
 import urllib.error
 
@@ -442,31 +441,22 @@ def test_atrous_convolutions_are_the_plain_ones(aspp, ksac, size, rates, channel
     in channels-last run the depthwise (DS, BTN) convolutions by sub-grids (space_to_batch_conv). The logits and
     every gradient are those of the same network with plain nn.Conv2d convolutions."""
     from common import atrous
-    from common.atrous import AtrousConv2d
+    from plain_convolutions import logits_and_gradients, with_plain_convolutions
 
     calls = []
     real = atrous.space_to_batch_conv
     monkeypatch.setattr(atrous, "space_to_batch_conv", lambda *a: calls.append(a[3]) or real(*a))
     torch.manual_seed(0)
     model = build_deeplabv3plus("mobilenet_v2", num_classes=3, aspp=aspp, ksac=ksac, atrous_rates=rates).train()
-    plain = copy.deepcopy(model)
-    swapped = [m for m in plain.modules() if isinstance(m, AtrousConv2d)]
-    assert len(swapped) >= (2 if ksac else 4)              # the ASPP's atrous convs and the decoder's
-    for module in swapped:
-        module.__class__ = torch.nn.Conv2d                  # same weights, every tap computed
+    plain, swapped = with_plain_convolutions(model)
+    assert swapped >= (2 if ksac else 4)                   # the ASPP's atrous convs and the decoder's
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(2, 3, size, size).contiguous(memory_format=memory_format)
-    outputs = []
-    for net in (model, plain):
-        torch.manual_seed(1)                                # the same dropout mask
-        logits = net.to(memory_format=memory_format)(x)
-        grads = torch.autograd.grad(logits.square().sum(), list(net.parameters()))
-        outputs.append((logits, grads))
-    (logits, grads), (plain_logits, plain_grads) = outputs
+    logits, grad = logits_and_gradients(model.to(memory_format=memory_format), x)
+    plain_logits, plain_grad = logits_and_gradients(plain.to(memory_format=memory_format), x)
     assert torch.allclose(logits, plain_logits, atol=1e-4)
     # float32 sums in another order: compare the whole gradient (some entries are ~0 in both, e.g. the bias of a
     # BatchNorm that a training-mode BatchNorm follows, so entry-wise relative errors mean nothing there)
-    grad, plain_grad = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in plain_grads])
     assert (grad - plain_grad).norm() <= 1e-5 * plain_grad.norm()
     depthwise = aspp != "ST" and channels_last               # rate 4 on 8x8: 2x2 sub-grids, left to oneDNN
     assert sorted(set(calls)) == ([(2, 2), (3, 3)] if depthwise else [])

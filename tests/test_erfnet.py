@@ -58,30 +58,22 @@ def test_dilated_convolutions_leave_out_padding_taps_and_change_no_number():
     """On 64x128 inputs the encoder's maps are 8x16: the dilation-8 3x1 and dilation-16 3x1 / 1x3 convolutions read
     only zero padding off their centre tap, and AtrousConv2d leaves those taps out. The logits and every gradient
     are those of the same network with plain nn.Conv2d convolutions."""
-    import copy
-
-    from common.atrous import AtrousConv2d
+    from plain_convolutions import logits_and_gradients, with_plain_convolutions
 
     torch.manual_seed(0)
     model = ERFNet(num_classes=4).double().train()    # float64: BatchNorm on a batch of 2 amplifies rounding
-    plain = copy.deepcopy(model)
-    swapped = [m for m in plain.modules() if isinstance(m, AtrousConv2d)]
-    assert len(swapped) == 16                               # the dilated pair of layers 9-16
-    for module in swapped:
-        module.__class__ = torch.nn.Conv2d                  # same weights, every tap computed
+    plain, swapped = with_plain_convolutions(model)
+    assert swapped == 16                                    # the dilated pair of layers 9-16
     x = torch.randn(2, 3, 64, 128, dtype=torch.float64)
-    outputs = []
-    for net in (model, plain):
-        torch.manual_seed(1)                                # the same dropout masks
-        logits = net(x)
-        outputs.append((logits, torch.autograd.grad(logits.square().sum(), list(net.parameters()))))
-    (logits, grads), (plain_logits, plain_grads) = outputs
+    logits, grad = logits_and_gradients(model, x)
+    plain_logits, plain_grad = logits_and_gradients(plain, x)
     assert torch.allclose(logits, plain_logits, rtol=0, atol=1e-9)
-    grad, plain_grad = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in plain_grads])
     assert (grad - plain_grad).norm() <= 1e-9 * plain_grad.norm()
     dilation_16 = model.block4[3].conv3x1_2            # the padding-only taps got no gradient
-    grad_16 = dict(zip([n for n, _ in model.named_parameters()], grads))["block4.3.conv3x1_2.weight"]
-    assert dilation_16.dilation == (16, 1) and grad_16[:, :, [0, 2]].abs().max() == 0
+    assert dilation_16.dilation == (16, 1) and dilation_16.weight.grad is None
+    torch.manual_seed(1)
+    model(x).square().sum().backward()
+    assert dilation_16.weight.grad[:, :, [0, 2]].abs().max() == 0
 
 
 def test_bf16_autocast_keeps_the_encoder_in_bf16():
