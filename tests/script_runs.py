@@ -4,6 +4,29 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import reproduce_deeplab_caspp
+import reproduce_fcn_kd
+import reproduce_intra_kd
+import reproduce_qkd
+import reproduce_unet_kd
+
+SCRIPT_MODULES = {"unet": reproduce_unet_kd, "fcn": reproduce_fcn_kd, "deeplab": reproduce_deeplab_caspp,
+                  "qkd": reproduce_qkd, "intra": reproduce_intra_kd}
+
+# Each script's command line at small sizes (images, crops, batch; unet and deeplab at one iteration a job): what
+# the bad-input tests add their one wrong flag to. Not all are quick whole runs: qkd, fcn and intra keep their
+# default iteration counts.
+SMALLEST_RUNS = {
+    "unet": ["--iterations", "1", "--teacher-iterations", "1", "--batch-size", "2"],
+    "fcn": ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
+            "--pretrain-images", "4", "--profile-size", "32"],
+    "deeplab": ["--iterations", "1", "--batch-size", "2", "--crop", "64", "--train-images", "2", "--val-images", "1",
+                "--image-size", "64"],
+    "qkd": ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
+            "--no-int8"],
+    "intra": ["--height", "32", "--width", "64", "--train-images", "4", "--val-images", "2", "--batch-size", "2"],
+}
+
 
 def tiny(tmp_path: Path, *args: str, out: str = "run") -> list[str]:
     """A script's command line for a test: ``args``, its own run folder and cache under ``tmp_path``, on the CPU."""

@@ -15,27 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import reproduce_deeplab_caspp
 import reproduce_fcn_kd
 import reproduce_intra_kd
 import reproduce_qkd
-import reproduce_unet_kd
 from common.filecheck import VERDICTS_FILE
 from common.runs import run_main, save_weights
 from common.unet import UNet
-from script_runs import tiny, without
+from script_runs import SCRIPT_MODULES, SMALLEST_RUNS, tiny, without
 
-SCRIPTS = {
-    "unet": (reproduce_unet_kd, ["--iterations", "1", "--teacher-iterations", "1", "--batch-size", "2"]),
-    "fcn": (reproduce_fcn_kd, ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2",
-                               "--batch-size", "2", "--pretrain-images", "4", "--profile-size", "32"]),
-    "deeplab": (reproduce_deeplab_caspp, ["--iterations", "1", "--batch-size", "2", "--crop", "64",
-                                          "--train-images", "2", "--val-images", "1", "--image-size", "64"]),
-    "qkd": (reproduce_qkd, ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2",
-                            "--batch-size", "2", "--no-int8"]),
-    "intra": (reproduce_intra_kd, ["--height", "32", "--width", "64", "--train-images", "4", "--val-images", "2",
-                                   "--batch-size", "2"]),
-}
+SCRIPTS = {name: (SCRIPT_MODULES[name], flags) for name, flags in SMALLEST_RUNS.items()}
 
 
 def files_under(folder: Path) -> set[Path]:
