@@ -383,7 +383,8 @@ class Config(RunOptions):
 PRESETS = {
     # A 2-core CPU: the 6 output-stride-16 rows of Table 5.1 at the thesis's 256-px crops with the atrous rates
     # halved (so that the rate-6 and rate-12 branches read features; docstring), heads trained on a fixed backbone
-    # whose features are computed once per input (see the docstring): 6.7 minutes alone with an empty cache (README).
+    # whose features are computed once per input (see the docstring): 7.5 minutes alone with an empty cache in bf16,
+    # 11.0 with --no-amp (2-core AMD EPYC, Zen 4, 2026-12-07, commit a325519; README).
     "default": {},
     # The thesis's settings where it gives them; batch, iterations, weight decay are our choices (docstring).
     "paper": dict(crop=256, batch_size=16, iterations=30_000, backbone_init="imagenet", backbone_lr=0.001, repeats=2,

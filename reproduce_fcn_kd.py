@@ -213,11 +213,12 @@ FLAGS = WeightFlags(network_file="--teacher-checkpoint", network_download="--tea
                     backbone_file="--backbone-weights", backbone_download="--backbone-init imagenet")
 
 PRESETS = {
-    # A 2-core CPU, synthetic data: experiment B in 8.3 minutes alone with an empty cache (2026-12-05; README), A
-    # in about 8.5. The students train 20 epochs of 6 iterations where the report's train 3,660 iterations. At the
-    # report's rates their fresh heads stayed near the all-background prediction in so few steps (a first run, at 4
-    # iterations per epoch and crop 48: 3.5 mIoU distilled, 5.6 alone), so the default preset trains the head at 10x
-    # the report's rate and keeps the (stand-in) backbone fixed, which also skips the backbone's backward pass.
+    # A 2-core CPU, synthetic data: experiment B in 9.5 minutes alone with an empty cache in bf16, 14.5 with --no-amp
+    # (AMD EPYC, Zen 4, 2026-12-07, commit a325519; README), A in about 8.5 (2026-12-05). The students train 20
+    # epochs of 6 iterations where the report's train 3,660 iterations. At the report's rates their fresh heads
+    # stayed near the all-background prediction in so few steps (a first run, at 4 iterations per epoch and crop
+    # 48: 3.5 mIoU distilled, 5.6 alone), so the default preset trains the head at 10x the report's rate and keeps
+    # the (stand-in) backbone fixed, which also skips the backbone's backward pass.
     "default": {},
     # The report's settings (Section III); what it leaves open as in the docstring.
     "paper": dict(a_epochs=30, a_teacher_epochs=30, a_teacher_batch_size=128, a_train_images=50_000,
