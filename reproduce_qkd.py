@@ -501,8 +501,10 @@ class Experiment:
         returned row holds its final optimizer and scheduler in ``info``. Mixed precision: float32 weights, the
         forward pass in bfloat16 autocast on CPUs that have it natively (AMP on GPUs; --no-amp: float32); "fp32" in
         the rows' labels is the 32/32 bits of the weights and activations the row keeps, next to the quantized rows,
-        which train in float32 (fake quantization on a bf16 grid would not be the b-bit grid). Validation runs in
-        float32, as for every row."""
+        which train in float32 under --amp too: autocast would cast their fake-quantized weights to bf16, whose 8
+        significant bits move 8-bit levels by up to a step (a bucket spanning [1, 2] keeps 129 of its 256 levels;
+        the default student's weights move by up to 0.39 of a step, tests/test_polino_quantizer.py), so they would
+        no longer be the b-bit grid the rows are named for. Validation runs in float32, as for every row."""
         cfg, session = self.cfg, self.session
         student = student.to(self.device)
         optimizer, scheduler = adam(student.parameters(), cfg)
@@ -873,7 +875,8 @@ def write_table(exp: Experiment, teacher: Trained, pretrained: Trained, rows: di
         f"self-studying {cfg.self_study}, co-studying {cfg.co_study}, tutoring {cfg.tutor}; phases from QKD [6], "
         f"not from the report)" + ("." if qkd_total == cfg.iterations else
                                    " -- NOT as long as the fp32 rows: compare them with care.") +
-        f" fp32 rows: float32 weights, trained in {exp.float_rows_precision()}; quantized rows in float32.",
+        f" fp32 rows: float32 weights, trained in {exp.float_rows_precision()}; quantized rows in float32 "
+        f"(bf16 would move 8-bit weight levels by up to a step).",
         f"loss (Section 3.1): CE + {cfg.pixel_weight:g} T^2 KL(p_T || p_S) (pixel-wise) + {cfg.pair_weight:g} l_pa "
         f"(pair-wise), T = {cfg.T:g}; weights and T are Liu et al.'s, the report gives none. Pair-wise on the "
         f"teacher's DeepLab head (ASPP + 3x3 conv, 256 channels, stride 8) and the student's stride-8 decoder "

@@ -87,3 +87,41 @@ def test_fake_quantize_model_with_polino_quantizes_weights_only() -> None:
     assert isinstance(strip_fake_quantization(q)[1], nn.Conv2d)
     # bytes: 144 weights at 2 bits = 36 bytes, 9 buckets of 16 x (min, max) x 4 bytes = 72, bias 16
     assert quantized_weight_bytes(nn.Sequential(q[1])) == 36 + 72 + 16
+
+
+# ------------------------------------------------------------------------- why the fake-quantized rows stay float32
+def bf16_error_in_steps(w: torch.Tensor, bits: int, bucket_size: int = 256) -> torch.Tensor:
+    """|bf16(q) - q| of Polino et al.'s quantized weights q, in units of each bucket's step (max - min) / (2^b - 1):
+    how far bf16 autocast, which casts a convolution's weight to bf16, would move a weight off its b-bit level."""
+    q = polino_quantize(w, bits, bucket_size).detach().reshape(-1)
+    flat = w.detach().reshape(-1)
+    buckets = torch.cat([flat, flat[-1:].expand(-flat.numel() % bucket_size)]).reshape(-1, bucket_size)
+    step = ((buckets.amax(1) - buckets.amin(1)) / (2 ** bits - 1)).repeat_interleave(bucket_size)[:flat.numel()]
+    return (q.bfloat16().float() - q).abs() / step
+
+
+def test_bf16_keeps_only_every_other_8_bit_level_of_a_bucket_in_1_to_2() -> None:
+    # reproduce_qkd.py trains its fake-quantized rows in float32 under --amp too. By hand: a bucket spanning [1, 2]
+    # has 8-bit levels 1 + k/255; bf16 holds 8 significant bits, so in [1, 2) its spacing is 1/128, two steps:
+    # the 256 levels round onto 129 values (k/255 * 128 rounded: every integer 0..128), some moved by ~1 step
+    levels = 1 + torch.arange(256) / 255
+    q = polino_quantize(levels, 8, bucket_size=256)
+    assert q.unique().numel() == 256 and q.bfloat16().unique().numel() == 129
+    assert bf16_error_in_steps(levels, 8).max() > 0.99
+    # 4 bits, levels 1 + k/15: 16 values in bf16 too, each at most half a bf16 spacing (1/256 = 15/256 steps) off
+    levels = 1 + torch.arange(16) / 15
+    assert polino_quantize(levels, 4, bucket_size=16).bfloat16().unique().numel() == 16
+    assert bf16_error_in_steps(levels, 4, bucket_size=16).max() <= 15 / 256 + 1e-6
+
+
+def test_bf16_moves_the_default_students_8_bit_weights_off_their_grid() -> None:
+    # source 000's student (Buda et al.'s U-Net, k = 32) as initialised: cast to bf16, its Polino-quantized 3x3
+    # weights move by up to ~0.4 of an 8-bit step (about 5% of them by over a quarter), not by 4-bit ones (0.02)
+    from common.unet import UNet
+
+    torch.manual_seed(0)
+    weights = [p for p in UNet(k=32, in_channels=3, num_classes=21, conv_bias=False).parameters() if p.dim() == 4]
+    eight = torch.cat([bf16_error_in_steps(w, 8) for w in weights])
+    four = torch.cat([bf16_error_in_steps(w, 4) for w in weights])
+    assert eight.max() > 0.3 and (eight > 0.25).float().mean() > 0.02
+    assert four.max() < 0.05

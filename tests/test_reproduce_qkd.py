@@ -229,10 +229,28 @@ SMOKE = [*without(NO_INT8, "--train-images", "--val-images", "--pretrain-iterati
          "--train-images", "2", "--val-images", "1", "--pretrain-iterations", "1", "--iterations", "1"]
 
 
-def test_a_tiny_run_without_int8(tmp_path, capsys) -> None:
+def test_a_tiny_run_without_int8(tmp_path, capsys, monkeypatch) -> None:
     """The fast tier's one end-to-end run (one iteration a job): teacher, pre-training, the fp32 rows, QAT and QKD
-    at 4 bits."""
+    at 4 bits. On a CPU with native bf16 (forced here) the float students train under bf16 autocast and the
+    fake-quantized ones in float32 (bf16 would move their weights off the b-bit grid: test_polino_quantizer.py)."""
+    from common import devices
+    from common.quantization import QuantConv2d
+    from common.unet import UNet
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(script, "cpu_supports_bf16", lambda: True)
+    autocast_in_training = {"float": set(), "fake-quantized": set()}
+    forward = UNet.forward
+
+    def recording(self, *args, **kwargs):
+        if self.training:
+            kind = "fake-quantized" if any(isinstance(m, QuantConv2d) for m in self.modules()) else "float"
+            autocast_in_training[kind].add(torch.is_autocast_enabled("cpu"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet, "forward", recording)
     script.main(tiny(tmp_path, *SMOKE))
+    assert autocast_in_training == {"float": {True}, "fake-quantized": {False}}
     run = tmp_path / "run"
     names = [r["model"] for r in read_results(run)]
     assert names[0].startswith("DeepLabV3-ResNet50 (teacher") and len(names) == 2 + 4 + 3
