@@ -503,8 +503,8 @@ class Experiment:
         the rows' labels is the 32/32 bits of the weights and activations the row keeps, next to the quantized rows,
         which train in float32 under --amp too: autocast would cast their fake-quantized weights to bf16, whose 8
         significant bits move 8-bit levels by up to a step (a bucket spanning [1, 2] keeps 129 of its 256 levels;
-        the default student's weights move by up to 0.39 of a step, tests/test_polino_quantizer.py), so they would
-        no longer be the b-bit grid the rows are named for. Validation runs in float32, as for every row."""
+        the default student's initial weights move by up to 0.39 of a step, tests/test_polino_quantizer.py), so they
+        would no longer be the b-bit grid the rows are named for. Validation runs in float32, as for every row."""
         cfg, session = self.cfg, self.session
         student = student.to(self.device)
         optimizer, scheduler = adam(student.parameters(), cfg)

@@ -102,7 +102,7 @@ def bf16_error_in_steps(w: torch.Tensor, bits: int, bucket_size: int = 256) -> t
 
 def test_bf16_keeps_only_every_other_8_bit_level_of_a_bucket_in_1_to_2() -> None:
     # reproduce_qkd.py trains its fake-quantized rows in float32 under --amp too. By hand: a bucket spanning [1, 2]
-    # has 8-bit levels 1 + k/255; bf16 holds 8 significant bits, so in [1, 2) its spacing is 1/128, two steps:
+    # has 8-bit levels 1 + k/255; bf16 holds 8 significant bits, so in [1, 2) its spacing is 1/128, about two steps:
     # the 256 levels round onto 129 values (k/255 * 128 rounded: every integer 0..128), some moved by ~1 step
     levels = 1 + torch.arange(256) / 255
     q = polino_quantize(levels, 8, bucket_size=256)
