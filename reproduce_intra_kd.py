@@ -106,8 +106,8 @@ How the default miniature is scaled from the paper, and why (issue 16: a miniatu
   * Timing (README): the whole default run, teacher included, took 6.3 minutes alone on a 2-core Intel Xeon with
     AMX in bf16 autocast (10.3 with --no-amp, float32; 2026-12-06, commit b608c3f), 4.5 on a 2-core AMD EPYC of
     family 26 (6.4 with --no-amp; 2026-12-07, commits e5890be / 6b74533), 9.0 on one of family 25 (13.2 with
-    --no-amp; 2026-12-07, commit a325519), 11.0 on a 2-core AMD EPYC before the
-    students, the fused optimizers and the ASPP's padding taps were changed (2026-12-05).
+    --no-amp; 2026-12-07, commit a325519), 11.0 on a 2-core AMD EPYC before the students, the fused optimizers and
+    the ASPP's padding taps were changed (2026-12-05).
 
 Run: python reproduce_intra_kd.py [--preset paper] [--data-root DIR --dataset apolloscape|culane]  (see --help)
 """

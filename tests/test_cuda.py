@@ -2,9 +2,8 @@
 in CI; on a machine with one, ``pytest tests/test_cuda.py`` runs each script's whole run at toy size
 (``QUICK_RUNS``) on it and checks that its networks ran there under mixed precision -- bf16 autocast where the GPU
 computes bf16, else fp16 with the gradient scaler of ``common.training`` -- and that ``--no-amp`` leaves them in
-float32; and that
-``benchmarks/compare.py`` runs its small-network and distillation tables on the GPU. The CPU's own fallback
-(no native bf16: float32) is tested in test_training.py and test_reproduce_unet_kd.py."""
+float32; and that ``benchmarks/compare.py`` runs its small-network and distillation tables on the GPU. The CPU's
+own fallback (no native bf16: float32) is tested in test_training.py and test_reproduce_unet_kd.py."""
 from __future__ import annotations
 
 import json
