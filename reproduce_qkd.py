@@ -345,13 +345,15 @@ def student_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
     return out[0], out[1]
 
 
-def teacher_outputs(teacher: nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A frozen teacher's (logits, pair-wise feature: its DeepLab head after ASPP and the 3x3 conv), computed in the
-    fastest precision (bf16 autocast on CPUs with native bf16, AMP on GPUs; --no-amp: float32) and returned in
-    float32 (a weak teacher's logits overflow float16)."""
+def teacher_outputs(teacher: nn.Module, x: torch.Tensor, amp: bool,
+                    backbone_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frozen teacher's (logits, pair-wise feature: its DeepLab head after ASPP and the 3x3 conv) from its
+    backbone's output for ``x`` (``Experiment.fixed_backbone``), computed in the fastest precision (bf16 autocast on
+    CPUs with native bf16, AMP on GPUs; --no-amp: float32) and returned in float32 (a weak teacher's logits
+    overflow float16)."""
     with torch.no_grad(), autocast(x.device, amp, cpu_bf16=True):
-        logits, features = teacher(x, return_features=True)
-    return logits.float(), features["head"].float()
+        logits, head = teacher.head_forward(backbone_out, x.shape[-2:])
+    return logits.float(), head.float()
 
 
 # =============================================================================================== the experiment
@@ -389,6 +391,7 @@ class Experiment:
         self.results: ResultsCSV | None = None
         self.session: Session | None = None
         self.memo = OutputMemo()     # the frozen teacher's outputs by step, shared by the fp32 distillation rows
+        self.backbone_memo = OutputMemo()   # its backbone's, for the co-studied teachers (``fixed_backbone``)
 
     # ------------------------------------------------------------------ the whole run, as Sections 3-4
     def run_all(self, run: RunDir) -> None:
@@ -519,7 +522,8 @@ class Experiment:
             logits, feat = student_outputs(student, x)
             if teacher is None:
                 return weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX), {}
-            t_logits, t_feat = self.memo(start_step + step, lambda: teacher_outputs(teacher, x, cfg.amp), self.device)
+            t_logits, t_feat = self.memo(start_step + step, lambda: self.frozen_outputs(teacher, x, start_step + step),
+                                         self.device)
             return distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y,
                                      cfg.pixel_weight if pixel else 0.0, cfg.pair_weight if pair else 0.0, cfg.T,
                                      cfg.patch)
@@ -623,8 +627,9 @@ class Experiment:
 
     def co_study(self, name: str, student: nn.Module, teacher: nn.Module, start_step: int) -> Trained:
         """QKD's co-studying (``co_study_loss``): student and teacher train together. --co-study-teacher head: the
-        teacher's backbone stays fixed (and in eval mode). The fake-quantized student computes in float32; the
-        teacher, as in its own training, in bfloat16 autocast on CPUs that have it natively (``teacher_in_bf16``)."""
+        teacher's backbone stays fixed (and in eval mode), and its output is the frozen teacher's, computed once
+        (``fixed_backbone``). The fake-quantized student computes in float32; the teacher, as in its own training,
+        in bfloat16 autocast on CPUs that have it natively (``teacher_in_bf16``)."""
         cfg, session = self.cfg, self.session
         head_only = cfg.co_study_teacher == "head"
         teacher.train().requires_grad_(True)
@@ -640,10 +645,14 @@ class Experiment:
                 teacher.backbone.eval()              # fixed backbone: its BatchNorm statistics too
             x, y = stream(step)
             s_logits, s_feat = student_outputs(student, x)
+            backbone_out = self.fixed_backbone(teacher, x, start_step + step) if head_only else None
             with autocast(x.device, self.teacher_in_bf16(), cpu_bf16=True):
-                t_logits, t_features = teacher(x, return_features=True)
-            return co_study_loss(s_logits.float(), s_feat.float(), t_logits.float(), t_features["head"].float(), y,
-                                 cfg)
+                if head_only:
+                    t_logits, t_head = teacher.head_forward(backbone_out, x.shape[-2:])
+                else:
+                    t_logits, t_features = teacher(x, return_features=True)
+                    t_head = t_features["head"]
+            return co_study_loss(s_logits.float(), s_feat.float(), t_logits.float(), t_head.float(), y, cfg)
 
         return train(pair, optimizer, loss_fn, cfg.co_study, session=session, name=name,
                      evaluate=lambda: self.validate(student, device=self.device), eval_every=cfg.eval_every,
@@ -653,7 +662,8 @@ class Experiment:
                  iterations: int, memo: bool = False) -> Trained:
         """QKD's tutoring: the teacher frozen, the quantized student distilled with Section 3.1's loss, on
         ``session``'s device (the int8 row's is the CPU). ``memo``: the tutor is the run's frozen teacher, whose
-        outputs self.memo holds; QKD's tutors are not (each bit width has its own co-studied tutor)."""
+        outputs self.memo holds; QKD's tutors are not (each bit width has its own co-studied tutor), but under
+        --co-study-teacher head their backbone's output is (``fixed_backbone``)."""
         cfg = self.cfg
         optimizer, scheduler = adam(student.parameters(), cfg)
         stream = training_batches(self.load, len(self.train_set), iterations, batch_size=cfg.batch_size,
@@ -662,17 +672,42 @@ class Experiment:
         def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
             x, y = stream(step)
             logits, feat = student_outputs(student, x)
+            at = start_step + step
             if memo:
-                t_logits, t_feat = self.memo(start_step + step, lambda: teacher_outputs(tutor, x, cfg.amp),
-                                             session.device)
+                t_logits, t_feat = self.memo(at, lambda: self.frozen_outputs(tutor, x, at), session.device)
             else:
-                t_logits, t_feat = teacher_outputs(tutor, x, cfg.amp)
+                t_logits, t_feat = self.frozen_outputs(tutor, x, at)
             return distillation_loss(logits.float(), feat.float(), t_logits, t_feat, y, cfg.pixel_weight,
                                      cfg.pair_weight, cfg.T, cfg.patch)
 
         return train(student, optimizer, loss_fn, iterations, session=session, name=name,
                      evaluate=lambda: self.validate(student, device=session.device), eval_every=cfg.eval_every,
                      scheduler=scheduler, start_step=start_step, amp=False)
+
+    def frozen_outputs(self, teacher: nn.Module, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``teacher_outputs`` of a frozen teacher (the run's, or a tutor after co-studying) for the batch of
+        ``step``, its backbone's part through ``fixed_backbone``."""
+        return teacher_outputs(teacher, x, self.cfg.amp, self.fixed_backbone(teacher, x, step))
+
+    def fixed_backbone(self, teacher: nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
+        """layer4's output for the batch ``x`` of ``step``, computed once and reused where it cannot change (the
+        issue's "frozen parts cost a forward only"). Under --co-study-teacher head, QKD's co-studied teachers keep
+        the run's teacher's backbone as it is (weights and BatchNorm statistics, eval mode), so for a given batch
+        their backbone's output is the frozen teacher's: it is kept for the steps at which they co-study and tutor,
+        the same steps as the fp32 rows' (which compute it first), and serves both bit widths: 80 ResNet-50
+        forwards of the default run. Computed, like all of a frozen teacher's work, in the fastest precision (bf16
+        autocast on CPUs with native bf16, AMP on GPUs; --no-amp: float32); so on a GPU the co-studied heads read
+        an AMP backbone output, as the frozen teacher's head does. Under --co-study-teacher all the backbone trains:
+        nothing is kept."""
+        cfg = self.cfg
+        first = cfg.pretrain_iterations + cfg.self_study
+        kept = cfg.co_study_teacher == "head" and first <= step < first + cfg.co_study + cfg.tutor
+
+        def compute() -> tuple[torch.Tensor]:
+            with torch.no_grad(), autocast(x.device, cfg.amp, cpu_bf16=True):
+                return (teacher.backbone(x)["out"],)
+
+        return self.backbone_memo(step if kept else None, compute, x.device)[0]
 
     # ------------------------------------------------------------------ a real int8 model
     def train_int8(self, rows: dict, tutors: dict, teacher: nn.Module) -> Trained:

@@ -119,14 +119,21 @@ class TorchvisionSegmenter(nn.Module):
         output before its last 1x1 conv} (for DeepLabV3: after ASPP and the 3x3 conv; for FCN: after the 3x3 conv
         and, in training mode, its dropout).
         """
-        backbone_out = head_out = self.net.backbone(x)["out"]
-        *head, last = self.net.classifier  # slicing FCNHead / DeepLabHead would call their constructors
-        for layer in head:
-            head_out = layer(head_out)
-        logits = F.interpolate(last(head_out), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        backbone_out = self.net.backbone(x)["out"]
+        logits, head_out = self.head_forward(backbone_out, x.shape[-2:])
         if return_features:
             return logits, {"backbone": backbone_out, "head": head_out}
         return logits
+
+    def head_forward(self, backbone_out: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The classifier on layer4's output ``backbone_out``: (logits upsampled to ``size``, the head's features
+        before its last 1x1 conv), as ``forward`` computes them; for a fixed backbone whose output is computed once
+        and reused (reproduce_qkd.py's co-studied teachers)."""
+        head_out = backbone_out
+        *head, last = self.net.classifier  # slicing FCNHead / DeepLabHead would call their constructors
+        for layer in head:
+            head_out = layer(head_out)
+        return F.interpolate(last(head_out), size=size, mode="bilinear", align_corners=False), head_out
 
 
 # ------------------------------------------------------------------------------------------------ reading weights

@@ -218,6 +218,37 @@ def test_the_continuation_goes_on_with_the_pretrainings_optimizer_and_scheduler(
     assert reread["scheduler"]["last_epoch"] == scheduler.last_epoch
 
 
+@pytest.mark.parametrize("co_study_teacher", ["head", "all"])
+def test_the_fixed_backbone_runs_once_a_step_for_every_co_studied_teacher(tmp_path, co_study_teacher) -> None:
+    """Under --co-study-teacher head the tutors keep the teacher's backbone: its output for a co-studying or
+    tutoring step is computed once and serves every copy, with the teacher's own numbers; other steps, and every
+    step under 'all' (the backbone trains), compute it each time."""
+    import dataclasses
+
+    from common.devices import autocast
+    from common.segmentation_models import build_segmenter
+    from common.teachers import freeze
+
+    cfg, _ = script.parse_args(tiny(tmp_path, *SMOKE, "--co-study-teacher", co_study_teacher))
+    cfg = dataclasses.replace(cfg, pretrain_iterations=3, self_study=2, co_study=1, tutor=1)
+    exp = script.Experiment(cfg, torch.device("cpu"))
+    teacher = freeze(build_segmenter("deeplabv3_resnet50", 21))
+    calls = []
+    teacher.backbone.register_forward_pre_hook(lambda module, args: calls.append(1))   # copies keep the hook
+    tutors = [copy.deepcopy(teacher) for _ in range(2)]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), autocast(x.device, cfg.amp, cpu_bf16=True):     # the precision of a frozen teacher
+        logits, features = teacher(x, return_features=True)
+    for step in range(3, 8):                         # co-studying and tutoring: steps 5 and 6
+        before = len(calls)
+        outputs = [exp.frozen_outputs(model, x, step) for model in (teacher, *tutors)]
+        kept = co_study_teacher == "head" and step in (5, 6)
+        assert len(calls) - before == (1 if kept else 3)
+        for t_logits, t_head in outputs:
+            assert torch.equal(t_logits, logits.float()) and torch.equal(t_head, features["head"].float())
+    assert len(exp.backbone_memo._kept) == (2 if co_study_teacher == "head" else 0)
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 SMALL = ["--image-size", "32", "--crop", "32", "--train-images", "4", "--val-images", "2", "--batch-size", "2",
          "--pretrain-iterations", "2", "--iterations", "2", "--eval-every", "1", "--self-study", "1",

@@ -324,6 +324,28 @@ def test_atrous_conv_leaving_out_padding_taps_is_the_full_convolution(size, kern
         assert weight_grad[:, :, :, [0, 2]].abs().max() == 0
 
 
+@pytest.mark.parametrize("rows, cols", [(slice(1, 2), slice(1, 2)), (slice(1, 2), slice(None)),
+                                        (slice(None), slice(1, 2))])
+def test_kernel_part_has_the_slices_gradient_in_the_weights_layout(rows, cols):
+    """The taps of a channels-last kernel: the same values and gradient as slicing, exactly, with the gradient
+    channels-last like the weight; a kernel used twice (KSAC shares one) gets both gradients added."""
+    from common.atrous import kernel_part
+
+    torch.manual_seed(0)
+    weight = torch.randn(5, 6, 3, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight.requires_grad_()
+    g1, g2 = torch.randn_like(weight[:, :, rows, cols]), torch.randn_like(weight[:, :, rows, cols])
+    part = kernel_part(weight, rows, cols)
+    assert torch.equal(part, weight[:, :, rows, cols]) and part.data_ptr() != weight.data_ptr()
+    (got,) = torch.autograd.grad((part * g1).sum() + (kernel_part(weight, rows, cols) * g2).sum(), weight)
+    (expected,) = torch.autograd.grad((weight[:, :, rows, cols] * (g1 + g2)).sum(), weight)
+    assert torch.equal(got, expected)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    outside = got.clone()
+    outside[:, :, rows, cols] = 0
+    assert got[:, :, rows, cols].abs().min() > 0 and outside.abs().max() == 0
+
+
 @pytest.mark.parametrize("channels, groups, out, size, dilation", [
     (8, 8, 8, (16, 16), 3), (6, 6, 6, (13, 19), 4), (6, 6, 12, (20, 9), 3), (4, 1, 5, (17, 17), 2),
     (3, 3, 3, (5, 5), 6)])
