@@ -296,8 +296,9 @@ class Config(RunOptions):
 
 
 PRESETS = {
-    # A 2-core CPU: 11.6 minutes alone on synthetic 64x64 scenes with an empty teacher cache in bf16, 14.1 with
-    # --no-amp (AMD EPYC, Zen 4, 2026-12-07, commit a325519; README), most of it the ResNet-50 teacher's 800 iterations.
+    # A 2-core CPU: 10.5-11.8 minutes alone on synthetic 64x64 scenes with an empty teacher cache in bf16, 13.5-14.6
+    # with --no-amp (AMD EPYC, Zen 4, 2026-12-07, commit 64cbad8, two runs each; README), most of it the ResNet-50
+    # teacher's 800 iterations.
     # The students' budgets are tiny next to the report's 1000 epochs; they learn the frequent classes only.
     "default": {},
     # The report's settings (Section 4); batch, weights, phase lengths and patience are our choices (docstring). The
@@ -346,12 +347,14 @@ def student_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def teacher_outputs(teacher: nn.Module, x: torch.Tensor, amp: bool,
-                    backbone_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A frozen teacher's (logits, pair-wise feature: its DeepLab head after ASPP and the 3x3 conv) from its
-    backbone's output for ``x`` (``Experiment.fixed_backbone``), computed in the fastest precision (bf16 autocast on
-    CPUs with native bf16, AMP on GPUs; --no-amp: float32) and returned in float32 (a weak teacher's logits
-    overflow float16)."""
+                    backbone_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frozen teacher's (logits, pair-wise feature: its DeepLab head after ASPP and the 3x3 conv) for ``x``,
+    computed in the fastest precision (bf16 autocast on CPUs with native bf16, AMP on GPUs; --no-amp: float32) and
+    returned in float32 (a weak teacher's logits overflow float16). ``backbone_out``: its backbone's output for
+    ``x`` where already computed (``Experiment.fixed_backbone``); without it the whole teacher runs."""
     with torch.no_grad(), autocast(x.device, amp, cpu_bf16=True):
+        if backbone_out is None:
+            backbone_out = teacher.backbone(x)["out"]
         logits, head = teacher.head_forward(backbone_out, x.shape[-2:])
     return logits.float(), head.float()
 
@@ -690,12 +693,12 @@ class Experiment:
         return teacher_outputs(teacher, x, self.cfg.amp, self.fixed_backbone(teacher, x, step))
 
     def fixed_backbone(self, teacher: nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
-        """layer4's output for the batch ``x`` of ``step``, computed once and reused where it cannot change (the
-        issue's "frozen parts cost a forward only"). Under --co-study-teacher head, QKD's co-studied teachers keep
-        the run's teacher's backbone as it is (weights and BatchNorm statistics, eval mode), so for a given batch
-        their backbone's output is the frozen teacher's: it is kept for the steps at which they co-study and tutor,
-        the same steps as the fp32 rows' (which compute it first), and serves both bit widths: 80 ResNet-50
-        forwards of the default run. Computed, like all of a frozen teacher's work, in the fastest precision (bf16
+        """layer4's output for the batch ``x`` of ``step``, computed once and reused where it cannot change: a frozen
+        part costs one forward pass. Under --co-study-teacher head, QKD's co-studied teachers keep the run's
+        teacher's backbone as it is (weights and BatchNorm statistics, eval mode), so for a given batch their
+        backbone's output is the frozen teacher's: it is kept for the steps at which they co-study and tutor, the
+        same steps as the fp32 rows' (which compute it first), and serves both bit widths: 80 ResNet-50 forwards
+        fewer in the default run. Computed, like all of a frozen teacher's work, in the fastest precision (bf16
         autocast on CPUs with native bf16, AMP on GPUs; --no-amp: float32); so on a GPU the co-studied heads read
         an AMP backbone output, as the frozen teacher's head does. Under --co-study-teacher all the backbone trains:
         nothing is kept."""

@@ -247,6 +247,10 @@ def test_the_fixed_backbone_runs_once_a_step_for_every_co_studied_teacher(tmp_pa
         for t_logits, t_head in outputs:
             assert torch.equal(t_logits, logits.float()) and torch.equal(t_head, features["head"].float())
     assert len(exp.backbone_memo._kept) == (2 if co_study_teacher == "head" else 0)
+    before = len(calls)
+    alone = script.teacher_outputs(teacher, x, cfg.amp)              # no backbone output given: the whole teacher
+    assert len(calls) - before == 1
+    assert torch.equal(alone[0], logits.float()) and torch.equal(alone[1], features["head"].float())
 
 
 # ----------------------------------------------------------------------------------------------- end to end
