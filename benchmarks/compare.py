@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from common.deeplab import DeepLabV3Plus  # noqa: E402
 from common.devices import cpu_supports_bf16, pick_device  # noqa: E402
 from common.profiler import count_macs  # noqa: E402
 from common.segmentation_models import TorchvisionSegmenter  # noqa: E402
+from timing import cpu_name  # noqa: E402
 
 NUM_CLASSES = 21
 TABLES = ("attainable", "deeplab", "distill", "torchvision", "small", "int8")
@@ -477,14 +477,6 @@ def machine_line(device: torch.device) -> str:
         commit = "unknown"
     return (f"{datetime.date.today()}, {name}, {torch.get_num_threads()} threads of {os.cpu_count()} cores, "
             f"torch {torch.__version__}, commit {commit}")
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "CPU"
 
 
 def main() -> None:

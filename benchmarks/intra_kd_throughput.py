@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Speed of reproduce_intra_kd.py's training steps (images/s): the ERFNet student with each row's loss, and the
-DeepLabV3-ResNet101 teacher, in fp32 and (on CPUs with native bfloat16) in bf16. The students train as the script
-trains them: bf16 autocast on CPUs with native bf16 (--no-amp: float32; the AT row always), channels-last.
+DeepLabV3 teacher (the default preset's ResNet-50; --teacher-arch deeplabv3_resnet101 the talk's), in fp32 and (on
+CPUs with native bfloat16) in bf16. The students train as the script trains them: bf16 autocast on CPUs with native
+bf16 (AMP on a GPU; --no-amp: float32), channels-last.
 
 Each student step is forward + backward + Adam of ERFNet with the script's ``student_loss``, optimizer and loss
 weights (its default preset's ``Config``); the teacher's head features (the script's ``teacher_outputs``) are either
@@ -9,7 +10,8 @@ computed on every batch or, as the script does, once per batch for all students 
 upsampling run per step). Speeds are measurements, not tests.
 
     python benchmarks/intra_kd_throughput.py                    # the default preset: batch 8 of 64x128
-    python benchmarks/intra_kd_throughput.py --height 384 --width 768 --batch-size 12   # paper preset, on a GPU
+    python benchmarks/intra_kd_throughput.py --height 384 --width 768 --batch-size 12 \
+        --teacher-arch deeplabv3_resnet101                      # the paper preset's shapes, on a GPU
     python benchmarks/intra_kd_throughput.py --moments [--teacher-checkpoint FILE]
 
 ``--moments`` measures IntRA-KD's inputs instead of speed, on the default synthetic data (512 scenes of 64x128,
@@ -21,14 +23,13 @@ before 2026-12-04 (``one_pass_skewness_loss``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.devices import autocast, cpu_supports_bf16, pick_device  # noqa: E402
+from common.devices import autocast, cpu_supports_bf16  # noqa: E402
 from common.images import IGNORE_INDEX  # noqa: E402
 from common.images import normalize  # noqa: E402
 from common.losses import intra_affinity_loss, weighted_cross_entropy  # noqa: E402
@@ -36,9 +37,9 @@ from common.runs import load_weights  # noqa: E402
 from common.segmentation_models import build_segmenter  # noqa: E402
 from common.synthetic_roads import SyntheticRoads  # noqa: E402
 from common.teachers import OutputMemo, freeze  # noqa: E402
-from reproduce_intra_kd import (METHODS, TEACHER_ARCH, TEACHER_TERMS, Config, class_weights_for,  # noqa: E402
+from reproduce_intra_kd import (METHODS, TEACHER_ARCHS, TEACHER_TERMS, Config, class_weights_for,  # noqa: E402
                                 distillation_weights, new_student, optimizer_for, student_loss, teacher_outputs)
-from unet_kd_throughput import cpu_name, time_steps  # noqa: E402
+from timing import add_run_options, setup, time_steps  # noqa: E402
 
 CLASSES = SyntheticRoads.num_classes
 CFG = Config()   # the default preset's recipe and loss weights
@@ -78,7 +79,7 @@ def student_steps(args, device: torch.device, teacher: torch.nn.Module) -> list:
     teacher_outputs(teacher, x, memo, 0, args.amp)   # the head features of "step 0", kept for every student
 
     def step_of(terms: tuple, online: bool):
-        return make_step(x, y, device, args.amp, terms, teacher, memo, online, cpu_bf16="at" not in terms)
+        return make_step(x, y, device, args.amp, terms, teacher, memo, online, cpu_bf16=True)
 
     rows = [(label if terms else "ERFNet, cross-entropy", step_of(terms, online=False))
             for label, terms in METHODS.values()]
@@ -92,7 +93,7 @@ def teacher_steps(args, device: torch.device) -> list:
     class_weights = class_weights_for(CLASSES, CFG.background_weight).to(device)
 
     def step_of(bf16: bool):
-        teacher = build_segmenter(TEACHER_ARCH, CLASSES).to(device)
+        teacher = build_segmenter(args.teacher_arch, CLASSES).to(device)
         optimizer, _ = optimizer_for(CFG, teacher.parameters(), CFG.teacher_lr, CFG.teacher_iterations)
 
         def step() -> None:
@@ -103,9 +104,10 @@ def teacher_steps(args, device: torch.device) -> list:
             optimizer.step()
         return step
 
-    rows = [("DeepLabV3-R101 teacher, cross-entropy", step_of(False))]
+    label = f"{args.teacher_arch} teacher, cross-entropy"
+    rows = [(label, step_of(False))]
     if device.type == "cpu" and cpu_supports_bf16():
-        rows.append(("DeepLabV3-R101 teacher, cross-entropy, CPU bf16", step_of(True)))
+        rows.append((f"{label}, CPU bf16", step_of(True)))
     return rows
 
 
@@ -129,7 +131,7 @@ def one_pass_skewness_loss(student: torch.Tensor, teacher: torch.Tensor, labels:
     return ((pairs * (s_graph - t_graph).pow(2)).sum((1, 2)) / present.sum(-1).double().pow(2).clamp_min(1)).mean()
 
 
-def moments_report(teacher_file: str | None) -> None:
+def moments_report(teacher_arch: str, teacher_file: str | None) -> None:
     """``--moments``: the regions each mask reading keeps, and the gradient norm of each IntRA-KD term."""
     data = SyntheticRoads("train", 512, (CFG.height, CFG.width), 0)
     labels = torch.stack([data[i][1] for i in range(len(data))]).long()
@@ -146,7 +148,7 @@ def moments_report(teacher_file: str | None) -> None:
           f"{cells[len(cells) // 2]} cells of non-zero weight")
     torch.manual_seed(0)
     student = new_student(CFG, CLASSES)
-    teacher = build_segmenter(TEACHER_ARCH, CLASSES).eval()
+    teacher = build_segmenter(teacher_arch, CLASSES).eval()
     if teacher_file:
         load_weights(teacher, teacher_file, what="--teacher-checkpoint")
     x = torch.stack([normalize(data[i][0]) for i in range(CFG.batch_size)])
@@ -172,32 +174,28 @@ def moments_report(teacher_file: str | None) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--height", type=int, default=CFG.height)
-    p.add_argument("--width", type=int, default=CFG.width)
-    p.add_argument("--batch-size", type=int, default=CFG.batch_size)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--height", type=int, default=CFG.height, help=f"crop height (default: {CFG.height})")
+    p.add_argument("--width", type=int, default=CFG.width, help=f"crop width (default: {CFG.width})")
+    p.add_argument("--batch-size", type=int, default=CFG.batch_size,
+                   help=f"images per step (default: {CFG.batch_size})")
+    p.add_argument("--teacher-arch", choices=TEACHER_ARCHS, default=CFG.teacher_arch,
+                   help=f"the teacher (default: the default preset's, {CFG.teacher_arch}; paper preset "
+                        f"{TEACHER_ARCHS[-1]})")
+    add_run_options(p, repeats=5)
     p.add_argument("--moments", action="store_true", help="IntRA-KD's regions and gradient norms instead of speed")
     p.add_argument("--teacher-checkpoint", metavar="FILE", help="with --moments: the teacher's weights")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.moments:
-        moments_report(args.teacher_checkpoint)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        moments_report(args.teacher_arch, args.teacher_checkpoint)
         return
-    device = pick_device(args.device)
-    torch.manual_seed(0)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    print(f"device: {device} ({name}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, AMP {'on' if args.amp else 'off'}")
-    print(f"\ntraining, batch {args.batch_size} x 3 x {args.height} x {args.width}")
-    print(f"{'step':50s} {'ms/step':>9s} {'images/s':>9s}")
-    teacher = freeze(build_segmenter(TEACHER_ARCH, CLASSES).to(device))
+    device = setup(args, f"batch {args.batch_size} x 3 x {args.height} x {args.width}")
+    print(f"{'step':52s} {'ms/step':>9s} {'images/s':>9s}")
+    teacher = freeze(build_segmenter(args.teacher_arch, CLASSES).to(device))
     for label, step in student_steps(args, device, teacher) + teacher_steps(args, device):
         seconds = time_steps(step, device, 2, args.repeats)
-        print(f"{label:50s} {seconds * 1e3:9.1f} {args.batch_size / seconds:9.1f}", flush=True)
+        print(f"{label:52s} {seconds * 1e3:9.1f} {args.batch_size / seconds:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Prints images/s for one training step (forward, backward, Adam) of the teacher a
 student's distillation step in two forms: with the teacher run on every batch (--online-teacher) and with the
 teacher's logits cached once per slice (the script's default). The networks, the objective (``kd_objective``),
 the learning rates and the defaults are the script's (its headline: teacher and students with BatchNorm).
-Speeds are measurements, not tests.
+Each network runs as the script runs it: bf16 autocast where the script uses it on a CPU with native bf16 (the
+teacher; the 2-UNet students train in float32, ``trains_in_bf16``), AMP on a GPU, float32 with --no-amp; in the
+script's memory format (``unet_memory_format``). Speeds are measurements, not tests.
 
     python benchmarks/unet_kd_throughput.py                  # CPU or the GPU if there is one
     python benchmarks/unet_kd_throughput.py --threads 2 --crop 64 --batch-size 8
@@ -13,46 +15,19 @@ Speeds are measurements, not tests.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.devices import autocast, pick_device
-from common.teachers import freeze
-from common.unet import UNet
-from reproduce_unet_kd import Config, kd_objective, learning_rate, trains_in_bf16
+from common.devices import autocast  # noqa: E402
+from common.teachers import freeze  # noqa: E402
+from common.unet import UNet  # noqa: E402
+from reproduce_unet_kd import Config, kd_objective, learning_rate, trains_in_bf16, unet_memory_format  # noqa: E402
+from timing import add_run_options, setup, time_steps  # noqa: E402
 
 DEFAULTS = Config()   # the script's default preset
-
-
-def time_steps(step, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of one call of ``step`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "CPU"
 
 
 def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool,
@@ -81,41 +56,36 @@ def make_step(student: UNet, x: torch.Tensor, y: torch.Tensor, device: torch.dev
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", type=int, default=DEFAULTS.teacher, help="teacher width k (default: the script's)")
-    p.add_argument("--k", type=int, default=DEFAULTS.k, help="student width k (default: the script's)")
-    p.add_argument("--crop", type=int, default=DEFAULTS.crop, help="default: the default preset's crop")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="default: the default preset's batch")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--teacher", type=int, default=DEFAULTS.teacher,
+                   help=f"teacher width k (default: the script's, {DEFAULTS.teacher})")
+    p.add_argument("--k", type=int, default=DEFAULTS.k, help=f"student width k (default: the script's, {DEFAULTS.k})")
+    p.add_argument("--crop", type=int, default=DEFAULTS.crop,
+                   help=f"crop side (default: the default preset's, {DEFAULTS.crop})")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                   help=f"images per step (default: the default preset's, {DEFAULTS.batch_size})")
+    add_run_options(p, repeats=10)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    amp = not args.no_amp and device.type == "cuda"
-    torch.manual_seed(0)
+    device = setup(args, f"batch {args.batch_size} x 1 x {args.crop} x {args.crop}")
+    amp = args.amp
     x = torch.randn(args.batch_size, 1, args.crop, args.crop, device=device)
     y = torch.randint(0, 2, (args.batch_size, args.crop, args.crop), device=device)
-    teacher = UNet(args.teacher, batch_norm=DEFAULTS.teacher_bn).to(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    print(f"device: {device} ({name}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, AMP {'on' if amp else 'off'}; batch {args.batch_size} x 1 x {args.crop} x {args.crop}")
+    new = lambda k, bn: UNet(k, batch_norm=bn).to(device, memory_format=unet_memory_format(k, device, amp))  # noqa: E731
+    teacher = new(args.teacher, DEFAULTS.teacher_bn)
 
     rows = []
-    teacher_step = make_step(teacher, x, y, device, amp)
+    teacher_step = make_step(teacher, x, y, device, amp, cpu_bf16=True)
     rows.append((f"teacher {args.teacher}-UNet, hard step",
                  time_steps(teacher_step, device, 2, max(3, args.repeats // 3))))
-    student = UNet(args.k, batch_norm=True).to(device)   # the headline's students
-    rows.append((f"student {args.k}-UNet, hard step", time_steps(make_step(student, x, y, device, amp), device, 3,
-                                                                  args.repeats)))
-    freeze(teacher)   # as the script uses its teacher
-    with torch.no_grad():
-        cached = teacher(x)
+    student = new(args.k, True)   # the headline's students
+    rows.append((f"student {args.k}-UNet, hard step", time_steps(make_step(student, x, y, device, amp, cpu_bf16=True),
+                                                                  device, 3, args.repeats)))
+    freeze(teacher)   # as the script uses its teacher: its soft targets computed in the script's precision
+    with torch.no_grad(), autocast(device, amp, cpu_bf16=True):
+        cached = teacher(x).float()
     rows.append(("student, soft step, cached teacher logits", time_steps(
-        make_step(student, x, y, device, amp, cached=cached), device, 3, args.repeats)))
+        make_step(student, x, y, device, amp, cached=cached, cpu_bf16=True), device, 3, args.repeats)))
     rows.append(("student, soft step, teacher forward each batch", time_steps(
-        make_step(student, x, y, device, amp, teacher=teacher), device, 2, args.repeats)))
+        make_step(student, x, y, device, amp, teacher=teacher, cpu_bf16=True), device, 2, args.repeats)))
     base = rows[1][1]
     print(f"{'step':48s} {'ms/step':>9s} {'images/s':>9s} {'vs hard student':>16s}")
     for label, sec in rows:

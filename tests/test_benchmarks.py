@@ -1,18 +1,31 @@
-"""Tests for benchmarks/compare.py: the distillation budget's arithmetic and verdicts (smoke tier), and that its
-distillation table runs for all five scripts and prints a verdict for each (slow tier: a subprocess building
-every script's teacher and student). Speeds themselves are not tested: they are the benchmark's output."""
+"""Tests for the benchmarks: compare.py's distillation budget (arithmetic and verdicts) and the precision the
+per-script benchmarks announce (smoke tier); that compare.py's distillation table runs for all five scripts and
+prints a verdict for each, and that each per-script benchmark runs at toy size in the precision the scripts train
+in (slow tier: subprocesses building every script's networks). Speeds themselves are not tested: they are the
+benchmarks' output."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("reproduce_unet_kd.py", "reproduce_fcn_kd.py", "reproduce_deeplab_caspp.py", "reproduce_qkd.py",
            "reproduce_intra_kd.py")
+
+
+BENCHMARKS = {   # toy shapes, one timed step per row
+    "unet_kd_throughput.py": ["--crop", "16", "--batch-size", "2"],
+    "deeplab_throughput.py": ["--crop", "32", "--batch-size", "2", "--distill"],
+    "fcn_kd_throughput.py": ["--crop", "32", "--batch-size", "2"],
+    "qkd_throughput.py": ["--crop", "32", "--batch-size", "2", "--size", "64", "--no-compile"],
+    "intra_kd_throughput.py": ["--height", "32", "--width", "64", "--batch-size", "2"],
+}
 
 
 def load_compare():
@@ -52,3 +65,44 @@ def test_distillation_table_runs_for_every_script():
     for table in tables:
         assert "budget (plain + teacher forward + 10%)" in table
         assert ("within" in table) or ("OVER" in table)
+
+
+def load_timing():
+    """benchmarks/timing.py, imported as the benchmarks import it (their folder on the path)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    import timing
+    return timing
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("amp", [True, False])
+def test_precision_label_says_what_autocast_computes(monkeypatch, native, amp):
+    """The header of every per-script benchmark names the precision the scripts' ``autocast(device, amp,
+    cpu_bf16=True)`` really computes in on this CPU (before 2026-12-07 three of them timed float32 on CPUs with
+    native bf16 while the scripts trained in bf16)."""
+    import common.devices as devices
+
+    timing = load_timing()
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(timing, "cpu_supports_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    with devices.autocast(cpu, amp, cpu_bf16=True):
+        dtype = torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype
+    label = timing.precision_label(cpu, amp)
+    assert ("bf16 autocast" in label) == (dtype == torch.bfloat16)
+    assert label.startswith("float32") == (dtype == torch.float32)
+    assert ("--no-amp" in label) == (not amp or native)   # names the flag wherever it changes something
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(BENCHMARKS))
+def test_per_script_benchmark_runs_in_the_scripts_precision(script):
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *BENCHMARKS[script], "--repeats", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    header, *rows = result.stdout.splitlines()
+    timing = load_timing()
+    assert timing.precision_label(torch.device("cpu"), True) in header
+    timings = [row for row in rows if re.search(r"\s\d+\.\d\s+\d+\.\d", row)]
+    assert len(timings) >= 3, result.stdout
