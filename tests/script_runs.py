@@ -27,6 +27,15 @@ SMALLEST_RUNS = {
     "intra": ["--height", "32", "--width", "64", "--train-images", "4", "--val-images", "2", "--batch-size", "2"],
 }
 
+# Each per-script benchmark (benchmarks/) at toy shapes, one timed step per row.
+BENCHMARK_TOY_RUNS = {
+    "unet_kd_throughput.py": ["--crop", "16", "--batch-size", "2", "--repeats", "1"],
+    "deeplab_throughput.py": ["--crop", "32", "--batch-size", "2", "--distill", "--repeats", "1"],
+    "fcn_kd_throughput.py": ["--crop", "32", "--batch-size", "2", "--repeats", "1"],
+    "qkd_throughput.py": ["--crop", "32", "--batch-size", "2", "--size", "64", "--no-compile", "--repeats", "1"],
+    "intra_kd_throughput.py": ["--height", "32", "--width", "64", "--batch-size", "2", "--repeats", "1"],
+}
+
 
 def tiny(tmp_path: Path, *args: str, out: str = "run") -> list[str]:
     """A script's command line for a test: ``args``, its own run folder and cache under ``tmp_path``, on the CPU."""

@@ -14,18 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from script_runs import BENCHMARK_TOY_RUNS
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("reproduce_unet_kd.py", "reproduce_fcn_kd.py", "reproduce_deeplab_caspp.py", "reproduce_qkd.py",
            "reproduce_intra_kd.py")
-
-
-BENCHMARKS = {   # toy shapes, one timed step per row
-    "unet_kd_throughput.py": ["--crop", "16", "--batch-size", "2"],
-    "deeplab_throughput.py": ["--crop", "32", "--batch-size", "2", "--distill"],
-    "fcn_kd_throughput.py": ["--crop", "32", "--batch-size", "2"],
-    "qkd_throughput.py": ["--crop", "32", "--batch-size", "2", "--size", "64", "--no-compile"],
-    "intra_kd_throughput.py": ["--height", "32", "--width", "64", "--batch-size", "2"],
-}
 
 
 def load_compare():
@@ -96,9 +89,9 @@ def test_precision_label_says_what_autocast_computes(monkeypatch, native, amp):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(BENCHMARKS))
+@pytest.mark.parametrize("script", sorted(BENCHMARK_TOY_RUNS))
 def test_per_script_benchmark_runs_in_the_scripts_precision(script):
-    result = subprocess.run([sys.executable, f"benchmarks/{script}", *BENCHMARKS[script], "--repeats", "1"],
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *BENCHMARK_TOY_RUNS[script], "--device", "cpu"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     header, *rows = result.stdout.splitlines()

@@ -2,7 +2,8 @@
 in CI; on a machine with one, ``pytest tests/test_cuda.py`` runs each script's whole run at toy size
 (``QUICK_RUNS``) on it and checks that its networks ran there under mixed precision -- bf16 autocast where the GPU
 computes bf16, else fp16 with the gradient scaler of ``common.training`` -- and that ``--no-amp`` leaves them in
-float32; and that ``benchmarks/compare.py`` runs its small-network and distillation tables on the GPU. The CPU's
+float32; and that ``benchmarks/compare.py`` runs its small-network and distillation tables on the GPU, and each
+per-script benchmark its steps, under the GPU's mixed precision. The CPU's
 own fallback (no native bf16: float32) is tested in test_training.py and test_reproduce_unet_kd.py."""
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from common.devices import autocast
-from script_runs import SCRIPT_MODULES, SMALLEST_RUNS, read_results, tiny, without
+from script_runs import BENCHMARK_TOY_RUNS, SCRIPT_MODULES, SMALLEST_RUNS, read_results, tiny, without
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (PyTorch sees none)")
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,3 +116,13 @@ def test_the_benchmark_runs_on_the_gpu() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert torch.cuda.get_device_name() in result.stdout.splitlines()[0]
     assert result.stdout.count("budget (plain + teacher forward + 10%)") == len(QUICK_RUNS)
+
+
+@pytest.mark.parametrize("script", sorted(BENCHMARK_TOY_RUNS))
+def test_each_per_script_benchmark_runs_on_the_gpu_in_amp(script: str) -> None:
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *BENCHMARK_TOY_RUNS[script], "--device", "cuda"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    header = result.stdout.splitlines()[0]
+    assert header.startswith("device: cuda") and torch.cuda.get_device_name() in header
+    assert f"AMP ({'bf16' if gpu_dtype() == torch.bfloat16 else 'fp16'})" in header
