@@ -380,12 +380,12 @@ def qkd_budget(device: torch.device, amp: bool, precision: str) -> list[Candidat
     y = torch.randint(0, NUM_CLASSES, (cfg.batch_size, cfg.crop, cfg.crop), device=device)
     teacher = freeze(build_segmenter(cfg.teacher_arch, NUM_CLASSES).to(device))   # the default preset's
     return [Candidate("U-Net fp32 row, plain step", make_step(new_student(cfg).to(device), x, y, device, amp,
-                                                              cpu_bf16=True),
+                                                              float_row=True),
                       precision, None, []),
             Candidate(f"{cfg.teacher_arch} teacher, forward", lambda: teacher_outputs(teacher, x, amp), precision,
                       None, []),
             Candidate("U-Net fp32 row, pixel + pair KD step (teacher forward inside)",
-                      make_step(new_student(cfg).to(device), x, y, device, amp, teacher, cpu_bf16=True), precision,
+                      make_step(new_student(cfg).to(device), x, y, device, amp, teacher, float_row=True), precision,
                       None, [])]
 
 

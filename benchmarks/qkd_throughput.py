@@ -41,14 +41,14 @@ from timing import add_run_options, setup, time_steps  # noqa: E402
 
 
 def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, teacher=None,
-              co_study: bool = False, cfg: Config | None = None, cpu_bf16: bool = False):
+              co_study: bool = False, cfg: Config | None = None, float_row: bool = False):
     """One step of ``model`` with the script's objective and optimizer (Adam, Section 4): cross-entropy without a
     teacher, else Section 3.1's pixel + pair loss against the frozen teacher's outputs computed now
     (``teacher_outputs``: bf16 on CPUs with native bf16 when ``amp``); with ``co_study`` the teacher's head trains
-    too (QKD's co-studying, ``co_study_loss``; the teacher in bf16 where native when ``amp``, the student in
-    float32). ``cpu_bf16``: the student's forward in bf16 autocast on CPUs with native bf16, as the script trains its
-    fp32 rows (its fake-quantized ones stay float32: pass False). ``cfg``: the script's settings (default: its
-    default preset)."""
+    too (QKD's co-studying, ``co_study_loss``; the teacher in bf16 where native when ``amp``). ``float_row``: the
+    student's forward in the run's mixed precision when ``amp`` (bf16 autocast on CPUs with native bf16, AMP on a
+    GPU), as the script trains its fp32 rows; False: in float32 on any device, as it trains its fake-quantized and
+    int8-QAT rows (``amp=False``). ``cfg``: the script's settings (default: its default preset)."""
     cfg = cfg or Config()
     params = [p for p in model.parameters() if p.requires_grad]
     if co_study:
@@ -56,7 +56,7 @@ def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp
     optimizer, _ = adam(params, cfg)
 
     def step() -> None:
-        with autocast(device, amp, cpu_bf16):
+        with autocast(device, amp and float_row, cpu_bf16=True):
             logits, feat = student_outputs(model, x)
             if teacher is None:
                 loss = weighted_cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
@@ -82,7 +82,7 @@ def training_steps(args, device: torch.device) -> list:
     teacher = freeze(build_segmenter(args.teacher_arch, NUM_CLASSES).to(device))
 
     def step_of(model, teacher=None, float_row=False, co_study=False):
-        return make_step(model, x, y, device, args.amp, teacher, co_study, cfg, cpu_bf16=float_row)
+        return make_step(model, x, y, device, args.amp, teacher, co_study, cfg, float_row=float_row)
 
     def quantized(bits: int, quantizer: str = cfg.quantizer) -> torch.nn.Module:   # as the script's copies
         return fake_quantize_model(new_student(cfg), bits, mode=cfg.ranges, quantizer=quantizer,
