@@ -55,9 +55,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # the per-script benchmarks' steps
 from common.deeplab import DeepLabV3Plus  # noqa: E402
 from common.devices import cpu_supports_bf16, pick_device  # noqa: E402
+from common.errors import check_flags, exit_on_user_error  # noqa: E402
 from common.profiler import count_macs  # noqa: E402
-from common.segmentation_models import TorchvisionSegmenter  # noqa: E402
-from timing import cpu_name  # noqa: E402
+from common.segmentation_models import ARCHITECTURES, TorchvisionSegmenter  # noqa: E402
+from timing import apply_threads, check_batch, device_name  # noqa: E402
 
 NUM_CLASSES = 21
 TABLES = ("attainable", "deeplab", "distill", "torchvision", "small", "int8")
@@ -469,14 +470,13 @@ def print_table(title: str, candidates: list[Candidate], attainable: dict[str, f
 
 
 def machine_line(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    return (f"{datetime.date.today()}, {name}, {torch.get_num_threads()} threads of {os.cpu_count()} cores, "
-            f"torch {torch.__version__}, commit {commit}")
+    return (f"{datetime.date.today()}, {device_name(device)}, {torch.get_num_threads()} threads of "
+            f"{os.cpu_count()} cores, torch {torch.__version__}, commit {commit}")
 
 
 def main() -> None:
@@ -484,8 +484,8 @@ def main() -> None:
     p.add_argument("--only", choices=TABLES, nargs="+", default=list(TABLES), help="tables to run (default: all)")
     p.add_argument("--size", type=int, default=256, help="crop side in pixels (default: 256, the thesis's)")
     p.add_argument("--batch-size", type=int, default=2, help="images per step (default: 2)")
-    p.add_argument("--archs", nargs="+", default=["fcn_resnet50", "deeplabv3_resnet50", "fcn_resnet101",
-                                                   "deeplabv3_resnet101"],
+    p.add_argument("--archs", nargs="+", choices=ARCHITECTURES,
+                   default=["fcn_resnet50", "deeplabv3_resnet50", "fcn_resnet101", "deeplabv3_resnet101"],
                    help="torchvision networks for the torchvision table (default: all four)")
     p.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default: 7)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate first (default: 2)")
@@ -494,8 +494,11 @@ def main() -> None:
     p.add_argument("--fp32-only", action="store_true", help="leave out the reduced precision (as on a CPU without "
                    "native bf16)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_batch(args)
+    check_flags({"--size": args.size}, "must be one of the multiples of 16 from 32 up (DeepLabV3+ downsamples 32 "
+                "times, the int8 table's U-Net pools four times)", lambda v: v >= 32 and v % 16 == 0)
+    check_flags({"--warmup": args.warmup}, "must be >= 0", lambda v: v >= 0)
+    apply_threads(args)   # --threads and --repeats
     device = pick_device(args.device)
     reduced = None if args.fp32_only else low_precision(device)
     precisions = ["fp32", *([reduced] if reduced else [])]
@@ -543,4 +546,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

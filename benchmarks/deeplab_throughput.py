@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.devices import autocast  # noqa: E402
+from common.errors import check_flags, exit_on_user_error  # noqa: E402
 from common.teachers import freeze  # noqa: E402
 from reproduce_deeplab_caspp import TABLES, TEACHER, Config, Row, build, caspp_objective  # noqa: E402
-from timing import add_run_options, setup, time_steps  # noqa: E402
+from timing import add_run_options, check_batch, setup, time_steps  # noqa: E402
 
 
 def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, method: str = "none",
@@ -58,6 +59,8 @@ def main() -> None:
     p.add_argument("--distill", action="store_true", help="also time KD and AT-all steps with the teacher")
     add_run_options(p, repeats=5)
     args = p.parse_args()
+    check_batch(args)
+    check_flags({"--crop": args.crop}, "must be >= 32 (DeepLabV3+ downsamples up to 32 times)", lambda v: v >= 32)
     device = setup(args, f"batch {args.batch_size} x 3 x {args.crop} x {args.crop}")
     amp = args.amp
     x = torch.randn(args.batch_size, 3, args.crop, args.crop, device=device)
@@ -79,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -21,11 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.devices import autocast  # noqa: E402
+from common.errors import check_flags, exit_on_user_error, refuse_ignored  # noqa: E402
 from common.segmentation_models import build_segmenter  # noqa: E402
 from common.teachers import freeze  # noqa: E402
 from reproduce_fcn_kd import (PRESETS, CifarResNet18, Config, FiveLayerCNN, job_loss,  # noqa: E402
                               student_optimizer)
-from timing import add_run_options, setup, time_steps  # noqa: E402
+from timing import add_run_options, check_batch, setup, time_steps  # noqa: E402
 
 DEFAULT, PAPER = Config(), Config(**PRESETS["paper"])   # the script's settings: T, alpha, rates, crop, batch sizes
 
@@ -77,13 +78,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", choices=["A", "B"], default="B",
                    help="B: FCN segmentation (Section III.B); A: CIFAR-10 classification (III.A) (default: B)")
-    p.add_argument("--crop", type=int, default=DEFAULT.crop,
+    p.add_argument("--crop", type=int, default=None,
                    help=f"B's crop (default: the default preset's, {DEFAULT.crop}; paper {PAPER.crop})")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"default: {DEFAULT.batch_size} for B, {DEFAULT.a_batch_size} for A (the report's)")
     add_run_options(p, repeats=5)
     args = p.parse_args()
-    args.batch_size = args.batch_size or (DEFAULT.batch_size if args.experiment == "B" else DEFAULT.a_batch_size)
+    if args.experiment == "A":
+        refuse_ignored(args, {"--crop": "crop"}, "sets experiment B's crop; experiment A's CIFAR images are "
+                       "32 x 32: leave it out with --experiment A.")
+    elif args.crop is None:
+        args.crop = DEFAULT.crop
+    if args.batch_size is None:
+        args.batch_size = DEFAULT.batch_size if args.experiment == "B" else DEFAULT.a_batch_size
+    check_batch(args)
+    check_flags({"--crop": args.crop}, "must be >= 32 (the FCN's output stride is 8)", lambda v: v >= 32)
     size = f"{args.crop} x {args.crop}" if args.experiment == "B" else "32 x 32"
     device = setup(args, f"batch {args.batch_size} x 3 x {size}")
     print(f"{'step':40s} {'ms/step':>9s} {'images/s':>9s}")
@@ -93,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.devices import autocast, cpu_supports_bf16  # noqa: E402
+from common.errors import UserError, check_flags, exit_on_user_error, refuse_ignored  # noqa: E402
 from common.images import IGNORE_INDEX  # noqa: E402
 from common.images import normalize  # noqa: E402
 from common.losses import intra_affinity_loss, weighted_cross_entropy  # noqa: E402
@@ -39,7 +40,7 @@ from common.synthetic_roads import SyntheticRoads  # noqa: E402
 from common.teachers import OutputMemo, freeze  # noqa: E402
 from reproduce_intra_kd import (METHODS, TEACHER_ARCHS, TEACHER_TERMS, Config, class_weights_for,  # noqa: E402
                                 distillation_weights, new_student, optimizer_for, student_loss, teacher_outputs)
-from timing import add_run_options, setup, time_steps  # noqa: E402
+from timing import add_run_options, apply_threads, check_batch, setup, time_steps  # noqa: E402
 
 CLASSES = SyntheticRoads.num_classes
 CFG = Config()   # the default preset's recipe and loss weights
@@ -174,10 +175,9 @@ def moments_report(teacher_arch: str, teacher_file: str | None) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--height", type=int, default=CFG.height, help=f"crop height (default: {CFG.height})")
-    p.add_argument("--width", type=int, default=CFG.width, help=f"crop width (default: {CFG.width})")
-    p.add_argument("--batch-size", type=int, default=CFG.batch_size,
-                   help=f"images per step (default: {CFG.batch_size})")
+    p.add_argument("--height", type=int, help=f"crop height, a multiple of 8 (default: {CFG.height})")
+    p.add_argument("--width", type=int, help=f"crop width, a multiple of 8 (default: {CFG.width})")
+    p.add_argument("--batch-size", type=int, help=f"images per step (default: {CFG.batch_size})")
     p.add_argument("--teacher-arch", choices=TEACHER_ARCHS, default=CFG.teacher_arch,
                    help=f"the teacher (default: the default preset's, {CFG.teacher_arch}; paper preset "
                         f"{TEACHER_ARCHS[-1]})")
@@ -185,11 +185,22 @@ def main() -> None:
     p.add_argument("--moments", action="store_true", help="IntRA-KD's regions and gradient norms instead of speed")
     p.add_argument("--teacher-checkpoint", metavar="FILE", help="with --moments: the teacher's weights")
     args = p.parse_args()
-    if args.moments:
-        if args.threads:
-            torch.set_num_threads(args.threads)
+    if args.moments:   # on the default preset's data and shapes, on the CPU, in float32
+        refuse_ignored(args, {"--height": "height", "--width": "width", "--batch-size": "batch_size"},
+                       f"is not used by --moments (it measures the default preset's {CFG.height} x {CFG.width} "
+                       "scenes): leave it out.")
+        apply_threads(args)
         moments_report(args.teacher_arch, args.teacher_checkpoint)
         return
+    if args.teacher_checkpoint:
+        raise UserError("--teacher-checkpoint is read only with --moments (the speed rows time untrained "
+                        "networks): add --moments or leave it out.")
+    for name in ("height", "width", "batch_size"):   # None until here, so that --moments can tell them given
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(CFG, name))
+    check_batch(args)
+    check_flags({"--height": args.height, "--width": args.width}, "must be one of the multiples of 8 from 16 up "
+                "(ERFNet downsamples three times, DeepLabV3 to stride 8)", lambda v: v >= 16 and v % 8 == 0)
     device = setup(args, f"batch {args.batch_size} x 3 x {args.height} x {args.width}")
     print(f"{'step':52s} {'ms/step':>9s} {'images/s':>9s}")
     teacher = freeze(build_segmenter(args.teacher_arch, CLASSES).to(device))
@@ -199,4 +210,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

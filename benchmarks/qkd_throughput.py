@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.devices import autocast  # noqa: E402
+from common.errors import check_flags, exit_on_user_error  # noqa: E402
 from common.images import IGNORE_INDEX  # noqa: E402
 from common.int8 import (CompiledInt8, convert_reference, count_int8_convolutions, lower_int8,  # noqa: E402
                          prepare_int8_qat)
@@ -37,7 +38,7 @@ from common.teachers import freeze  # noqa: E402
 from common.voc import NUM_CLASSES  # noqa: E402
 from reproduce_qkd import (PRESETS, Config, LogitsAndFeature, adam, co_study_loss,  # noqa: E402
                            distillation_loss, new_student, student_outputs, teacher_outputs)
-from timing import add_run_options, setup, time_steps  # noqa: E402
+from timing import add_run_options, check_batch, setup, time_steps  # noqa: E402
 
 
 def make_step(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool, teacher=None,
@@ -141,6 +142,10 @@ def main() -> None:
     p.add_argument("--no-train", dest="train", action="store_false", help="inference latency only")
     add_run_options(p, repeats=Config.latency_repeats)
     args = p.parse_args()
+    check_batch(args)
+    check_flags({"--crop": args.crop, "--size": args.size},
+                "must be one of the positive multiples of 16 (the U-Net pools four times)",
+                lambda v: v >= 16 and v % 16 == 0)
     device = setup(args, "training steps on --device, inference on the CPU")
     if args.train:
         print(f"\ntraining, batch {args.batch_size} x 3 x {args.crop} x {args.crop}")
@@ -155,4 +160,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

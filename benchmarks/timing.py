@@ -1,5 +1,6 @@
-"""What every benchmark here shares: the timing loop, the machine's name, the precision a script's steps run in,
-and the command-line options for device, threads, repeats and precision. Speeds are measurements, not tests."""
+"""What every benchmark here shares: the timing loop, the machine's name, the precision a script's steps run in
+and the command-line options for device, threads, repeats and precision (checked: a mistake is a UserError, which
+each benchmark's ``exit_on_user_error(main)`` prints as one line). Speeds are measurements, not tests."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.devices import cpu_supports_bf16, pick_device  # noqa: E402
+from common.errors import check_flags  # noqa: E402
 
 
 def time_steps(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
@@ -31,6 +33,11 @@ def time_steps(step: Callable[[], None], device: torch.device, warmup: int, repe
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name on CUDA, else the CPU's model name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def cpu_name() -> str:
@@ -64,14 +71,26 @@ def add_run_options(parser: argparse.ArgumentParser, repeats: int) -> None:
                              "native bf16, AMP on a GPU)")
 
 
-def setup(args: argparse.Namespace, shapes: str) -> torch.device:
-    """Apply --threads, pick --device, seed, and print the header line: machine, threads, torch, precision and the
-    batch ``shapes``. Returns the device."""
+def apply_threads(args: argparse.Namespace) -> None:
+    """Check --repeats and --threads (a UserError naming the flag) and apply --threads."""
+    check_flags({"--repeats": args.repeats, "--threads": args.threads}, "must be >= 1", lambda v: v >= 1)
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def check_batch(args: argparse.Namespace) -> None:
+    """--batch-size >= 2, as the scripts require: their networks' BatchNorm needs two images to train."""
+    check_flags({"--batch-size": args.batch_size}, "must be >= 2 (BatchNorm needs two images per batch to train)",
+                lambda v: v >= 2)
+
+
+def setup(args: argparse.Namespace, shapes: str) -> torch.device:
+    """Check and apply --threads and --repeats, pick --device, seed, and print the header line: machine, threads,
+    torch, precision and the batch ``shapes``. Returns the device."""
+    apply_threads(args)
     device = pick_device(args.device)
     torch.manual_seed(0)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    print(f"device: {device} ({name}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}; {precision_label(device, args.amp)}; {shapes}")
+    print(f"device: {device} ({device_name(device)}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} "
+          f"cores, torch {torch.__version__}; {precision_label(device, args.amp)}; {shapes}")
     return device
+

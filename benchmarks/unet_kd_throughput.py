@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.devices import autocast  # noqa: E402
+from common.errors import check_flags, exit_on_user_error  # noqa: E402
 from common.teachers import freeze  # noqa: E402
 from common.unet import UNet  # noqa: E402
 from reproduce_unet_kd import Config, kd_objective, learning_rate, trains_in_bf16, unet_memory_format  # noqa: E402
@@ -65,6 +66,10 @@ def main() -> None:
                    help=f"images per step (default: the default preset's, {DEFAULTS.batch_size})")
     add_run_options(p, repeats=10)
     args = p.parse_args()
+    check_flags({"--teacher": args.teacher, "--k": args.k, "--batch-size": args.batch_size}, "must be >= 1",
+                lambda v: v >= 1)
+    check_flags({"--crop": args.crop}, "must be a positive multiple of 16 (the U-Net pools four times)",
+                lambda v: v > 0 and v % 16 == 0)
     device = setup(args, f"batch {args.batch_size} x 1 x {args.crop} x {args.crop}")
     amp = args.amp
     x = torch.randn(args.batch_size, 1, args.crop, args.crop, device=device)
@@ -93,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

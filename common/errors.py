@@ -5,9 +5,23 @@ Scripts catch ``UserError`` in ``main`` and print ``error: <message>`` instead o
 """
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class UserError(Exception):
     """An error caused by the user's input, with a message that says how to fix it."""
+
+
+def exit_on_user_error(main: Callable[[], None], cleanup: Callable[[], None] = lambda: None) -> None:
+    """Run ``main``; a ``UserError`` it raises runs ``cleanup``, prints ``error: <message>`` on stderr and exits
+    with status 2: one line, never a traceback. Every command-line entry (scripts, benchmarks) runs through it."""
+    try:
+        main()
+    except UserError as e:
+        cleanup()
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def one_line(text: object, limit: int = 160) -> str:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from common.devices import Distributed, broadcast_from_main
-from common.errors import UserError, check_flags, one_line
+from common.errors import UserError, check_flags, exit_on_user_error, one_line
 
 
 # ------------------------------------------------------------------------------------------------ run folder
@@ -330,18 +330,18 @@ def run_main(main: Callable[[], None], seed_baseline: Callable | None = None) ->
     seed instead and writes the tables over seeds (common/seeds.py; ``seed_baseline`` picks each experiment's
     baseline row, by default its first row that is not a teacher)."""
     from common import seeds   # imported here: common.seeds builds on this module
-    _NEW_RUNS.clear()
-    try:
+
+    def run() -> None:
         request = seeds.seeds_request(sys.argv[1:])
         if request is not None:
             seeds.run_seeds(Path(sys.argv[0]).resolve(), request, seed_baseline or seeds.first_student)
         else:
             main()
         _NEW_RUNS.clear()
-    except UserError as e:
-        discard_unfinished_runs()
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+
+    _NEW_RUNS.clear()
+    try:
+        exit_on_user_error(run, cleanup=discard_unfinished_runs)
     except KeyboardInterrupt:
         print("\ninterrupted: continue this run with --resume <run folder>", file=sys.stderr)
         raise SystemExit(130)

@@ -180,6 +180,24 @@ def test_a_library_message_is_cut_at_a_word():
     assert one_line("short\ntext") == "short text"
 
 
+def test_exit_on_user_error_is_one_line_status_2_and_cleans_up_only_then(capsys):
+    from common.errors import UserError, exit_on_user_error
+
+    cleaned = []
+
+    def fails() -> None:
+        raise UserError("--crop 30: must be a positive multiple of 16.")
+
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(fails, cleanup=lambda: cleaned.append(True))
+    assert exit_info.value.code == 2 and cleaned == [True]
+    assert capsys.readouterr().err == "error: --crop 30: must be a positive multiple of 16.\n"
+    exit_on_user_error(lambda: None, cleanup=lambda: cleaned.append(True))   # success: nothing to clean
+    with pytest.raises(ZeroDivisionError):   # a bug is not a user mistake: its traceback stays
+        exit_on_user_error(lambda: 1 / 0, cleanup=lambda: cleaned.append(True))
+    assert cleaned == [True]
+
+
 @pytest.mark.parametrize("name, extra, looks_like", [
     ("intra", ["--dataset", "apolloscape"], "CULane"),
     ("deeplab", ["--backbone-init", "scratch"], "CULane"),

@@ -99,3 +99,36 @@ def test_per_script_benchmark_runs_in_the_scripts_precision(script):
     assert timing.precision_label(torch.device("cpu"), True) in header
     timings = [row for row in rows if re.search(r"\s\d+\.\d\s+\d+\.\d", row)]
     assert len(timings) >= 3, result.stdout
+
+
+# A mistake in a benchmark's flags: one line naming the flag, exit status 2, before any network is built. Each case
+# runs the file's real ``__main__`` block in this process (runpy), so a benchmark that called ``main()`` without
+# ``exit_on_user_error`` would fail here with the traceback its users would have seen.
+BAD_BENCHMARK_FLAGS = [
+    ("compare.py", ["--repeats", "0"], "--repeats 0: must be >= 1"),
+    ("compare.py", ["--size", "40"], "--size 40: must be one of the multiples of 16"),
+    ("unet_kd_throughput.py", ["--crop", "30"], "--crop 30: must be a positive multiple of 16"),
+    ("unet_kd_throughput.py", ["--threads", "0"], "--threads 0: must be >= 1"),
+    ("deeplab_throughput.py", ["--batch-size", "1"], "--batch-size 1: must be >= 2"),
+    ("fcn_kd_throughput.py", ["--experiment", "A", "--crop", "64"], "--crop sets experiment B's crop"),
+    ("fcn_kd_throughput.py", ["--crop", "16"], "--crop 16: must be >= 32"),
+    ("qkd_throughput.py", ["--size", "100"], "--size 100: must be one of the positive multiples of 16"),
+    ("intra_kd_throughput.py", ["--teacher-checkpoint", "t.pt"], "--teacher-checkpoint is read only with --moments"),
+    ("intra_kd_throughput.py", ["--moments", "--height", "32"], "--height is not used by --moments"),
+    ("intra_kd_throughput.py", ["--width", "60"], "--width 60: must be one of the multiples of 8"),
+]
+
+
+@pytest.mark.parametrize("script, argv, message", BAD_BENCHMARK_FLAGS)
+def test_benchmark_flag_mistake_is_one_line_and_exit_2(monkeypatch, capsys, script, argv, message):
+    import runpy
+
+    path = ROOT / "benchmarks" / script
+    monkeypatch.setattr(sys, "argv", [str(path), *argv, "--device", "cpu"])
+    monkeypatch.setattr(sys, "path", list(sys.path))   # the benchmarks put their folders on it
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(path), run_name="__main__")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {err[len('error: '):].strip()}\n", err   # exactly one line
+    assert message in err
