@@ -1,7 +1,8 @@
 """A user mistake (missing data, bad labels, wrong checkpoint, impossible flags) is reported as one clear line.
 
-Scripts catch ``UserError`` in ``main`` and print ``error: <message>`` instead of a traceback (see
-``common.runs.run_main``). Messages say what is wrong and how to fix it.
+Code raises ``UserError``; every command-line entry runs through ``exit_on_user_error``, which prints
+``error: <message>`` instead of a traceback and exits with status 2 (the scripts through ``common.runs.run_main``,
+which also removes a half-made run folder; the benchmarks directly). Messages say what is wrong and how to fix it.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class UserError(Exception):
 
 def exit_on_user_error(main: Callable[[], None], cleanup: Callable[[], None] = lambda: None) -> None:
     """Run ``main``; a ``UserError`` it raises runs ``cleanup``, prints ``error: <message>`` on stderr and exits
-    with status 2: one line, never a traceback. Every command-line entry (scripts, benchmarks) runs through it."""
+    with status 2: one line, never a traceback."""
     try:
         main()
     except UserError as e:
