@@ -538,7 +538,9 @@ def main() -> None:
         candidates = small_candidates(device, precisions)
         interleaved(candidates, device, args.warmup, args.repeats, settle=1)
         print_table("the scripts' small networks at their default shapes, training", candidates, attainable, None)
-    if "int8" in args.only and device.type == "cpu":
+    if "int8" in args.only and device.type != "cpu":
+        print("\n(int8 table left out: its oneDNN int8 kernels run on the CPU; add --only int8 --device cpu)")
+    elif "int8" in args.only:
         candidates = int8_candidates(args)
         interleaved(candidates, device, args.warmup, args.repeats)
         print_table(f"int8 inference, 1 x 3 x {args.size} x {args.size}", candidates, attainable,
