@@ -58,7 +58,7 @@ from common.devices import cpu_supports_bf16, pick_device  # noqa: E402
 from common.errors import check_flags, exit_on_user_error  # noqa: E402
 from common.profiler import count_macs  # noqa: E402
 from common.segmentation_models import ARCHITECTURES, TorchvisionSegmenter  # noqa: E402
-from timing import apply_threads, check_batch, device_name  # noqa: E402
+from timing import apply_run_options, check_batch, device_name  # noqa: E402
 
 NUM_CLASSES = 21
 TABLES = ("attainable", "deeplab", "distill", "torchvision", "small", "int8")
@@ -498,7 +498,7 @@ def main() -> None:
     check_flags({"--size": args.size}, "must be one of the multiples of 16 from 32 up (DeepLabV3+ downsamples 32 "
                 "times, the int8 table's U-Net pools four times)", lambda v: v >= 32 and v % 16 == 0)
     check_flags({"--warmup": args.warmup}, "must be >= 0", lambda v: v >= 0)
-    apply_threads(args)   # --threads and --repeats
+    apply_run_options(args)   # checks --threads and --repeats, applies --threads
     device = pick_device(args.device)
     reduced = None if args.fp32_only else low_precision(device)
     precisions = ["fp32", *([reduced] if reduced else [])]

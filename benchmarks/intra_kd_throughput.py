@@ -40,7 +40,7 @@ from common.synthetic_roads import SyntheticRoads  # noqa: E402
 from common.teachers import OutputMemo, freeze  # noqa: E402
 from reproduce_intra_kd import (METHODS, TEACHER_ARCHS, TEACHER_TERMS, Config, class_weights_for,  # noqa: E402
                                 distillation_weights, new_student, optimizer_for, student_loss, teacher_outputs)
-from timing import add_run_options, apply_threads, check_batch, setup, time_steps  # noqa: E402
+from timing import add_run_options, apply_run_options, check_batch, setup, time_steps  # noqa: E402
 
 CLASSES = SyntheticRoads.num_classes
 CFG = Config()   # the default preset's recipe and loss weights
@@ -189,7 +189,7 @@ def main() -> None:
         refuse_ignored(args, {"--height": "height", "--width": "width", "--batch-size": "batch_size"},
                        f"is not used by --moments (it measures the default preset's {CFG.height} x {CFG.width} "
                        "scenes): leave it out.")
-        apply_threads(args)
+        apply_run_options(args)
         moments_report(args.teacher_arch, args.teacher_checkpoint)
         return
     if args.teacher_checkpoint:

@@ -71,7 +71,7 @@ def add_run_options(parser: argparse.ArgumentParser, repeats: int) -> None:
                              "native bf16, AMP on a GPU)")
 
 
-def apply_threads(args: argparse.Namespace) -> None:
+def apply_run_options(args: argparse.Namespace) -> None:
     """Check --repeats and --threads (a UserError naming the flag) and apply --threads."""
     check_flags({"--repeats": args.repeats, "--threads": args.threads}, "must be >= 1", lambda v: v >= 1)
     if args.threads:
@@ -87,10 +87,9 @@ def check_batch(args: argparse.Namespace) -> None:
 def setup(args: argparse.Namespace, shapes: str) -> torch.device:
     """Check and apply --threads and --repeats, pick --device, seed, and print the header line: machine, threads,
     torch, precision and the batch ``shapes``. Returns the device."""
-    apply_threads(args)
+    apply_run_options(args)
     device = pick_device(args.device)
     torch.manual_seed(0)
     print(f"device: {device} ({device_name(device)}), {torch.get_num_threads()} CPU threads, {os.cpu_count()} "
           f"cores, torch {torch.__version__}; {precision_label(device, args.amp)}; {shapes}")
     return device
-
